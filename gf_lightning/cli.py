@@ -1,0 +1,43 @@
+"""``python -m gf_lightning {fit,validate,test} --config FILE``: LightningCLI with the optimizer injected from the config."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from .data.base import TensorDataModule
+from .errors import GFConfigError, GFStepError, NonFiniteError
+from .module import GradientFlowModule
+
+
+class GFLightningCLI(LightningCLI):
+    """LightningCLI with a checkpoint every epoch (``last.ckpt``) and a progress bar that refreshes every few steps."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:04d}"})
+        parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
+        parser.set_defaults({"progress_bar.refresh_rate": 10})
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI | None:
+    """Entry point; ``args`` as on the command line (tests pass a list). Known errors print one line and exit non-zero."""
+    try:
+        return GFLightningCLI(
+            GradientFlowModule,
+            TensorDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+    except (GFConfigError, FileNotFoundError) as err:
+        print(f"gf_lightning: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (NonFiniteError, GFStepError) as err:
+        print(f"gf_lightning: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

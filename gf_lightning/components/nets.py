@@ -1,0 +1,99 @@
+"""The two-layer network of SPEC §1, as a plain ``nn.Module``.
+
+.. math::
+    f(x; w) = s\\, a^\\top \\sigma(W^\\top [x; 1]),\\qquad \\sigma = \\mathrm{ReLU},\\quad
+    W \\in \\mathbb{R}^{(d+1)\\times m},\\ a \\in \\mathbb{R}^{m\\times k},
+
+with ``s = 1`` (the seed's network) or ``s = 1/m`` (the mean-field scale of Ma, Mao & Shen 2024).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from ..errors import GFConfigError
+
+INITS = ("fan_in", "kaiming", "normal")
+
+
+class TwoLayerNet(nn.Module):
+    """``f(x) = s · aᵀ σ(Wᵀ [x; 1])`` with the bias folded into the last row of ``W``.
+
+    Args:
+        d: input dimension.
+        m: hidden width.
+        k: output dimension (1 for regression, 10 for MNIST).
+        init: ``"fan_in"`` (default): ``W ~ U(±1/√(d+1))``, ``a ~ U(±1/√m)``, PyTorch's ``nn.Linear`` rule with the fan-in of
+            each layer on the right axis; ``"kaiming"``: ``W ~ N(0, 2/(d+1))`` (He, for ReLU), ``a ~ N(0, 1/m)``;
+            ``"normal"``: ``W, a ~ N(0, 1)``, the mean-field choice (use it with ``mean_field=True``).
+        mean_field: scale the output by ``s = 1/m``.
+    """
+
+    def __init__(self, d: int, m: int, k: int = 1, init: str = "fan_in", mean_field: bool = False) -> None:
+        super().__init__()
+        for name, value in (("d", d), ("m", m), ("k", k)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise GFConfigError(f"model.net.{name} must be a positive integer, got {value!r}")
+        if init not in INITS:
+            raise GFConfigError(f"model.net.init must be one of {', '.join(INITS)}; got {init!r}")
+        self.d, self.m, self.k = d, m, k
+        self.init = init
+        self.mean_field = mean_field
+        self.scale = 1.0 / m if mean_field else 1.0
+        self.W = nn.Parameter(torch.empty(d + 1, m))
+        self.a = nn.Parameter(torch.empty(m, k))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        d1, m = self.d + 1, self.m
+        if self.init == "fan_in":
+            self.W.uniform_(-1.0 / math.sqrt(d1), 1.0 / math.sqrt(d1))
+            self.a.uniform_(-1.0 / math.sqrt(m), 1.0 / math.sqrt(m))
+        elif self.init == "kaiming":
+            self.W.normal_(0.0, math.sqrt(2.0 / d1))
+            self.a.normal_(0.0, math.sqrt(1.0 / m))
+        else:
+            self.W.normal_()
+            self.a.normal_()
+
+    def preactivation(self, x: Tensor) -> Tensor:
+        """``h = Wᵀ [x; 1]`` for a batch ``x`` of shape ``(B, d)``: shape ``(B, m)``."""
+        return torch.addmm(self.W[-1], x, self.W[:-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.preactivation(x)) @ self.a
+        return out * self.scale if self.mean_field else out
+
+    @torch.no_grad()
+    def jacobian_gram(self, x: Tensor) -> Tensor:
+        """The Gram matrix ``J Jᵀ`` of the Jacobian ``J = ∂f(x)/∂w``, in closed form, without forming ``J``.
+
+        Rows are ordered ``(b, c)``: sample-major, output-minor, as ``f(x).reshape(-1)``. With ``h = Wᵀ x̃``:
+
+        ``(J Jᵀ)[(b,c),(b',c')] = s² ( δ_cc' σ(h_b)·σ(h_b') + (x̃_b·x̃_b') Σ_j a_jc σ'(h_bj) a_jc' σ'(h_b'j) )``,
+
+        the first term from ``∂f/∂a``, the second from ``∂f/∂W``. Cost ``O(B²k²m + B²d)``.
+        """
+        h = self.preactivation(x)
+        act = torch.relu(h)
+        gate = (h > 0).to(h.dtype)
+        B, k = x.shape[0], self.k
+        xx = torch.addmm(torch.ones(B, B, dtype=x.dtype, device=x.device), x, x.T)  # x̃ x̃ᵀ
+        if k == 1:
+            u = gate * self.a[:, 0]
+            gram = act @ act.T + xx * (u @ u.T)
+        else:
+            u = (gate.unsqueeze(1) * self.a.T.unsqueeze(0)).reshape(B * k, self.m)  # (b,c) rows: a_jc σ'(h_bj)
+            gram = (u @ u.T).view(B, k, B, k)
+            gram.mul_(xx.view(B, 1, B, 1))
+            gram.diagonal(dim1=1, dim2=3).add_((act @ act.T).unsqueeze(-1))
+            gram = gram.view(B * k, B * k)
+        if self.mean_field:
+            gram = gram * self.scale**2
+        return gram
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}, m={self.m}, k={self.k}, init={self.init!r}, mean_field={self.mean_field}"

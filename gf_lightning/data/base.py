@@ -1,0 +1,90 @@
+"""The shared part of the data modules: held-out split, whole-batch loaders, placement on the run's device."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from .batching import TensorBatches
+from ..errors import GFConfigError
+
+
+class TensorDataModule(L.LightningDataModule):
+    """A data module over four in-memory tensors: ``x_train, y_train, x_test, y_test``.
+
+    Subclasses fill them in :meth:`build`. Validation and test both use the held-out split (the seed has no third split).
+    The tensors move to the run's device once, so that a step costs no host-to-device copy.
+
+    Args:
+        batch_size: the global training batch size.
+        eval_batch_size: the batch size for validation and test (the whole held-out set by default).
+        seed: seeds the data draw and the batch order; ``None`` takes the run's ``seed_everything`` seed.
+    """
+
+    task = "regression"
+
+    def __init__(self, batch_size: int = 256, eval_batch_size: int | None = None, seed: int | None = None) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise GFConfigError(f"data.{name} must be a positive integer; got {value!r}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = torch.initial_seed() % 2**31 if seed is None else int(seed)
+        self._tensors: dict[str, Tensor] | None = None
+        self._device: torch.device | None = None
+
+    # -- what a subclass provides ----------------------------------------------------------------------------------------
+    @property
+    def dims(self) -> tuple[int, int]:
+        """``(d, k)``: input dimension and number of outputs (classes for classification)."""
+        raise NotImplementedError
+
+    def build(self) -> dict[str, Tensor]:
+        """Return ``x_train, y_train, x_test, y_test``."""
+        raise NotImplementedError
+
+    # -- Lightning hooks -------------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._tensors is None:
+            tensors = self.build()
+            n_train = len(tensors["x_train"])
+            if self.batch_size > n_train:
+                raise GFConfigError(
+                    f"data.batch_size ({self.batch_size}) is larger than the training set ({n_train} samples); "
+                    f"allowed: 1 … {n_train}"
+                )
+            self._tensors = tensors
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        if self._tensors is None:
+            self.setup()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device != self._device:
+            self._tensors = {k: v.to(device) for k, v in self._tensors.items()}
+            self._device = device
+        return self._tensors
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+        t = self.tensors
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return TensorBatches(
+            t[f"x_{split}"], t[f"y_{split}"], batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world
+        )
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def _eval_loader(self) -> TensorBatches:
+        n_test = len(self.tensors["x_test"])
+        world = self.trainer.world_size if self.trainer is not None else 1
+        size = self.eval_batch_size or n_test
+        return self._loader("test", max(world, size - size % world), shuffle=False)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._eval_loader()
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._eval_loader()

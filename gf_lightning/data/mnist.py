@@ -1,0 +1,80 @@
+"""MNIST as in SPEC §3: pixels / 255, flattened; a seeded 8000 / 2000 subsample of the train / test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .base import TensorDataModule
+from ..errors import GFConfigError
+
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class MNISTDataModule(TensorDataModule):
+    """MNIST digits through ``torchvision.datasets.MNIST``, held in memory as ``(N, 784)`` float32 in ``[0, 1]``.
+
+    Args:
+        data_dir: the folder that holds (or will hold) ``MNIST/raw/`` with the four uncompressed IDX files.
+        download: fetch the files when they are missing (needs the internet).
+        n_train, n_test: the subsample sizes, drawn without replacement with ``seed`` (the seed: 8000 and 2000).
+        batch_size, eval_batch_size, seed: see :class:`TensorDataModule`.
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = True,
+        n_train: int = 8000,
+        n_test: int = 2000,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        for name, value in (("n_train", n_train), ("n_test", n_test)):
+            if not isinstance(value, int) or value <= 0:
+                raise GFConfigError(f"data.{name} must be a positive integer; got {value!r}")
+        self.data_dir, self.download = str(data_dir), download
+        self.n_train, self.n_test = n_train, n_test
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return 784, 10
+
+    def _check_files(self) -> None:
+        raw = Path(self.data_dir) / "MNIST" / "raw"
+        missing = [f for f in RAW_FILES if not (raw / f).is_file()]
+        if missing and not self.download:
+            raise FileNotFoundError(
+                f"MNIST files missing with data.download=false: the folder {raw} must hold the four uncompressed IDX files "
+                f"{', '.join(RAW_FILES)} (missing: {', '.join(missing)}). Point data.data_dir at the folder that contains "
+                "MNIST/raw/, or set data.download=true where the internet can be reached."
+            )
+
+    def prepare_data(self) -> None:
+        self._check_files()
+        if self.download:
+            from torchvision.datasets import MNIST
+
+            for train in (True, False):
+                MNIST(self.data_dir, train=train, download=True)
+
+    def build(self) -> dict[str, Tensor]:
+        from torchvision.datasets import MNIST
+
+        self._check_files()
+        gen = torch.Generator().manual_seed(self.seed)
+        out = {}
+        for split, train, n in (("train", True, self.n_train), ("test", False, self.n_test)):
+            ds = MNIST(self.data_dir, train=train, download=False)
+            if n > len(ds.targets):
+                raise GFConfigError(f"data.n_{split} ({n}) exceeds the {len(ds.targets)} MNIST {split} images")
+            idx = torch.randperm(len(ds.targets), generator=gen)[:n]
+            out[f"x_{split}"] = ds.data[idx].reshape(n, -1).float().div_(255.0)
+            out[f"y_{split}"] = ds.targets[idx].long()
+        return out

@@ -1,0 +1,227 @@
+"""One ``LightningModule`` for every method: manual optimization, the optimizer injected from the config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MeanSquaredError, Metric, SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .errors import GFConfigError, NonFiniteError
+from .optim.base import EnergyOptimizer
+
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+
+#: precisions each kind of optimizer accepts (16-bit mixed precision steps without a closure; IEQ's solve needs fp32+)
+ENERGY_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
+RESIDUAL_PRECISIONS = ("32-true", "32", "64-true", "64")
+
+
+def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.01)
+
+
+class RelativeError(Metric):
+    """``Σ (f − y)² / Σ y²`` over an epoch (the meaningful error for exp3, whose targets are tiny)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("sse", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("ssy", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.sse += (preds - target).double().square().sum()
+        self.ssy += target.double().square().sum()
+
+    def compute(self) -> Tensor:
+        return self.sse / self.ssy
+
+
+class GradientFlowModule(L.LightningModule):
+    """Trains ``net`` with the injected optimizer: SGD, Adam, or one of :mod:`gf_lightning.optim`.
+
+    Args:
+        net: the network (a plain ``nn.Module``; :class:`~gf_lightning.components.TwoLayerNet` in the configs).
+        optimizer: a callable that builds the optimizer from the parameters; in YAML
+            ``{class_path: gf_lightning.optim.ExpSAV, init_args: {lr: 0.1, C: 1.0}}``.
+        task: ``"regression"`` (mean squared error) or ``"classification"`` (cross-entropy; IEQ uses the one-hot
+            residual). ``None`` takes the data module's task.
+        check_finite_every_n_steps: how often the training loss is checked for NaN/Inf (a host sync each time);
+            the parameters are checked before every validation and checkpoint regardless.
+
+    Metrics (TensorBoard groups them by prefix): ``train/loss``, ``val/loss``, ``val/mse`` and ``val/rel_err``
+    (regression) or ``val/acc`` (classification), per epoch; every ``log_every_n_steps`` the optimizer's
+    ``energy/…`` and ``optim/…`` scalars.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = _default_optimizer,
+        task: str | None = None,
+        check_finite_every_n_steps: int = 1,
+    ) -> None:
+        super().__init__()
+        if task not in (None, "regression", "classification"):
+            raise GFConfigError(f"model.task must be 'regression' or 'classification' (or null: from the data); got {task!r}")
+        if not isinstance(check_finite_every_n_steps, int) or check_finite_every_n_steps < 1:
+            raise GFConfigError(f"model.check_finite_every_n_steps must be an integer >= 1; got {check_finite_every_n_steps!r}")
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.automatic_optimization = False
+        self.net = net
+        self.optimizer = optimizer
+        self.task = task
+        self.check_finite_every_n_steps = check_finite_every_n_steps
+        self._optimizer_class = self._validate_optimizer()
+        self._residual = getattr(self._optimizer_class, "closure_returns", "loss") == "residual"
+        self.train_loss = MeanMetric()
+        self.eval_loss = MeanMetric()
+        self.eval_mse = MeanSquaredError()
+        self.eval_rel = RelativeError()
+        self.eval_acc: Metric | None = None
+
+    def _validate_optimizer(self) -> type:
+        """Build the optimizer once on a throw-away copy of the parameters, so a bad setting fails before any work."""
+        probe = [nn.Parameter(p.detach().clone()) for p in self.net.parameters()]
+        try:
+            opt = self.optimizer(probe)
+        except GFConfigError as err:
+            raise GFConfigError(f"model.optimizer.init_args.{err}") from None
+        except (ValueError, TypeError) as err:
+            raise GFConfigError(f"model.optimizer: {err}") from None
+        return type(opt)
+
+    # -- set-up --------------------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is not None and hasattr(dm, "dims"):
+            if self.task is None:
+                self.task = dm.task
+            elif self.task != dm.task:
+                raise GFConfigError(f"model.task is {self.task!r} but the data ({type(dm).__name__}) is {dm.task!r}")
+            d, k = dm.dims
+            for name, want in (("d", d), ("k", k)):
+                have = getattr(self.net, name, want)
+                if have != want:
+                    raise GFConfigError(
+                        f"model.net.init_args.{name} = {have} does not match the data ({type(dm).__name__}: {name} = {want})"
+                    )
+        self.task = self.task or "regression"
+        if self.task == "classification" and self.eval_acc is None:
+            self.eval_acc = MulticlassAccuracy(num_classes=getattr(self.net, "k", 10), average="micro")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.parameters())
+
+    def on_fit_start(self) -> None:
+        precision = str(self.trainer.precision)
+        allowed = RESIDUAL_PRECISIONS if self._residual else ENERGY_PRECISIONS
+        if issubclass(self._optimizer_class, EnergyOptimizer) and precision not in allowed:
+            raise GFConfigError(
+                f"trainer.precision={precision!r} is not supported by {self._optimizer_class.__name__}; allowed: "
+                f"{', '.join(a for a in allowed if '-' in a)} (16-bit mixed precision steps the optimizer without a closure)"
+            )
+
+    # -- the step ------------------------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out, y) if self.task == "classification" else F.mse_loss(out, y)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        opt = self.optimizers()
+        if self._residual:
+            target = F.one_hot(y, self.net.k).to(x.dtype) if self.task == "classification" else y
+            forward: dict[str, Tensor] = {}
+
+            def closure() -> Tensor:
+                opt.zero_grad()
+                forward["out"] = out = self.net(x)
+                return out - target
+
+            gram = getattr(self.net, "jacobian_gram", None)
+            opt.step(closure=closure, gram_fn=(lambda: gram(x)) if gram is not None else None)
+            loss = self.loss(forward["out"].detach(), y)
+        else:
+
+            def closure() -> Tensor:
+                opt.zero_grad()
+                loss = self.loss(self.net(x), y)
+                self.manual_backward(loss)
+                return loss
+
+            loss = opt.step(closure=closure).detach()
+        self.train_loss.update(loss, weight=x.shape[0])
+        if self.global_step % self.check_finite_every_n_steps == 0:
+            self._check_finite(loss=loss)
+        if self.trainer._logger_connector.should_update_logs:  # Lightning writes on_step values only on these steps
+            stats = getattr(opt.optimizer, "stats", None)
+            if stats:
+                self.log_dict(stats, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+
+    # -- evaluation ----------------------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        out = self.net(x)
+        self.eval_loss.update(self.loss(out, y), weight=x.shape[0])
+        if self.task == "classification":
+            self.eval_acc.update(out, y)
+        else:
+            self.eval_mse.update(out, y)
+            self.eval_rel.update(out, y)
+
+    def _eval_epoch_end(self, prefix: str) -> None:
+        metrics: dict[str, Metric] = {f"{prefix}/loss": self.eval_loss}
+        if self.task == "classification":
+            metrics[f"{prefix}/acc"] = self.eval_acc
+        else:
+            metrics[f"{prefix}/mse"] = self.eval_mse
+            metrics[f"{prefix}/rel_err"] = self.eval_rel
+        for name, metric in metrics.items():
+            self.log(name, metric.compute(), prog_bar=name.endswith(("loss", "acc")), sync_dist=False)
+            metric.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._check_finite()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- the non-finite guard --------------------------------------------------------------------------------------------------
+    def _check_finite(self, loss: Tensor | None = None) -> None:
+        """Stop with a message when the loss or a parameter is NaN/Inf, before a checkpoint can store it."""
+        what = None
+        if loss is not None and not torch.isfinite(loss).all():
+            what = f"loss = {loss.item():.4g}"
+        elif loss is None and not all(torch.isfinite(p).all() for p in self.net.parameters()):
+            what = "a parameter is NaN or Inf"
+        if what is not None:
+            opt = self._optimizer_class.__name__
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "(none saved yet)"
+            raise NonFiniteError(
+                f"training went non-finite ({what}) with {opt} at epoch {self.current_epoch}, step {self.global_step}; "
+                f"stopped before saving. Last good checkpoint: {ckpt}"
+            )

@@ -1,0 +1,25 @@
+"""Energy-stable gradient-flow optimizers, as ``torch.optim.Optimizer`` subclasses.
+
+>>> from gf_lightning.optim import ExpSAV
+>>> opt = ExpSAV(model.parameters(), lr=0.1, C=1.0, lam=1.0)      # doctest: +SKIP
+>>> loss = opt.step(closure)                                        # doctest: +SKIP
+"""
+
+from .base import AuxiliaryVariableOptimizer, EnergyOptimizer, GFConfigError, GFStepError
+from .expsav import ExpSAV
+from .ieq_adaptive import IEQAdaptive
+from .sav import SAV
+
+__all__ = [
+    "SAV",
+    "ExpSAV",
+    "IEQAdaptive",
+    "EnergyOptimizer",
+    "AuxiliaryVariableOptimizer",
+    "GFConfigError",
+    "GFStepError",
+    "OPTIMIZERS",
+]
+
+#: name → class, for scripts and error messages
+OPTIMIZERS = {"sav": SAV, "expsav": ExpSAV, "ieq_adaptive": IEQAdaptive}

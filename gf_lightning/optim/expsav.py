@@ -1,0 +1,67 @@
+"""ExpSAV: the exponential scalar auxiliary variable method, ``r ≈ C·exp(L)``, kept as ``log r``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .base import AuxiliaryVariableOptimizer, check_fraction, check_nonnegative, check_positive
+
+
+class ExpSAV(AuxiliaryVariableOptimizer):
+    r"""Exponential SAV in the seed's "stable" form (without an ``r⁻ⁿ`` factor), with ``𝓛 = λI``.
+
+    .. code-block:: text
+
+        input: Δt (lr), C, λ (lam), variant, η (eta, relax only); w⁰; r⁰ = C·exp(L(w⁰)) on the first mini-batch
+        for n = 0, 1, …
+            g  = ∇L(wⁿ);   g̃ = g / (1 + Δt λ);   Sⁿ = ⟨g, g̃⟩
+            restart:          rⁿ ← C·exp(L(wⁿ))
+            rⁿ⁺¹ = rⁿ / (1 + Δt Sⁿ / rⁿ)
+            seed / restart:   wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / rⁿ) g̃
+            vanilla / relax:  wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / (C·exp(L(wⁿ)))) g̃
+            relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) C·exp(L(wⁿ⁺¹))   (ξ: see relax_log; η = 0.99)
+
+    ``variant="seed"`` (the default) carries ``r`` from step to step, as the seed does. ``r`` is never formed: the optimizer
+    keeps ``ℓ = log r`` and steps ``ℓⁿ⁺¹ = ℓⁿ − softplus(log(Δt Sⁿ) − ℓⁿ)``, exact in floating point where ``C·exp(L)``
+    would overflow (``L > 709`` in float64, ``L > 88`` in float32: exp2's first losses are in the thousands). Note what the
+    formula does there: with ``rⁿ`` astronomically large, ``rⁿ⁺¹/rⁿ = 1`` to machine precision and the step is a gradient step
+    of size ``Δt / (1 + Δt λ)``.
+
+    The modified energy logged is ``log r − log C``, the loss that ``r`` stands for.
+
+    Args:
+        params: parameters or parameter groups; each group's ``lr`` is its own time step.
+        lr: the time step ``Δt`` (> 0); seed default 0.1.
+        C: the scale of ``r = C·exp(L)`` (> 0; seed default 1).
+        lam: ``λ ≥ 0`` of ``𝓛 = λI`` (seed default 1).
+        variant: ``"seed"``, ``"restart"``, ``"vanilla"`` or ``"relax"``.
+        eta: ``η ∈ (0, 1]`` of the relaxation (0.99).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.1,
+        C: float = 1.0,
+        lam: float = 1.0,
+        variant: str = "seed",
+        eta: float = 0.99,
+    ) -> None:
+        check_positive("C", C)
+        check_nonnegative("lam", lam)
+        check_fraction("eta", eta)
+        super().__init__(params, dict(lr=lr, C=float(C), lam=float(lam), variant=variant, eta=float(eta)))
+        self._log_c = math.log(float(C))
+
+    def _log_r_hat(self, loss: Tensor) -> Tensor:
+        return loss + self._log_c
+
+    def _log_kappa(self, loss: Tensor, log_r: Tensor) -> Tensor:
+        return log_r
+
+    def _record(self, log_r: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        return {"energy/log_r": log_r, "energy/modified": log_r - self._log_c}

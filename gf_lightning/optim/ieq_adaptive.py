@@ -1,0 +1,60 @@
+"""IEQ with the adaptive step: the invariant energy quadratization with ``‖J‖²`` estimated as ``‖g‖² / ‖q‖²``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .base import AuxiliaryVariableOptimizer, check_positive
+
+
+class IEQAdaptive(AuxiliaryVariableOptimizer):
+    r"""IEQ, adaptive form (the seed's method B): an ``O(n)`` step with a shrinking auxiliary vector ``q``.
+
+    .. code-block:: text
+
+        input: Δt (lr), ε (eps), variant; w⁰; ‖q⁰‖ = √(2 L(w⁰)) on the first mini-batch
+        for n = 0, 1, …
+            g = ∇L(wⁿ)
+            restart:  ‖qⁿ‖ ← √(2 L(wⁿ))
+            αⁿ   = 1 / (1 + Δt ‖g‖² / (‖qⁿ‖² + ε))
+            qⁿ⁺¹ = αⁿ qⁿ
+            wⁿ⁺¹ = wⁿ − Δt αⁿ g
+
+    ``variant="seed"`` (the default) carries ``q``, so ``‖q‖`` never rises; once ``‖q‖² ≲ Δt ‖g‖²`` the step collapses and
+    training freezes (the known failure of this form). ``"restart"`` resets ``q`` to the current batch's residual.
+
+    What ``q`` is: IEQ writes the loss as ``L = ½‖q‖²``. For the mean squared error over a batch of ``B`` that makes
+    ``q = √(2/B)·(f(X) − Y)``, which is exactly consistent with ``g = Jᵀq`` and so with the estimate ``‖J‖² ≈ ‖g‖²/‖q‖²``.
+    ``q`` is only ever rescaled by ``αⁿ``, and only ``‖q‖`` enters the update, so the optimizer keeps ``ℓ = log ‖q‖`` (state
+    ``"log_q"``) and takes ``‖q⁰‖ = √(2 L(w⁰))``, which works for any loss (cross-entropy included).
+
+    The modified energy logged is ``½‖q‖²``, on the scale of the loss.
+
+    Args:
+        params: parameters or parameter groups; each group's ``lr`` is its own time step.
+        lr: the time step ``Δt`` (> 0); seed default 0.1.
+        eps: ``ε > 0`` in the denominator (seed default 1e-8).
+        variant: ``"seed"`` or ``"restart"``.
+    """
+
+    variants = ("seed", "restart")
+    aux_key = "log_q"
+
+    def __init__(self, params: Iterable, lr: float = 0.1, eps: float = 1e-8, variant: str = "seed") -> None:
+        check_positive("eps", eps)
+        super().__init__(params, dict(lr=lr, eps=float(eps), variant=variant))
+        self._log_eps = math.log(float(eps))
+
+    def _log_r_hat(self, loss: Tensor) -> Tensor:
+        return 0.5 * torch.log(2.0 * loss)
+
+    def _log_kappa(self, loss: Tensor, log_r: Tensor) -> Tensor:
+        return torch.logaddexp(2.0 * log_r, torch.full_like(log_r, self._log_eps))
+
+    def _record(self, log_r: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        q = torch.exp(log_r)
+        return {"energy/q_norm": q, "energy/modified": 0.5 * q.square()}

@@ -1,0 +1,77 @@
+"""SAV: the scalar auxiliary variable method (Shen, Xu & Yang 2018) for training, as in the seed and Ma, Mao & Shen (2024)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .base import AuxiliaryVariableOptimizer, GFConfigError, GFStepError, check_fraction, check_nonnegative, check_positive
+
+
+class SAV(AuxiliaryVariableOptimizer):
+    r"""Scalar auxiliary variable method with ``r ≈ √(L + C)`` and the linear operator ``𝓛 = λI``.
+
+    .. code-block:: text
+
+        input: Δt (lr), C, λ (lam), variant, η (eta, relax only); w⁰; r⁰ = √(L(w⁰) + C) on the first mini-batch
+        for n = 0, 1, …
+            g  = ∇L(wⁿ);   g̃ = g / (1 + Δt λ);   Sⁿ = ⟨g, g̃⟩
+            seed / restart:   rⁿ ← √(L(wⁿ) + C)
+            rⁿ⁺¹ = rⁿ / (1 + Δt Sⁿ / (2 (L(wⁿ) + C)))
+            seed / restart:   wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / rⁿ) g̃
+            vanilla / relax:  wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / √(L(wⁿ) + C)) g̃
+            relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) √(L(wⁿ⁺¹) + C)   (ξ: see relax_log; η = 0.99)
+
+    ``variant="seed"`` (the default) is the seed's formula. There ``rⁿ`` cancels from ``rⁿ⁺¹/rⁿ``, so it is exactly
+    ``restart`` (Ma, Mao & Shen 2024, Alg. 3), and the two names are one method here. ``vanilla`` is their Alg. 2 (``r`` carries
+    memory and never rises), ``relax`` their Alg. 4 (the modified energy ``r²`` never rises, and ``r`` tracks ``√(L + C)``).
+
+    The modified energy logged is ``r² − C``, on the scale of the loss it stands for.
+
+    Args:
+        params: parameters or parameter groups; each group's ``lr`` is its own time step.
+        lr: the time step ``Δt`` (> 0). Seed's default 0.01 (exp2/3/4 use 0.01–0.1, exp1 0.5).
+        C: the shift with ``L + C > 0`` (> 0; seed default 100). ``L + C ≤ 0`` at the first step is an error.
+        lam: ``λ ≥ 0`` of ``𝓛 = λI`` (seed default 4).
+        variant: ``"seed"`` (= ``"restart"``), ``"vanilla"`` or ``"relax"``.
+        eta: ``η ∈ (0, 1]`` of the relaxation (0.99).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.01,
+        C: float = 100.0,
+        lam: float = 4.0,
+        variant: str = "seed",
+        eta: float = 0.99,
+    ) -> None:
+        check_positive("C", C)
+        check_nonnegative("lam", lam)
+        check_fraction("eta", eta)
+        super().__init__(params, dict(lr=lr, C=float(C), lam=float(lam), variant=variant, eta=float(eta)))
+
+    @property
+    def _resets(self) -> bool:
+        return self.defaults["variant"] in ("seed", "restart")
+
+    def _check_first_loss(self, loss: Tensor) -> None:
+        value = float(loss)
+        if not value + self.defaults["C"] > 0:
+            raise GFStepError(
+                f"SAV needs L + C > 0: the first loss is L = {value:.6g} and C = {self.defaults['C']:g}; "
+                f"choose C > {max(-value, 0.0):.6g}"
+            )
+
+    def _log_r_hat(self, loss: Tensor) -> Tensor:
+        return 0.5 * torch.log(loss + self.defaults["C"])
+
+    def _log_kappa(self, loss: Tensor, log_r: Tensor) -> Tensor:
+        return torch.log(2.0 * (loss + self.defaults["C"]))
+
+    def _record(self, log_r: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        r = torch.exp(log_r)
+        return {"energy/r": r, "energy/modified": r.square() - self.defaults["C"]}
