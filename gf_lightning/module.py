@@ -73,7 +73,7 @@ class GradientFlowModule(L.LightningModule):
             raise GFConfigError(f"model.task must be 'regression' or 'classification' (or null: from the data); got {task!r}")
         if not isinstance(check_finite_every_n_steps, int) or check_finite_every_n_steps < 1:
             raise GFConfigError(f"model.check_finite_every_n_steps must be an integer >= 1; got {check_finite_every_n_steps!r}")
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
         self.automatic_optimization = False
         self.net = net
         self.optimizer = optimizer
@@ -170,45 +170,34 @@ class GradientFlowModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._check_finite()
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
 
     # -- evaluation ----------------------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
+    def _eval_step(self, batch: tuple[Tensor, Tensor], prefix: str) -> None:
         x, y = batch
         out = self.net(x)
         self.eval_loss.update(self.loss(out, y), weight=x.shape[0])
+        metrics: dict[str, Metric] = {f"{prefix}/loss": self.eval_loss}
         if self.task == "classification":
             self.eval_acc.update(out, y)
+            metrics[f"{prefix}/acc"] = self.eval_acc
         else:
             self.eval_mse.update(out, y)
             self.eval_rel.update(out, y)
-
-    def _eval_epoch_end(self, prefix: str) -> None:
-        metrics: dict[str, Metric] = {f"{prefix}/loss": self.eval_loss}
-        if self.task == "classification":
-            metrics[f"{prefix}/acc"] = self.eval_acc
-        else:
             metrics[f"{prefix}/mse"] = self.eval_mse
             metrics[f"{prefix}/rel_err"] = self.eval_rel
-        for name, metric in metrics.items():
-            self.log(name, metric.compute(), prog_bar=name.endswith(("loss", "acc")), sync_dist=False)
-            metric.reset()
+        # metric objects: Lightning computes them once per epoch, synchronised across ranks, and resets them
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=prefix == "val")
 
     def on_validation_epoch_start(self) -> None:
         if not self.trainer.sanity_checking:
             self._check_finite()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+        self._eval_step(batch, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+        self._eval_step(batch, "test")
 
     # -- the non-finite guard --------------------------------------------------------------------------------------------------
     def _check_finite(self, loss: Tensor | None = None) -> None:

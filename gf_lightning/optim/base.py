@@ -98,10 +98,10 @@ class EnergyOptimizer(torch.optim.Optimizer):
         return self.state[self.param_groups[0]["params"][0]]
 
     def _scalar(self, value: float | Tensor) -> Tensor:
-        """A 0-dim float64 tensor on the parameters' device (float32 where float64 is unsupported)."""
+        """A 0-dim tensor in the parameters' dtype and device: ``Optimizer.load_state_dict`` casts floating state to the
+        parameter's dtype, so state kept in any other dtype would not survive a checkpoint bit for bit."""
         p = self.param_groups[0]["params"][0]
-        dtype = torch.float32 if p.device.type == "mps" else torch.float64
-        return torch.as_tensor(value, dtype=dtype, device=p.device)
+        return torch.as_tensor(value, dtype=p.dtype, device=p.device)
 
     def _grad_terms(self) -> tuple[Tensor, list[tuple[float, float, list[Tensor], list[Tensor], Tensor]]]:
         """``(Σ_g Δt_g ⟨g_g, g̃_g⟩, groups)`` with ``g̃ = g / (1 + Δt λ)`` (``λ = 0`` where a method has none).
