@@ -72,11 +72,11 @@ def test_same_seed_same_curves_other_seed_differs(tmp_path: Path) -> None:
     assert a["val/loss"] != c["val/loss"] and a["train/loss"] != c["train/loss"]
 
 
-def test_divergent_run_stops_with_a_message(capsys: pytest.CaptureFixture) -> None:
+def test_divergent_run_stops_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """SGD at lr 1e3 on exp2: the loss overflows within a few steps; the run stops and says where."""
     with pytest.raises(SystemExit) as exc:
         cli_main(["fit", "--config", str(ROOT / "configs/exp2_sgd.yaml"), "--model.optimizer.init_args.lr=1000",
-                  "--trainer.max_epochs=2", "--trainer.logger=false", "--checkpoint.dirpath=" + str(ROOT / "lightning_logs/_unused"),
+                  "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}",
                   "--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false", "--data.init_args.n_samples=2000"])
     assert exc.value.code == 1
     err = capsys.readouterr().err
