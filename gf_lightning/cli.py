@@ -23,6 +23,17 @@ class GFLightningCLI(LightningCLI):
         parser.set_defaults({"progress_bar.refresh_rate": 10})
 
 
+def _config_error_in(err: BaseException) -> GFConfigError | None:
+    """The GFConfigError that ``err`` was raised while handling, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, GFConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI | None:
     """Entry point; ``args`` as on the command line (tests pass a list). Known errors print one line and exit non-zero."""
     try:
@@ -37,6 +48,13 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI 
         )
     except (GFConfigError, FileNotFoundError) as err:
         print(f"gf_lightning: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as err:
+        # jsonargparse wraps what a class raised while it was being built (the data module is an optional subclass)
+        cause = _config_error_in(err)
+        if cause is None:
+            raise
+        print(f"gf_lightning: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
     except (NonFiniteError, GFStepError) as err:
         print(f"gf_lightning: {err}", file=sys.stderr)

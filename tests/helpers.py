@@ -30,3 +30,18 @@ class PoisonAtEpoch(L.Callback):
         if trainer.current_epoch == self.epoch and batch_idx == 0:
             with torch.no_grad():
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+def read_scalars(root) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar under ``root``, as ``tag → [(step, value), …]`` in step order."""
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(root).rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {tag: sorted(values) for tag, values in out.items()}
