@@ -22,6 +22,16 @@ class GFLightningCLI(LightningCLI):
         parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
         parser.set_defaults({"progress_bar.refresh_rate": 10})
 
+    def instantiate_trainer(self, **kwargs):
+        """Drop the default checkpoint and progress-bar callbacks where the trainer config switches them off."""
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if trainer_cfg.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if trainer_cfg.get("enable_progress_bar") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
+        return self._instantiate_trainer({**trainer_cfg, **kwargs}, callbacks)
+
 
 def _config_error_in(err: BaseException) -> GFConfigError | None:
     """The GFConfigError that ``err`` was raised while handling, if any."""

@@ -189,9 +189,21 @@ class GradientFlowModule(L.LightningModule):
         # metric objects: Lightning computes them once per epoch, synchronised across ranks, and resets them
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=prefix == "val")
 
+    def _fresh_eval_metrics(self) -> None:
+        # validate/test run under inference_mode, and metric state reset there becomes inference tensors that a later
+        # fit's validation (under no_grad) could not update: recreate it as normal tensors
+        with torch.inference_mode(False):
+            for metric in (self.eval_loss, self.eval_mse, self.eval_rel, self.eval_acc):
+                if metric is not None:
+                    metric.reset()
+
     def on_validation_epoch_start(self) -> None:
+        self._fresh_eval_metrics()
         if not self.trainer.sanity_checking:
             self._check_finite()
+
+    def on_test_epoch_start(self) -> None:
+        self._fresh_eval_metrics()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -7,6 +7,7 @@
 
 from .base import AuxiliaryVariableOptimizer, EnergyOptimizer, GFConfigError, GFStepError
 from .expsav import ExpSAV
+from .ieq import IEQ
 from .ieq_adaptive import IEQAdaptive
 from .sav import SAV
 
@@ -14,6 +15,7 @@ __all__ = [
     "SAV",
     "ExpSAV",
     "IEQAdaptive",
+    "IEQ",
     "EnergyOptimizer",
     "AuxiliaryVariableOptimizer",
     "GFConfigError",
@@ -22,4 +24,4 @@ __all__ = [
 ]
 
 #: name → class, for scripts and error messages
-OPTIMIZERS = {"sav": SAV, "expsav": ExpSAV, "ieq_adaptive": IEQAdaptive}
+OPTIMIZERS = {"sav": SAV, "expsav": ExpSAV, "ieq_adaptive": IEQAdaptive, "ieq": IEQ}

@@ -67,18 +67,16 @@ def global_mean_(t: Tensor) -> Tensor:
 
 
 class EnergyOptimizer(torch.optim.Optimizer):
-    """Base of the scalar-auxiliary-variable methods: evaluates the closure and reduces what it needs across ranks.
+    """Base of the energy-stable methods: global state, per-group step sizes, the scalars a step reports.
 
-    Subclasses implement :meth:`_update`. The scalars that a step produces for logging are kept in ``self.stats`` (0-dim
-    tensors on the parameters' device, never synchronised to the host here).
+    Global scalars (the auxiliary variable, counters) are float64 0-dim tensors on the parameters' device (float32 on MPS,
+    which has no float64). ``Optimizer.load_state_dict`` would cast them to the parameters' dtype, so :meth:`load_state_dict`
+    puts them back as they were saved: a checkpoint round trip is exact whatever the parameters' dtype.
     """
-
-    #: Names of the global state entries, in the first parameter's ``state``.
-    stat_names: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
-        self.stats: dict[str, Tensor] = {}
+        self._stats: dict[str, Tensor] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # validate per-group overrides as strictly as the defaults
@@ -89,39 +87,52 @@ class EnergyOptimizer(torch.optim.Optimizer):
 
     # -- state -------------------------------------------------------------------------------------------------------------
     @property
-    def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
-
-    @property
     def global_state(self) -> dict[str, Any]:
         """The optimizer's global scalars, stored with the first parameter so that ``state_dict()`` carries them."""
         return self.state[self.param_groups[0]["params"][0]]
 
-    def _scalar(self, value: float | Tensor) -> Tensor:
-        """A 0-dim tensor in the parameters' dtype and device: ``Optimizer.load_state_dict`` casts floating state to the
-        parameter's dtype, so state kept in any other dtype would not survive a checkpoint bit for bit."""
-        p = self.param_groups[0]["params"][0]
-        return torch.as_tensor(value, dtype=p.dtype, device=p.device)
+    @property
+    def _scalar_dtype(self) -> torch.dtype:
+        return torch.float32 if self.param_groups[0]["params"][0].device.type == "mps" else torch.float64
 
+    def _scalar(self, value: float | Tensor) -> Tensor:
+        """A 0-dim tensor of the global-state dtype on the parameters' device."""
+        return torch.as_tensor(value, dtype=self._scalar_dtype, device=self.param_groups[0]["params"][0].device)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        first = state_dict["param_groups"][0]["params"][0]
+        saved = {k: v for k, v in state_dict["state"].get(first, {}).items() if isinstance(v, Tensor) and v.dim() == 0}
+        super().load_state_dict(state_dict)
+        device = self._scalar(0.0).device
+        for key, value in saved.items():  # undo the cast to the parameters' dtype and device
+            self.global_state[key] = value.to(device=device, copy=True)
+
+    @property
+    def stats(self) -> dict[str, Tensor]:
+        """The scalars of the last step, for logging (``energy/…`` and ``optim/…``), as 0-dim device tensors."""
+        return self._stats
+
+    # -- the gradient --------------------------------------------------------------------------------------------------------
     def _grad_terms(self) -> tuple[Tensor, list[tuple[float, float, list[Tensor], list[Tensor], Tensor]]]:
         """``(Σ_g Δt_g ⟨g_g, g̃_g⟩, groups)`` with ``g̃ = g / (1 + Δt λ)`` (``λ = 0`` where a method has none).
 
         Each entry of ``groups`` is ``(Δt_g, c_g, params, grads, ‖g_g‖²)`` with ``c_g = Δt_g / (1 + Δt_g λ_g)`` the step that
         multiplies ``g_g``. Under DDP the gradients are already averaged over ranks, so this is the same on every rank.
         """
-        dt_s = self._scalar(0.0)
+        dt_s = None
         groups = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             grads = [p.grad for p in params]
-            g2 = torch.stack(torch._foreach_norm(grads)).to(dt_s.dtype).square().sum()
+            norms = torch._foreach_norm(grads)
+            g2 = torch.linalg.vector_norm(torch.stack(norms).to(self._scalar_dtype)).square()
             dt = group["lr"]
             c = dt / (1.0 + dt * group.get("lam", 0.0))
-            dt_s = dt_s + c * g2
+            dt_s = c * g2 if dt_s is None else dt_s + c * g2
             groups.append((dt, c, params, grads, g2))
-        return dt_s, groups
+        return (self._scalar(0.0) if dt_s is None else dt_s), groups
 
     @staticmethod
     def _apply(groups, factor: Tensor) -> None:
@@ -136,12 +147,40 @@ class EnergyOptimizer(torch.optim.Optimizer):
         """``Σ_g ‖wⁿ⁺¹_g − wⁿ_g‖² / Δt_g`` of the step just applied with ``factor``."""
         return sum((factor * c).square() * g2 / dt for dt, c, _, _, g2 in groups)
 
-    def energy_stats(self) -> dict[str, Tensor]:
-        """The scalars of the last step, for logging (``energy/…`` and ``optim/…``), as device tensors."""
-        return dict(self.stats)
+    def _reduce_loss(self, loss: Any) -> Tensor:
+        """The closure's loss as a detached 0-dim tensor of the state dtype, averaged over ranks."""
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise GFStepError(
+                f"{type(self).__name__}.step(closure): the closure must return the mean mini-batch loss as a one-element "
+                f"tensor; it returned {type(loss).__name__}"
+            )
+        value = loss.detach()
+        if value.dim():
+            value = value.reshape(())
+        if world_size() > 1:
+            value = global_mean_(value.to(self._scalar_dtype, copy=True))
+        return value
 
 
-def relax_log(log_r_old: Tensor, log_r_tilde: Tensor, log_r_hat: Tensor, moved: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+def softplus(x: float) -> float:
+    """``log(1 + eˣ)`` for a float, without overflow."""
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
+def exp0(x: float) -> float:
+    """``eˣ`` for a float, ``inf`` past the float range instead of an OverflowError."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def log0(x: float) -> float:
+    """``log x`` with ``log 0 = −∞`` (and NaN through)."""
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+
+
+def relax_log(log_r_old: float, log_r_tilde: float, log_r_hat: float, moved: float, eta: float) -> tuple[float, float]:
     """The relaxation of Ma, Mao & Shen (2024, Alg. 4), in logarithms so that it holds for ExpSAV's ``r = C·exp(L)``.
 
     ``rⁿ⁺¹ = ξ r̃ + (1 − ξ) r̂`` with the smallest ``ξ ∈ [0, 1]`` such that ``(rⁿ⁺¹)² ≤ r̃² + η D``, that is
@@ -153,19 +192,22 @@ def relax_log(log_r_old: Tensor, log_r_tilde: Tensor, log_r_hat: Tensor, moved: 
     does not follow from the scheme. Every quantity is scaled by ``exp(−2M)``, ``M = max(log rⁿ, log r̃, log r̂)``, which leaves
     ``ξ`` unchanged and never overflows. Returns ``(log rⁿ⁺¹, ξ)``.
     """
-    big = torch.maximum(torch.maximum(log_r_old, log_r_tilde), log_r_hat)
-    r_old, r_tilde, r_hat = (torch.exp(v - big) for v in (log_r_old, log_r_tilde, log_r_hat))
-    dissipation = torch.minimum(moved * torch.exp(-2.0 * big), (r_old - r_tilde) * (r_old + r_tilde))
-    a = (r_tilde - r_hat).square()
+    big = max(log_r_old, log_r_tilde, log_r_hat)
+    r_old, r_tilde, r_hat = (math.exp(v - big) for v in (log_r_old, log_r_tilde, log_r_hat))
+    dissipation = max(0.0, min(moved * exp0(-2.0 * big), (r_old - r_tilde) * (r_old + r_tilde)))
+    a = (r_tilde - r_hat) ** 2
     b = 2.0 * r_hat * (r_tilde - r_hat)
-    c = r_hat.square() - r_tilde.square() - eta * dissipation.clamp_min(0.0)
-    disc = (b.square() - 4.0 * a * c).clamp_min(0.0)
-    root = (-b - disc.sqrt()) / (2.0 * a)
-    xi = torch.where(a > 0, root, torch.zeros_like(root)).nan_to_num(0.0).clamp(0.0, 1.0)
+    c = r_hat**2 - r_tilde**2 - eta * dissipation
+    xi = 0.0
+    if a > 0:
+        xi = (-b - math.sqrt(max(b * b - 4.0 * a * c, 0.0))) / (2.0 * a)
+        xi = min(max(xi, 0.0), 1.0) if math.isfinite(xi) else 0.0
     # log(ξ r̃ + (1 − ξ) r̂) without forming r̃ or r̂, which may under- or overflow
-    log_new = torch.logaddexp(torch.log(xi) + log_r_tilde, torch.log1p(-xi) + log_r_hat)
+    terms = [v for w, v in ((xi, log_r_tilde), (1.0 - xi, log_r_hat)) if w > 0]
+    top = max(terms)
+    log_new = top + math.log(sum(w * math.exp(v - top) for w, v in ((xi, log_r_tilde), (1.0 - xi, log_r_hat)) if w > 0))
     # the bound gives rⁿ⁺¹ ≤ rⁿ exactly; the minimum only absorbs rounding in the last bit
-    return torch.minimum(log_new, log_r_old), xi
+    return min(log_new, log_r_old), xi
 
 
 class AuxiliaryVariableOptimizer(EnergyOptimizer):
@@ -185,30 +227,36 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
 
     ``r⁰ = r̂(L(w⁰))`` on the first mini-batch: the optimizer sees one batch at a time, and a full-data ``r⁰`` would cost
     a pass over the training set (the public implementation did that; the difference is mini-batch noise in ``r⁰``).
+
+    The scalar arithmetic runs on the host in float64: a step reads two numbers back from the device (``L`` and ``‖g‖²``,
+    in one transfer), and the update is then one fused ``_foreach_add_`` per parameter group. For these small networks that is
+    cheaper than two dozen one-element kernels, on a CPU and on a GPU alike. The global state (``log_r`` or ``log_q``,
+    ``step``, ``violations``) is kept as float64 0-dim CPU tensors.
     """
 
     variants: tuple[str, ...] = ("seed", "restart", "vanilla", "relax")
-    #: the state key of ``ℓ`` and how the logged auxiliary variable is named
+    #: the state key of ``ℓ``
     aux_key = "log_r"
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         check_positive("lr", defaults["lr"])
         check_choice("variant", defaults["variant"], self.variants)
         super().__init__(params, defaults)
+        self._last: tuple[float, float, float, float | None] | None = None
+
+    def _scalar(self, value: float | Tensor) -> Tensor:
+        return torch.tensor(float(value), dtype=torch.float64)
 
     # -- what a subclass defines -------------------------------------------------------------------------------------------
-    def _log_r_hat(self, loss: Tensor) -> Tensor:
+    def _log_r_hat(self, loss: float) -> float:
         """``log r̂(L)``, the value of the auxiliary variable that the loss ``L`` stands for."""
         raise NotImplementedError
 
-    def _log_kappa(self, loss: Tensor, log_r: Tensor) -> Tensor:
+    def _log_kappa(self, loss: float, log_r: float) -> float:
         """``log κⁿ`` in ``rⁿ⁺¹ = rⁿ / (1 + Δt Sⁿ / κⁿ)``."""
         raise NotImplementedError
 
-    def _check_first_loss(self, loss: Tensor) -> None:
-        """Called once, before the first step, with the first loss (a host sync, once)."""
-
-    def _record(self, log_r: Tensor, loss: Tensor) -> dict[str, Tensor]:
+    def _record(self, log_r: float, loss: float) -> dict[str, float]:
         """The method's own logged scalars: the auxiliary variable and the modified energy."""
         raise NotImplementedError
 
@@ -217,57 +265,82 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         return self.defaults["variant"] == "restart"
 
     # -- the step ------------------------------------------------------------------------------------------------------------
+    def _evaluate(self, closure: Callable[[], Tensor]) -> tuple[Tensor, float, list]:
+        """Run the closure; return its loss, the loss as a float averaged over ranks, and the gradient groups
+        ``[Δt_g, c_g, params, grads, ‖g_g‖²]``. The loss and the gradient norms come back from the device in one transfer."""
+        with torch.enable_grad():
+            orig_loss = closure()
+        loss = self._reduce_loss(orig_loss)
+        groups, norms = [], []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                grads = [p.grad for p in params]
+                dt = group["lr"]
+                groups.append([dt, dt / (1.0 + dt * group.get("lam", 0.0)), params, grads, len(grads)])
+                norms += torch._foreach_norm(grads)
+        values = torch.stack([loss, *norms]) if all(n.dtype == loss.dtype for n in norms) else None
+        if values is None or values.dtype not in (torch.float32, torch.float64):  # keep a bfloat16 loss's digits
+            values = torch.stack([loss.to(torch.float64), *(n.to(torch.float64) for n in norms)])
+        values = values.tolist()
+        start = 1
+        for entry in groups:
+            count = entry[4]
+            entry[4] = math.fsum(v * v for v in values[start : start + count])
+            start += count
+        return orig_loss, values[0], groups
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
         """Take one step. ``closure`` zeroes the gradients, computes the mean mini-batch loss, back-propagates and returns
         the loss; it is required. Returns the closure's loss."""
-        variant = self.defaults["variant"]
         if closure is None:
             raise GFStepError(NO_CLOSURE.format(cls=type(self).__name__))
-        with torch.enable_grad():
-            orig_loss = closure()
-        loss = self._reduce_loss(orig_loss)
+        orig_loss, loss, groups = self._evaluate(closure)
+        variant = self.defaults["variant"]
         state = self.global_state
-        first = self.aux_key not in state
-        if first:
-            self._check_first_loss(loss)
-            state["step"] = self._scalar(0.0)
-            state["violations"] = self._scalar(0.0)
         log_hat = self._log_r_hat(loss)
-        dt_s, groups = self._grad_terms()
-        if first or self._resets:
+        if self.aux_key not in state:  # r⁰ = r̂(L(w⁰))
+            state.update({self.aux_key: self._scalar(log_hat), "step": self._scalar(0), "violations": self._scalar(0)})
+        log_r = state[self.aux_key].item()
+        if self._resets:
+            # the only place the modified energy can rise: a restart above the value the last step left
+            if log_hat > log_r:
+                state["violations"] += 1
             log_r = log_hat
-            rose = torch.zeros((), dtype=torch.bool, device=log_hat.device) if first else log_hat > state[self.aux_key]
-        else:
-            log_r = state[self.aux_key]
-            rose = torch.zeros((), dtype=torch.bool, device=log_hat.device)
 
-        shrink = torch.nn.functional.softplus(torch.log(dt_s) - self._log_kappa(loss, log_r))
+        dt_s = sum(c * g2 for _, c, _, _, g2 in groups)
+        shrink = softplus(log0(dt_s) - self._log_kappa(loss, log_r))
         log_new = log_r - shrink
-        factor = torch.exp(-shrink) if variant in ("seed", "restart") else torch.exp(log_new - log_hat)
-        self._apply(groups, factor)
+        factor = math.exp(-shrink) if variant in ("seed", "restart") else exp0(log_new - log_hat)
+        for _, c, params, grads, _ in groups:
+            alpha = -factor * c
+            if abs(alpha) > torch.finfo(params[0].dtype).max:  # what the parameters' dtype would round it to
+                alpha = math.copysign(math.inf, alpha)
+            torch._foreach_add_(params, grads, alpha=alpha)
+        xi = None
         if variant == "relax":
-            moved = self._moved(groups, factor)
+            moved = sum((factor * c) ** 2 * g2 / dt for dt, c, _, _, g2 in groups)
             with torch.enable_grad():
-                loss_next = self._reduce_loss(closure())
+                loss_next = self._reduce_loss(closure()).item()
             log_new, xi = relax_log(log_r, log_new, self._log_r_hat(loss_next), moved, self.defaults["eta"])
-            self.stats["optim/xi"] = xi
-        rose = rose | (log_new > log_r)
 
-        state[self.aux_key] = log_new
+        state[self.aux_key].fill_(log_new)
         state["step"] += 1
-        state["violations"] += rose.to(state["violations"].dtype)
-        group = self.param_groups[0]
-        self.stats.update(self._record(log_new, loss))
-        self.stats["energy/true"] = loss
-        self.stats["energy/violations"] = state["violations"]
-        self.stats["optim/effective_lr"] = factor * (group["lr"] / (1.0 + group["lr"] * group.get("lam", 0.0)))
+        self._last = (log_new, loss, factor, xi)
         return orig_loss
 
-    def _reduce_loss(self, loss: Any) -> Tensor:
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise GFStepError(
-                f"{type(self).__name__}.step(closure): the closure must return the mean mini-batch loss as a one-element "
-                f"tensor; it returned {type(loss).__name__}"
-            )
-        return global_mean_(loss.detach().reshape(()).to(self._scalar(0.0).dtype).clone())
+    @property
+    def stats(self) -> dict[str, Tensor]:
+        """The last step's scalars as 0-dim tensors, computed when asked (a logging step), not on every step."""
+        if self._last is None:
+            return {}
+        log_r, loss, factor, xi = self._last
+        group = self.param_groups[0]
+        out = self._record(log_r, loss)
+        out["energy/true"] = loss
+        out["energy/violations"] = self.global_state["violations"].item()
+        out["optim/effective_lr"] = factor * group["lr"] / (1.0 + group["lr"] * group.get("lam", 0.0))
+        if xi is not None:
+            out["optim/xi"] = xi
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}

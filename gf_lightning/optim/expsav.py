@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import torch
-from torch import Tensor
-
 from .base import AuxiliaryVariableOptimizer, check_fraction, check_nonnegative, check_positive
 
 
@@ -30,6 +27,11 @@ class ExpSAV(AuxiliaryVariableOptimizer):
     would overflow (``L > 709`` in float64, ``L > 88`` in float32: exp2's first losses are in the thousands). Note what the
     formula does there: with ``rⁿ`` astronomically large, ``rⁿ⁺¹/rⁿ = 1`` to machine precision and the step is a gradient step
     of size ``Δt / (1 + Δt λ)``.
+
+    ``vanilla`` and ``relax`` step by ``rⁿ⁺¹/(C·exp(L(wⁿ))) = exp(ℓⁿ⁺¹ − log C − L(wⁿ))``: when the loss falls far below the
+    loss that the carried ``r`` remembers (a next mini-batch 100 lower is enough), that factor is ``e¹⁰⁰`` and the step blows
+    up; ``relax`` follows a falling loss within a batch but not across batches. At losses of order one they behave; at exp2's
+    they do not. The seed and restart forms step by ``rⁿ⁺¹/rⁿ ≤ 1``.
 
     The modified energy logged is ``log r − log C``, the loss that ``r`` stands for.
 
@@ -57,11 +59,11 @@ class ExpSAV(AuxiliaryVariableOptimizer):
         super().__init__(params, dict(lr=lr, C=float(C), lam=float(lam), variant=variant, eta=float(eta)))
         self._log_c = math.log(float(C))
 
-    def _log_r_hat(self, loss: Tensor) -> Tensor:
+    def _log_r_hat(self, loss: float) -> float:
         return loss + self._log_c
 
-    def _log_kappa(self, loss: Tensor, log_r: Tensor) -> Tensor:
+    def _log_kappa(self, loss: float, log_r: float) -> float:
         return log_r
 
-    def _record(self, log_r: Tensor, loss: Tensor) -> dict[str, Tensor]:
+    def _record(self, log_r: float, loss: float) -> dict[str, float]:
         return {"energy/log_r": log_r, "energy/modified": log_r - self._log_c}

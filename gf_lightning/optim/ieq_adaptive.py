@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import torch
-from torch import Tensor
-
-from .base import AuxiliaryVariableOptimizer, check_positive
+from .base import AuxiliaryVariableOptimizer, GFStepError, check_positive, log0
 
 
 class IEQAdaptive(AuxiliaryVariableOptimizer):
@@ -49,12 +46,16 @@ class IEQAdaptive(AuxiliaryVariableOptimizer):
         super().__init__(params, dict(lr=lr, eps=float(eps), variant=variant))
         self._log_eps = math.log(float(eps))
 
-    def _log_r_hat(self, loss: Tensor) -> Tensor:
-        return 0.5 * torch.log(2.0 * loss)
+    def _log_r_hat(self, loss: float) -> float:
+        if loss < 0:
+            raise GFStepError(f"IEQAdaptive writes the loss as L = ½‖q‖², so L must be >= 0; the closure returned L = {loss:.6g}")
+        return 0.5 * log0(2.0 * loss)
 
-    def _log_kappa(self, loss: Tensor, log_r: Tensor) -> Tensor:
-        return torch.logaddexp(2.0 * log_r, torch.full_like(log_r, self._log_eps))
+    def _log_kappa(self, loss: float, log_r: float) -> float:
+        a, b = 2.0 * log_r, self._log_eps  # log(‖q‖² + ε)
+        top = max(a, b)
+        return top + math.log1p(math.exp(min(a, b) - top))
 
-    def _record(self, log_r: Tensor, loss: Tensor) -> dict[str, Tensor]:
-        q = torch.exp(log_r)
-        return {"energy/q_norm": q, "energy/modified": 0.5 * q.square()}
+    def _record(self, log_r: float, loss: float) -> dict[str, float]:
+        q = math.exp(log_r)
+        return {"energy/q_norm": q, "energy/modified": 0.5 * q * q}

@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import torch
-from torch import Tensor
-
-from .base import AuxiliaryVariableOptimizer, GFConfigError, GFStepError, check_fraction, check_nonnegative, check_positive
+from .base import AuxiliaryVariableOptimizer, GFStepError, check_fraction, check_nonnegative, check_positive
 
 
 class SAV(AuxiliaryVariableOptimizer):
@@ -58,20 +55,17 @@ class SAV(AuxiliaryVariableOptimizer):
     def _resets(self) -> bool:
         return self.defaults["variant"] in ("seed", "restart")
 
-    def _check_first_loss(self, loss: Tensor) -> None:
-        value = float(loss)
-        if not value + self.defaults["C"] > 0:
+    def _log_r_hat(self, loss: float) -> float:
+        shifted = loss + self.defaults["C"]
+        if shifted <= 0:
             raise GFStepError(
-                f"SAV needs L + C > 0: the first loss is L = {value:.6g} and C = {self.defaults['C']:g}; "
-                f"choose C > {max(-value, 0.0):.6g}"
+                f"SAV needs L + C > 0: the loss is L = {loss:.6g} and C = {self.defaults['C']:g}; choose C > {-loss:.6g}"
             )
+        return 0.5 * math.log(shifted)
 
-    def _log_r_hat(self, loss: Tensor) -> Tensor:
-        return 0.5 * torch.log(loss + self.defaults["C"])
+    def _log_kappa(self, loss: float, log_r: float) -> float:
+        return math.log(2.0 * (loss + self.defaults["C"]))
 
-    def _log_kappa(self, loss: Tensor, log_r: Tensor) -> Tensor:
-        return torch.log(2.0 * (loss + self.defaults["C"]))
-
-    def _record(self, log_r: Tensor, loss: Tensor) -> dict[str, Tensor]:
-        r = torch.exp(log_r)
-        return {"energy/r": r, "energy/modified": r.square() - self.defaults["C"]}
+    def _record(self, log_r: float, loss: float) -> dict[str, float]:
+        r = math.exp(log_r)
+        return {"energy/r": r, "energy/modified": r * r - self.defaults["C"]}

@@ -1,0 +1,245 @@
+"""``python -m gf_lightning {fit,validate,test}``: runs, logs, learns, and refuses bad settings with a one-line error."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gf_lightning.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP1_SGD = str(ROOT / "configs" / "exp1_sgd.yaml")
+EXP1_SAV = str(ROOT / "configs" / "exp1_sav.yaml")
+EXP4_SGD = str(ROOT / "configs" / "exp4_sgd.yaml")
+QUIET = ["--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false"]
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
+
+
+def _small(tmp_path: Path, *extra: str) -> list[str]:
+    """exp1 with 500 samples (400 train), one epoch unless ``extra`` says otherwise (``extra`` comes last and wins)."""
+    base = [f"--trainer.default_root_dir={tmp_path}", *QUIET, "--data.init_args.n_samples=500", "--trainer.max_epochs=1"]
+    return [*base, *extra]
+
+
+@pytest.fixture
+def one_thread():
+    """The full-data runs on one intra-op thread: on 2 shared cores, two OpenMP threads that wait on each other under load
+    made a step several times slower (measured: 2-epoch exp1 run 33 s with 2 threads against 19 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _scalars(log_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _fails_with(args: list[str], capsys) -> str:
+    """Run in-process; expect exit code 2 and return stderr."""
+    with pytest.raises(SystemExit) as info:
+        cli_main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert lines, err
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# runs
+# --------------------------------------------------------------------------------------------------------------------------
+def test_fit_in_process(tmp_path):
+    cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, "--trainer.max_epochs=2")])
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * math.ceil(400 / 256)
+    metrics = cli.trainer.callback_metrics
+    for name in ("train/loss", "val/loss", "val/mse", "val/rel_err"):
+        assert torch.isfinite(metrics[name]), name
+    log_dir = Path(cli.trainer.log_dir)
+    assert log_dir == tmp_path / "lightning_logs" / "version_0"
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 2 and saved["data"]["init_args"]["n_samples"] == 500
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()  # the forced ModelCheckpoint (save_last)
+    assert sorted(p.name for p in (log_dir / "checkpoints").glob("epoch*.ckpt")) == ["epoch0001.ckpt"]
+
+
+def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, monkeypatch, one_thread):
+    """The command as a user types it, on the full exp1 data; a second identical run in the same root works too."""
+    args = ["fit", "--config", "configs/exp1_sgd.yaml", "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}"]
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gf_lightning", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log_dir = tmp_path / "lightning_logs" / "version_0"
+    scalars = _scalars(log_dir)
+    assert len(scalars.get("train/loss", [])) == 2, sorted(scalars)
+    assert len(scalars.get("val/loss", [])) == 2, sorted(scalars)
+    assert all(math.isfinite(v) for v in scalars["train/loss"] + scalars["val/loss"])
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["data"]["class_path"] == "gf_lightning.data.SinCosRegression"
+    assert saved["trainer"]["max_epochs"] == 2
+    assert saved["model"]["optimizer"]["class_path"] == "torch.optim.SGD"
+    # the same command again, in the same root (in-process: the second start-up would cost another ~10 s)
+    monkeypatch.chdir(ROOT)
+    cli = cli_main(args)
+    assert cli.trainer.current_epoch == 2
+    assert Path(cli.trainer.log_dir) == tmp_path / "lightning_logs" / "version_1"
+    assert (tmp_path / "lightning_logs" / "version_1" / "config.yaml").is_file()
+    assert len(_scalars(tmp_path / "lightning_logs" / "version_1").get("val/loss", [])) == 2
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", EXP1_SGD, "--print_config"])
+    assert info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: gf_lightning.data.SinCosRegression" in out
+    cfg = yaml.safe_load(out)
+    assert cfg["model"]["optimizer"]["init_args"]["lr"] == 0.01
+    assert cfg["checkpoint"]["save_last"] is True and cfg["progress_bar"]["refresh_rate"] == 10
+
+
+def test_validate_and_test_subcommands(tmp_path):
+    cli = cli_main(["validate", "--config", EXP1_SGD, *_small(tmp_path)])
+    val = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert {"val/loss", "val/mse", "val/rel_err"} <= set(val) and math.isfinite(val["val/mse"])
+    assert val["val/loss"] == pytest.approx(val["val/mse"])
+    cli = cli_main(["test", "--config", EXP1_SGD, *_small(tmp_path)])
+    test = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert {"test/loss", "test/mse", "test/rel_err"} <= set(test)
+    # the same seed, the same untrained network, the same held-out split: the same number
+    assert test["test/mse"] == pytest.approx(val["val/mse"], rel=1e-6)
+
+
+def test_validate_then_fit_on_one_module(tmp_path):
+    """A validate run before fit, on the same model (a baseline before training), must not break fit's validation.
+
+    ``trainer.validate`` runs under ``torch.inference_mode``; metric state reset there becomes inference tensors, which
+    fit's validation (under ``no_grad``) may not update in place."""
+    cli = cli_main(["--config", EXP1_SGD, *_small(tmp_path)], run=False)
+    before = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]["val/mse"]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    after = float(cli.trainer.callback_metrics["val/mse"])
+    assert math.isfinite(after) and after != before
+
+
+@pytest.mark.slow
+def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
+    """exp1 with the seed's SGD (lr 0.01, batch 256) on the full data for 20 epochs learns: the held-out MSE falls below
+    its start and clearly below the best constant predictor (the training mean).
+
+    The issue asked for a 5× fall. With the fan-in initialisation SPEC §1 asks for, the network starts at the constant
+    predictor's error (≈ 0.95, the targets' variance), and the measured fall in 20 epochs is ≈ 1.05× (100 epochs: ≈ 1.24×).
+    A 5× fall from the start presumes an initial MSE far above the data's variance, as with the public implementation's
+    mis-scaled init (initial MSE 8–48, SPEC §1)."""
+    common = ["--config", EXP1_SGD, f"--trainer.default_root_dir={tmp_path}", *QUIET, "--trainer.logger=false"]
+    start_cli = cli_main(["validate", *common])
+    start = float(start_cli.trainer.callback_metrics["val/mse"])
+    cli = cli_main([*common, "--trainer.max_epochs=20", "--trainer.num_sanity_val_steps=0"], run=False)
+    assert torch.equal(start_cli.model.net.W, cli.model.net.W)  # the start was measured on this very network
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.current_epoch == 20
+    end = float(cli.trainer.callback_metrics["val/mse"])
+    t = cli.datamodule.tensors
+    constant = float((t["y_test"] - t["y_train"].mean()).square().mean())
+    print(f"exp1 SGD 20 epochs: held-out MSE {start:.4g} -> {end:.4g} (factor {start / end:.3g}); constant predictor {constant:.4g}")
+    assert end < start / 1.03
+    assert end < 0.97 * constant
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# bad settings: one short line naming the setting, exit code 2, no traceback
+# --------------------------------------------------------------------------------------------------------------------------
+def test_unknown_optimizer_class(tmp_path, capsys):
+    err = _fails_with(["fit", "--config", EXP1_SGD, *_small(tmp_path, "--model.optimizer.class_path=torch.optim.Nope")], capsys)
+    line = _error_line(err)
+    assert "model.optimizer" in line and "Nope" in err
+
+
+@pytest.mark.parametrize(
+    "config, lr", [(EXP1_SGD, "-1"), (EXP1_SAV, "-1"), (EXP1_SAV, "0")], ids=["sgd-negative", "sav-negative", "sav-zero"]
+)
+def test_nonpositive_lr(tmp_path, capsys, config, lr):
+    err = _fails_with(["fit", "--config", config, *_small(tmp_path, f"--model.optimizer.init_args.lr={lr}")], capsys)
+    line = _error_line(err)
+    assert line.startswith("gf_lightning: error: model.optimizer"), line
+    assert re.search(r"\blr\b|learning rate", line), line
+
+
+def test_nonpositive_width(tmp_path, capsys):
+    err = _fails_with(["fit", "--config", EXP1_SGD, *_small(tmp_path, "--model.net.init_args.m=0")], capsys)
+    line = _error_line(err)
+    assert line.startswith("gf_lightning: error: model.net") and re.search(r"\bm\b", line), line
+
+
+def test_batch_larger_than_training_set(tmp_path, capsys):
+    args = ["fit", "--config", EXP1_SGD, f"--trainer.default_root_dir={tmp_path}", *QUIET, "--trainer.max_epochs=1"]
+    err = _fails_with([*args, "--data.init_args.batch_size=100000"], capsys)
+    line = _error_line(err)
+    assert "data.batch_size" in line and "100000" in line and "8000" in line, line
+
+
+@pytest.mark.parametrize(
+    "setting", ["--data.init_args.batch_size=0", "--data.init_args.n_samples=1"], ids=["batch_size", "n_samples"]
+)
+def test_bad_data_setting_at_construction(tmp_path, capsys, setting):
+    """A data module's own GFConfigError, raised in ``__init__`` (jsonargparse instantiates it inside a Union)."""
+    err = _fails_with(["fit", "--config", EXP1_SGD, *_small(tmp_path, setting)], capsys)
+    name = setting.split("=")[0].rsplit(".", 1)[-1]
+    assert f"data.{name}" in _error_line(err)
+
+
+def test_mnist_missing_with_download_off(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["fit", "--config", EXP4_SGD, f"--data.init_args.data_dir={empty}", "--data.init_args.download=false"]
+    err = _fails_with([*args, f"--trainer.default_root_dir={tmp_path}", *QUIET, "--trainer.max_epochs=1"], capsys)
+    line = _error_line(err)
+    assert "data.download" in line or str(empty / "MNIST" / "raw") in line, line
+    assert "train-images-idx3-ubyte" in line
+
+
+def test_bad_settings_as_a_user_sees_them(tmp_path):
+    """One subprocess: the exit code and stderr of the real entry point (no traceback, the error last)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gf_lightning", "fit", "--config", "configs/exp1_sav.yaml",
+         "--model.optimizer.init_args.lr=-1", f"--trainer.default_root_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **os.environ},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gf_lightning: error: model.optimizer.init_args.lr"), last
+
+
+@pytest.mark.parametrize(
+    "setting", ["--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"], ids=["checkpointing", "bar"]
+)
+def test_trainer_switches_turn_off_the_forced_callbacks(tmp_path, setting):
+    """The CLI adds a ModelCheckpoint and a TQDMProgressBar; the Trainer's own off-switches must still work (Lightning
+    refuses ``enable_checkpointing=False`` beside a ModelCheckpoint, with a traceback)."""
+    cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, setting)])
+    assert cli.trainer.current_epoch == 1
+    if "checkpointing" in setting:
+        assert not list(tmp_path.rglob("*.ckpt"))
+    else:
+        assert cli.trainer.progress_bar_callback is None

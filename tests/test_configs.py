@@ -1,0 +1,152 @@
+"""Every file under configs/ parses through the command line, and the experiment configs carry SPEC §3's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gf_lightning.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TRAINER_DIR = CONFIGS / "trainer"
+ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))
+TRAINER_CONFIGS = sorted(p for p in ALL_YAML if TRAINER_DIR in p.parents)
+EXPERIMENT_CONFIGS = sorted(p for p in ALL_YAML if TRAINER_DIR not in p.parents)
+EXP1_SGD = CONFIGS / "exp1_sgd.yaml"
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
+QUIET = ["--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false"]
+
+
+def _ids(paths):
+    return [str(p.relative_to(CONFIGS)) for p in paths]
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# SPEC §3, copied: per experiment (data class, d, m, k, epochs) and per method (optimizer, batch, hyperparameters)
+# --------------------------------------------------------------------------------------------------------------------------
+EXPERIMENTS = {
+    "exp1": ("gf_lightning.data.SinCosRegression", 40, 1000, 1, 1000),
+    "exp2": ("gf_lightning.data.QuadraticRegression", 40, 1000, 1, 100),
+    "exp3": ("gf_lightning.data.GaussianRegression", 40, 1000, 1, 100),
+    "exp4": ("gf_lightning.data.MNISTDataModule", 784, 100, 10, 50),
+}
+OPTIMIZERS = {
+    "sgd": "torch.optim.SGD",
+    "adam": "torch.optim.Adam",
+    "sav": "gf_lightning.optim.SAV",
+    "expsav": "gf_lightning.optim.ExpSAV",
+    "ieq": "gf_lightning.optim.IEQ",
+    "ieq_adaptive": "gf_lightning.optim.IEQAdaptive",
+}
+# (experiment, method) → (batch, {hyperparameter: value}); ε = 1e-8 is the seed's only stated IEQ-adaptive ε (exp1)
+EPS = {"eps": 1e-8}
+TABLE = {
+    ("exp1", "sgd"): (256, {"lr": 0.01}),
+    ("exp1", "adam"): (64, {"lr": 0.001}),
+    ("exp1", "sav"): (256, {"lr": 0.5, "C": 100, "lam": 4}),
+    ("exp1", "expsav"): (256, {"lr": 0.1, "C": 1, "lam": 1}),
+    ("exp1", "ieq"): (64, {"lr": 0.1}),
+    ("exp1", "ieq_adaptive"): (256, {"lr": 0.1, **EPS}),
+    ("exp2", "sgd"): (64, {"lr": 0.01}),
+    ("exp2", "adam"): (64, {"lr": 0.001}),
+    ("exp2", "sav"): (64, {"lr": 0.01, "C": 1, "lam": 4}),
+    # ("exp2", "expsav"): not run in the seed, no row to check
+    ("exp2", "ieq"): (64, {"lr": 0.01}),
+    ("exp2", "ieq_adaptive"): (64, {"lr": 0.01, **EPS}),
+    ("exp3", "sgd"): (256, {"lr": 0.01}),
+    ("exp3", "adam"): (256, {"lr": 0.001}),
+    ("exp3", "sav"): (256, {"lr": 0.01, "C": 100, "lam": 4}),
+    ("exp3", "expsav"): (256, {"lr": 0.01, "C": 1, "lam": 0}),
+    ("exp3", "ieq"): (256, {"lr": 0.01}),
+    ("exp3", "ieq_adaptive"): (256, {"lr": 0.01, **EPS}),
+    ("exp4", "sgd"): (256, {"lr": 0.1}),
+    ("exp4", "sav"): (256, {"lr": 0.1, "C": 100, "lam": 4}),
+    ("exp4", "expsav"): (256, {"lr": 0.1, "C": 1, "lam": 1e-6}),
+    ("exp4", "ieq"): (256, {"lr": 0.1}),
+    ("exp4", "ieq_adaptive"): (256, {"lr": 0.1, **EPS}),
+}
+NOT_IN_TABLE = {("exp2", "expsav")}
+EPOCH_OVERRIDES = {("exp2", "ieq"): 50}
+
+
+def _key(path: Path) -> tuple[str, str]:
+    exp, _, method = path.stem.partition("_")
+    return exp, method
+
+
+def _parse(path: Path, tmp_path: Path, *extra: str):
+    """The CLI's own parse (and instantiation) of a config, without running a subcommand."""
+    return cli_main(["--config", str(path), f"--trainer.default_root_dir={tmp_path}", *QUIET, *extra], run=False)
+
+
+def _print_config(args: list[str], capsys) -> dict:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", *args, "--print_config"])
+    out, err = capsys.readouterr()
+    assert info.value.code in (0, None), err
+    return yaml.safe_load(out)
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+def test_configs_exist():
+    names = {p.name for p in EXPERIMENT_CONFIGS}
+    assert "exp1_sgd.yaml" in names and len(EXPERIMENT_CONFIGS) >= 20
+
+
+def test_every_experiment_config_is_in_the_table():
+    """A config the table does not know (a typo in a name, a new method) should be looked at, not silently pass."""
+    found = {_key(p) for p in EXPERIMENT_CONFIGS}
+    assert found - set(TABLE) - NOT_IN_TABLE == set()
+    assert set(TABLE) - found == set(), "SPEC §3 rows without a config"
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=_ids(EXPERIMENT_CONFIGS))
+def test_experiment_config_prints(path, capsys):
+    cfg = _print_config(["--config", str(path)], capsys)
+    exp, _ = _key(path)
+    assert cfg["data"]["class_path"] == EXPERIMENTS[exp][0]
+    assert cfg["model"]["optimizer"]["class_path"].rsplit(".", 1)[-1] in {c.rsplit(".", 1)[-1] for c in OPTIMIZERS.values()}
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=_ids(EXPERIMENT_CONFIGS))
+def test_experiment_config_matches_spec_table(path, tmp_path):
+    key = _key(path)
+    exp, method = key
+    cli = _parse(path, tmp_path)  # also builds the model, the optimizer probe and the data module
+    cfg = cli.config
+    data_cls, d, m, k, epochs = EXPERIMENTS[exp]
+    assert cfg.data.class_path == data_cls
+    assert (cfg.model.net.init_args.d, cfg.model.net.init_args.m, cfg.model.net.init_args.k) == (d, m, k)
+    assert isinstance(cfg.seed_everything, int) and not isinstance(cfg.seed_everything, bool)
+    if key in NOT_IN_TABLE:
+        pytest.skip(f"{path.name}: not run in the seed, SPEC §3 has no row to compare with")
+    batch, hyper = TABLE[key]
+    assert cfg.trainer.max_epochs == EPOCH_OVERRIDES.get(key, epochs)
+    assert cfg.model.optimizer.class_path == OPTIMIZERS[method]
+    assert cfg.data.init_args.batch_size == batch
+    got = cfg.model.optimizer.init_args
+    for name, want in hyper.items():
+        assert getattr(got, name) == pytest.approx(want, rel=1e-12, abs=0), f"{path.name}: {name}"
+        assert isinstance(getattr(got, name), (int, float)), f"{path.name}: {name} parsed as {getattr(got, name)!r}"
+    # the instantiated objects carry the same numbers
+    assert cli.datamodule.batch_size == batch
+    opt = cli.model.configure_optimizers()
+    assert type(opt).__name__ == OPTIMIZERS[method].rsplit(".", 1)[-1]
+    for name, want in hyper.items():
+        assert opt.defaults[name] == pytest.approx(want, rel=1e-12, abs=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", TRAINER_CONFIGS, ids=_ids(TRAINER_CONFIGS))
+def test_trainer_fragment_parses_with_exp1(path, capsys):
+    fragment = yaml.safe_load(path.read_text()) or {}
+    assert isinstance(fragment, dict), f"{path.name}: a --trainer fragment is a mapping of Trainer arguments"
+    cfg = _print_config(["--config", str(EXP1_SGD), "--trainer", str(path)], capsys)
+    for name, value in fragment.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            assert cfg["trainer"][name] == value, f"{path.name}: trainer.{name}"
+    # the experiment's own settings are still there
+    assert cfg["model"]["optimizer"]["class_path"] == "torch.optim.SGD"

@@ -1,0 +1,308 @@
+"""The data of SPEC §3: three seeded regressions, the MNIST subsample, and the batching over in-memory tensors."""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from gf_lightning.data import (
+    GaussianRegression,
+    MNISTDataModule,
+    QuadraticRegression,
+    SinCosRegression,
+    TensorBatches,
+)
+from gf_lightning.errors import GFConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# the three regressions
+# --------------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exp1():
+    return SinCosRegression(seed=0).build()
+
+
+@pytest.fixture(scope="module")
+def exp2():
+    return QuadraticRegression(seed=0).build()
+
+
+@pytest.fixture(scope="module")
+def exp3():
+    return GaussianRegression(seed=0).build()
+
+
+def _check_layout(t: dict, n_train: int, n_test: int, d: int = 40) -> None:
+    assert set(t) == {"x_train", "y_train", "x_test", "y_test"}
+    assert tuple(t["x_train"].shape) == (n_train, d)
+    assert tuple(t["y_train"].shape) == (n_train, 1)
+    assert tuple(t["x_test"].shape) == (n_test, d)
+    assert tuple(t["y_test"].shape) == (n_test, 1)
+    for v in t.values():
+        assert v.dtype == torch.float32
+        assert torch.isfinite(v).all()
+
+
+def _all(t: dict, key: str) -> torch.Tensor:
+    return torch.cat([t[f"{key}_train"], t[f"{key}_test"]])
+
+
+def test_exp1_sincos(exp1):
+    _check_layout(exp1, 8000, 2000)
+    x, y = _all(exp1, "x"), _all(exp1, "y")
+    assert x.min() >= 0 and x.max() <= 1
+    # 400 000 U(0,1) entries: the mean's standard error is 0.289/√4e5 ≈ 4.6e-4
+    assert abs(x.double().mean().item() - 0.5) < 0.003
+    assert x.double().std().item() == pytest.approx(1 / math.sqrt(12), rel=0.01)  # uniform, not e.g. normal
+    assert y.min() >= -2 and y.max() <= 2
+    assert y.std() > 0.3  # a non-trivial target
+
+
+def test_exp1_targets_are_sin_plus_cos_of_gaussian_projections():
+    """``target`` draws p, q ~ N(0, I) from the generator it is given and returns sin(x·p) + cos(x·q)."""
+    dm = SinCosRegression(d=7, seed=0)
+    x = torch.rand(50, 7, dtype=torch.float64)
+    y = dm.target(x, torch.Generator().manual_seed(123))
+    p, q = torch.randn(2, 7, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    torch.testing.assert_close(y.reshape(-1), torch.sin(x @ p) + torch.cos(x @ q))
+
+
+def test_build_is_the_documented_seeded_draw(exp1):
+    """One generator seeded with ``seed``: inputs first, then the target's coefficients; first 80 % train."""
+    dm = SinCosRegression(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x = dm.sample_inputs(10_000, gen)
+    y = dm.target(x, gen).reshape(-1, 1)
+    assert torch.equal(exp1["x_train"], x[:8000].float()) and torch.equal(exp1["x_test"], x[8000:].float())
+    assert torch.equal(exp1["y_train"], y[:8000].float()) and torch.equal(exp1["y_test"], y[8000:].float())
+
+
+def test_exp2_quadratic(exp2):
+    _check_layout(exp2, 8000, 2000)
+    x, y = _all(exp2, "x").double(), _all(exp2, "y").double()
+    assert x.min() >= 0 and x.max() <= 5
+    assert abs(x.mean().item() - 2.5) < 0.02
+    assert x.max() > 4.9 and x.min() < 0.1  # the whole interval, not U(0,1)
+    # y = Σ cᵢ xᵢ² exactly: least squares on the features xᵢ² leaves only float32 rounding
+    c = torch.linalg.lstsq(x.square(), y).solution
+    resid = y - x.square() @ c
+    assert resid.abs().max() < 1e-3 * y.abs().max()
+    # c ~ N(0, I): 40 draws, mean within ±1, std within (0.5, 1.6)
+    assert abs(c.mean().item()) < 1.0 and 0.5 < c.std().item() < 1.6
+    assert y.std() > 10  # not normalised (SPEC §3: std ≈ 32)
+
+
+def test_exp3_gaussian(exp3):
+    _check_layout(exp3, 800, 200)
+    x, y = _all(exp3, "x").double(), _all(exp3, "y").double()
+    n = x.shape[0]
+    # per-coordinate std 0.2: standard error of a sample std ≈ σ/√(2n) = 0.0045; of a mean σ/√n = 0.0063; 5 of each
+    std, mean = x.std(dim=0), x.mean(dim=0)
+    assert (std - 0.2).abs().max() < 5 * 0.2 / math.sqrt(2 * n)
+    assert mean.abs().max() < 5 * 0.2 / math.sqrt(n)
+    assert abs(x.square().sum(1).mean().item() - 1.6) < 0.05  # E‖x‖² = 40 · 0.04
+    assert (y > 0).all() and (y <= 1).all()
+    torch.testing.assert_close(y.reshape(-1), torch.exp(-10 * x.square().sum(1)), rtol=1e-5, atol=0)
+    assert y.median() < 1e-5  # the tiny targets of SPEC §3 (median ≈ 1.5e-7)
+
+
+@pytest.mark.parametrize("cls", [SinCosRegression, QuadraticRegression, GaussianRegression])
+def test_one_seed_is_bit_identical_two_seeds_differ(cls):
+    a, b, c = cls(n_samples=300, seed=7).build(), cls(n_samples=300, seed=7).build(), cls(n_samples=300, seed=8).build()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        assert not torch.equal(a[key], c[key]), key
+
+
+def test_seed_none_takes_the_run_seed():
+    torch.manual_seed(5)
+    a = SinCosRegression(n_samples=100).build()
+    torch.manual_seed(5)
+    b = SinCosRegression(n_samples=100).build()
+    assert torch.equal(a["x_train"], b["x_train"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [(dict(n_samples=1), "n_samples"), (dict(train_fraction=1.0), "train_fraction"), (dict(batch_size=0), "batch_size")],
+)
+def test_bad_regression_settings(kwargs, name):
+    with pytest.raises(GFConfigError, match=f"data.{name}"):
+        SinCosRegression(**kwargs)
+
+
+def test_batch_larger_than_training_set_is_refused_at_setup():
+    dm = SinCosRegression(n_samples=100, batch_size=81, seed=0)
+    with pytest.raises(GFConfigError, match=r"data\.batch_size.*80"):
+        dm.setup("fit")
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# TensorBatches
+# --------------------------------------------------------------------------------------------------------------------------
+def _indexed(n: int):
+    """x[i] = i (as a float feature), y[i] = i: a batch tells which samples it holds."""
+    return torch.arange(n, dtype=torch.float32).unsqueeze(1), torch.arange(n)
+
+
+def _epoch(tb: TensorBatches, epoch: int) -> list[torch.Tensor]:
+    tb.sampler.set_epoch(epoch)
+    batches = list(tb)
+    for x, y in batches:
+        assert torch.equal(x[:, 0].long(), y)  # x and y rows stay paired
+    return [y for _, y in batches]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_cover_training_set_once_per_epoch(shuffle):
+    x, y = _indexed(103)
+    tb = TensorBatches(x, y, batch_size=10, shuffle=shuffle, seed=0)
+    assert len(tb) == 11  # no drop_last: the last batch holds 3
+    for epoch in range(3):
+        ys = _epoch(tb, epoch)
+        assert len(ys) == len(tb)
+        assert [len(b) for b in ys] == [10] * 10 + [3]
+        assert torch.equal(torch.cat(ys).sort().values, torch.arange(103))
+
+
+def test_drop_last_drops_the_short_batch():
+    x, y = _indexed(103)
+    tb = TensorBatches(x, y, batch_size=10, shuffle=True, drop_last=True)
+    assert len(tb) == 10 and [len(b) for b in _epoch(tb, 0)] == [10] * 10
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    x, y = _indexed(200)
+    a = TensorBatches(x, y, batch_size=32, shuffle=True, seed=3)
+    b = TensorBatches(x, y, batch_size=32, shuffle=True, seed=3)
+    order = lambda tb, e: torch.cat(_epoch(tb, e))  # noqa: E731
+    assert torch.equal(order(a, 4), order(b, 4))
+    assert torch.equal(order(a, 4), order(a, 4))  # the same epoch again: the same order
+    assert not torch.equal(order(a, 4), order(a, 5))
+    c = TensorBatches(x, y, batch_size=32, shuffle=True, seed=4)
+    assert not torch.equal(order(a, 4), order(c, 4))
+    unshuffled = TensorBatches(x, y, batch_size=32, shuffle=False)
+    assert torch.equal(order(unshuffled, 0), torch.arange(200))
+    assert torch.equal(order(unshuffled, 1), torch.arange(200))
+
+
+@pytest.mark.parametrize("n", [100, 101])
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_two_ranks_shard_like_distributed_sampler(n, epoch):
+    x, y = _indexed(n)
+    shards = []
+    for rank in range(2):
+        tb = TensorBatches(x, y, batch_size=10, shuffle=True, seed=11, rank=rank, world_size=2)
+        batches = _epoch(tb, epoch)
+        assert tb.local_batch == 5
+        assert all(len(b) == 5 for b in batches[:-1]) and 1 <= len(batches[-1]) <= 5
+        assert len(batches) == math.ceil(math.ceil(n / 2) / 5)
+        shard = torch.cat(batches)
+        ds = DistributedSampler(range(n), num_replicas=2, rank=rank, shuffle=True, seed=11)
+        ds.set_epoch(epoch)
+        assert shard.tolist() == list(ds)
+        shards.append(shard)
+    assert len(shards[0]) == len(shards[1]) == math.ceil(n / 2)
+    together = torch.cat(shards)
+    assert set(together.tolist()) == set(range(n))  # every sample is seen
+    overlap = set(shards[0].tolist()) & set(shards[1].tolist())
+    assert len(overlap) == 2 * math.ceil(n / 2) - n  # disjoint but for the padding (0 when n is even)
+
+
+def test_batch_size_must_divide_among_ranks():
+    x, y = _indexed(40)
+    with pytest.raises(GFConfigError, match=r"data\.batch_size \(9\).*2"):
+        TensorBatches(x, y, batch_size=9, world_size=2)
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# MNIST
+# --------------------------------------------------------------------------------------------------------------------------
+def _write_idx(raw: Path, n_train: int = 30, n_test: int = 12) -> None:
+    """The four uncompressed IDX files: image i has every pixel = 8·i (mod 256), label i mod 10 (train) or (i+3) mod 10."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, shift in (("train", n_train, 0), ("t10k", n_test, 3)):
+        pixels = bytes(((8 * i) % 256) for i in range(n) for _ in range(28 * 28))
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels)
+        labels = bytes((i + shift) % 10 for i in range(n))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels)
+
+
+def test_mnist_from_a_tiny_idx_set(tmp_path):
+    _write_idx(tmp_path / "MNIST" / "raw")
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=False, n_train=20, n_test=10, batch_size=4, seed=0)
+    dm.prepare_data()  # download=False with the files present: nothing to do, no error
+    dm.setup("fit")
+    t = dm.tensors
+    assert tuple(t["x_train"].shape) == (20, 784) and tuple(t["x_test"].shape) == (10, 784)
+    assert t["x_train"].dtype == torch.float32 and t["y_train"].dtype == torch.long
+    for split, n, shift in (("train", 30, 0), ("test", 12, 3)):
+        x, y = t[f"x_{split}"], t[f"y_{split}"]
+        assert torch.equal(x, x[:, :1].expand_as(x))  # each image constant, as written
+        i = torch.round(x[:, 0] * 255 / 8).long()  # pixels / 255: recover the image's index
+        torch.testing.assert_close(x[:, 0], (8 * i).float() / 255)
+        assert torch.equal(y, (i + shift) % 10)  # images and labels stay paired through the subsample
+        assert len(set(i.tolist())) == len(i) and i.max() < n  # drawn without replacement
+    assert dm.dims == (784, 10) and dm.task == "classification"
+    batches = list(dm.train_dataloader())
+    assert [len(b[1]) for b in batches] == [4] * 5
+    # another seed, another subsample; the same seed, the same one
+    same = MNISTDataModule(data_dir=str(tmp_path), download=False, n_train=20, n_test=10, seed=0).build()
+    other = MNISTDataModule(data_dir=str(tmp_path), download=False, n_train=20, n_test=10, seed=1).build()
+    assert torch.equal(same["y_train"], t["y_train"]) and torch.equal(same["x_train"], t["x_train"])
+    assert not torch.equal(other["x_train"], t["x_train"])
+
+
+def test_mnist_subsample_larger_than_file_is_refused(tmp_path):
+    _write_idx(tmp_path / "MNIST" / "raw")
+    with pytest.raises(GFConfigError, match=r"data\.n_train \(31\)"):
+        MNISTDataModule(data_dir=str(tmp_path), download=False, n_train=31, n_test=10, batch_size=4).build()
+
+
+def test_mnist_real_files():
+    raw = SHARED_DATA / "MNIST" / "raw"
+    if not all((raw / f).is_file() for f in RAW_FILES):
+        print(f"skipping: the MNIST files are not in {raw}")
+        pytest.skip(f"the MNIST files are not in {raw}")
+    dm = MNISTDataModule(data_dir=str(SHARED_DATA), download=False, seed=0)
+    dm.setup("fit")
+    t = dm.tensors
+    assert tuple(t["x_train"].shape) == (8000, 784) and tuple(t["x_test"].shape) == (2000, 784)
+    assert tuple(t["y_train"].shape) == (8000,) and tuple(t["y_test"].shape) == (2000,)
+    for split in ("train", "test"):
+        x, y = t[f"x_{split}"], t[f"y_{split}"]
+        assert x.dtype == torch.float32 and x.min() == 0 and x.max() == 1
+        assert 0.1 < x.mean() < 0.15  # MNIST's mean pixel ≈ 0.13
+        assert y.dtype == torch.long and set(y.unique().tolist()) == set(range(10))
+        counts = torch.bincount(y, minlength=10).float() / len(y)
+        assert counts.min() > 0.07 and counts.max() < 0.14  # a random subsample: roughly balanced
+
+
+def test_mnist_missing_files_with_download_off(tmp_path):
+    dm = MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=False, batch_size=4)
+    for call in (dm.prepare_data, lambda: dm.setup("fit")):
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        msg = str(info.value)
+        assert str(tmp_path / "nowhere" / "MNIST" / "raw") in msg
+        for name in RAW_FILES:
+            assert name in msg
+        assert "data.download" in msg
+
+
+def test_mnist_partial_files_name_the_missing_ones(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx(raw)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing: t10k-labels-idx1-ubyte\)"):
+        MNISTDataModule(data_dir=str(tmp_path), download=False).setup("fit")
