@@ -24,7 +24,8 @@ def replica_fingerprint(pl_module: L.LightningModule) -> torch.Tensor:
 class ReplicaCheck(L.Callback):
     """After every training epoch, compare every rank's :func:`replica_fingerprint`: the minimum over ranks must equal the
     maximum. DDP averages gradients and nothing else, so a quantity that one rank computed from its own shard alone (a loss,
-    ``r``, ``‖q‖``, a Jacobian) makes replicas drift apart silently; this makes it loud. Costs two all-reduces an epoch.
+    ``r``, ``‖q‖``, a Jacobian) makes replicas drift apart silently; this makes it loud. Costs two all-reduces an epoch, and
+    logs the largest difference as ``ddp/replica_spread`` (0 when the replicas agree).
 
     ``last`` keeps the last ``(minimum, maximum)`` pair for inspection."""
 
@@ -38,6 +39,7 @@ class ReplicaCheck(L.Callback):
             dist.all_reduce(low, op=dist.ReduceOp.MIN)
             dist.all_reduce(high, op=dist.ReduceOp.MAX)
         self.last = (low, high)
+        pl_module.log("ddp/replica_spread", (high - low).abs().max().float(), on_step=False, on_epoch=True)
         if not torch.equal(low, high):
             raise ReplicaDivergenceError(
                 f"replicas disagree after epoch {trainer.current_epoch}: min {low.tolist()} vs max {high.tolist()} "
