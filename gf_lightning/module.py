@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MeanSquaredError, Metric, SumMetric
+from torchmetrics import MeanMetric, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .errors import GFConfigError, NonFiniteError
@@ -81,7 +81,8 @@ class GradientFlowModule(L.LightningModule):
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self._optimizer_class = self._validate_optimizer()
         self._residual = getattr(self._optimizer_class, "closure_returns", "loss") == "residual"
-        self.train_loss = MeanMetric()
+        self._epoch_loss: Tensor | None = None  # Σ batch loss × batch size over the epoch, and the sample count
+        self._epoch_count = 0
         self.eval_loss = MeanMetric()
         self.eval_mse = MeanSquaredError()
         self.eval_rel = RelativeError()
@@ -160,17 +161,27 @@ class GradientFlowModule(L.LightningModule):
                 return loss
 
             loss = opt.step(closure=closure).detach()
-        self.train_loss.update(loss, weight=x.shape[0])
+        self._epoch_loss.add_(loss, alpha=x.shape[0])
+        self._epoch_count += x.shape[0]
         if self.global_step % self.check_finite_every_n_steps == 0:
             self._check_finite(loss=loss)
-        if self.trainer._logger_connector.should_update_logs:  # Lightning writes on_step values only on these steps
+        if self.loggers and self.trainer._logger_connector.should_update_logs:  # every log_every_n_steps
             stats = getattr(opt.optimizer, "stats", None)
             if stats:
-                self.log_dict(stats, on_step=True, on_epoch=False)
+                # straight to the loggers: self.log would build a result entry per key and step, which costs more
+                # than the optimizer step itself here; loggers write on rank 0 only
+                metrics = {name: float(value) for name, value in stats.items()}
+                for logger in self.loggers:
+                    logger.log_metrics(metrics, step=self.global_step)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._epoch_count = 0
 
     def on_train_epoch_end(self) -> None:
         self._check_finite()
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        mean = (self._epoch_loss / max(self._epoch_count, 1)).float()
+        self.log("train/loss", mean, on_step=False, on_epoch=True, sync_dist=True)
 
     # -- evaluation ----------------------------------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor], prefix: str) -> None:
@@ -215,8 +226,8 @@ class GradientFlowModule(L.LightningModule):
     def _check_finite(self, loss: Tensor | None = None) -> None:
         """Stop with a message when the loss or a parameter is NaN/Inf, before a checkpoint can store it."""
         what = None
-        if loss is not None and not torch.isfinite(loss).all():
-            what = f"loss = {loss.item():.4g}"
+        if loss is not None and not math.isfinite(value := loss.item()):
+            what = f"loss = {value:.4g}"
         elif loss is None and not all(torch.isfinite(p).all() for p in self.net.parameters()):
             what = "a parameter is NaN or Inf"
         if what is not None:
