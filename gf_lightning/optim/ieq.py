@@ -62,8 +62,9 @@ class IEQ(EnergyOptimizer):
       ``cg_max_iter`` iterations, with one host sync per iteration for that test. CG iterates from zero grow in norm toward
       the solution (Steihaug 1983, Thm 2.1), so an early stop still has ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖``. ``gram_fn`` is not used on this path.
 
-    The solve runs in the residual's dtype. With float32 and a very large ``Δt·‖J‖²`` (``≳ 1/ε``) the Cholesky factorisation
-    can fail; the step is then skipped (``qⁿ⁺¹ = 0``, no move) and counted in ``"optim/solve_failures"``, with no host sync.
+    The solve runs in the residual's dtype (float32 for a 16-bit residual: there is no 16-bit Cholesky). With float32 and a
+    very large ``Δt·‖J‖²`` (``≳ 1/ε``) the Cholesky factorisation can fail; the step is then skipped (``qⁿ⁺¹ = 0``, no move)
+    and counted in ``"optim/solve_failures"``, with no host sync.
 
     Logged (``self.stats``, 0-dim device tensors): ``energy/q_norm_before`` ``‖qⁿ‖``, ``energy/q_norm`` ``‖qⁿ⁺¹‖``,
     ``energy/true`` ``½‖qⁿ‖²``, ``energy/modified`` ``½‖qⁿ⁺¹‖²``, ``energy/violations`` (steps with ``‖qⁿ⁺¹‖ > ‖qⁿ‖`` beyond
@@ -83,6 +84,8 @@ class IEQ(EnergyOptimizer):
     """
 
     solvers = ("auto", "cholesky", "cg")
+    #: what the closure returns: the residual ``q``, not a loss (the LightningModule reads this)
+    closure_returns = "residual"
 
     def __init__(
         self,
@@ -175,8 +178,8 @@ class IEQ(EnergyOptimizer):
     def _solve(
         self, q: Tensor, groups: list[tuple[float, list[Tensor]]], gram_fn: Callable[[], Tensor] | None
     ) -> tuple[Tensor, Tensor, int | None]:
-        """``qⁿ⁺¹ = (I + J D Jᵀ)⁻¹ qⁿ`` (flat, in ``q``'s dtype, float32 at least), whether the factorisation failed (a bool tensor), and the
-        CG iteration count (``None`` on the dense paths). The only place that needs all of ``q`` and ``J``."""
+        """``qⁿ⁺¹ = (I + J D Jᵀ)⁻¹ qⁿ`` (flat, in ``q``'s dtype, float32 at least), whether the factorisation failed (a bool
+        tensor), and the CG iteration count (``None`` on the dense paths). The only place that needs all of ``q`` and ``J``."""
         name = type(self).__name__
         solver, max_dense = self.defaults["solver"], self.defaults["max_dense"]
         q_flat = q.detach().reshape(-1).to(torch.promote_types(q.dtype, torch.float32))  # no Cholesky in 16 bits

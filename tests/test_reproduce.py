@@ -1,0 +1,165 @@
+"""``scripts/reproduce.py``: a quick pass of experiment 3 with every method, checked against its own TensorBoard logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import reproduce  # noqa: E402
+from helpers import read_scalars  # noqa: E402
+
+from gf_lightning.cli import cli_main  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
+METHODS = ["sgd", "adam", "sav", "expsav", "ieq", "ieq_adaptive"]
+
+
+@pytest.fixture(scope="module")
+def exp3(tmp_path_factory) -> Path:
+    """``reproduce.py --experiment 3 --epochs-scale 0.05``: 5 epochs of each of the six methods (~15 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("repro")
+    argv = ["--experiment", "3", "--epochs-scale", "0.05", "--out", str(out), "--log-every-n-steps", "2",
+            "--progress-every", "0", "--threads", "1"]
+    assert reproduce.main(argv) == 0
+    return out / "exp3"
+
+
+def _runs(folder: Path) -> dict[str, dict]:
+    return {r["method"]: r for r in json.loads((folder / "results.json").read_text())}
+
+
+def _md_tables(text: str) -> list[list[dict[str, str]]]:
+    """Every markdown table in ``text`` as a list of rows keyed by the header."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(header, (c.strip() for c in row.strip("|").split("|")))))
+            tables.append(rows)
+    return tables
+
+
+def test_every_method_ran_and_the_files_are_written(exp3):
+    runs = _runs(exp3)
+    assert list(runs) == METHODS
+    for method, run in runs.items():
+        assert run["status"] == "ok", f"{method}: {run['message']}"
+        assert len(run["test_loss"]) == len(run["train_loss"]) == 5
+        assert run["args"][:2] == ["--config", str(ROOT / "configs" / f"exp3_{method}.yaml")]
+    for name in ("loss.png", "energy.png", "results.md", "results.json"):
+        assert (exp3 / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["loss.png", "energy.png"])
+def test_figures_are_small_valid_pngs(exp3, name):
+    from PIL import Image
+
+    path = exp3 / name
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        width, height = img.size
+        assert img.format == "PNG"
+    assert 400 <= width <= 1400 and 200 <= height <= 500, (width, height)
+    assert path.stat().st_size < 250_000
+
+
+def test_table_numbers_are_the_tensorboard_scalars(exp3):
+    """Read every method's events back independently and compare with results.json (exactly) and results.md (as printed)."""
+    runs = _runs(exp3)
+    accuracy, cost = _md_tables((exp3 / "results.md").read_text())
+    accuracy = {row["method"]: row for row in accuracy}
+    cost = {row["method"]: row for row in cost}
+    for method in METHODS:
+        scalars = read_scalars(exp3 / method)
+        val = [v for _, v in scalars["val/loss"]]
+        rel = [v for _, v in scalars["val/rel_err"]]
+        assert len(val) == 5
+        run = runs[method]
+        assert run["final_loss"] == val[-1] and run["best_loss"] == min(val)
+        assert accuracy[method]["final test MSE"] == f"{val[-1]:.3e}"
+        assert accuracy[method]["best test MSE"] == f"{min(val):.3e}"
+        assert accuracy[method]["final rel err"] == f"{rel[-1]:.3e}"
+        assert accuracy[method]["best rel err"] == f"{min(rel):.3e}"
+        assert accuracy[method]["epochs"] == "5"
+        hits = [i for i, v in enumerate(val, 1) if v < 1e-4]
+        assert accuracy[method]["epochs to MSE < 1e-4"] == (str(hits[0]) if hits else "—")
+        if method in reproduce.ENERGY_METHODS:
+            violations = scalars["energy/violations"][-1][1]
+            assert run["violations"] == violations
+            assert cost[method]["energy violations"] == f"{violations:.0f}"
+            assert len(scalars["energy/modified"]) == 10  # 20 steps, logged every 2
+        else:
+            assert "energy/violations" not in scalars and cost[method]["energy violations"] == "—"
+    assert accuracy["ieq"]["seed: epochs to 1e-4"] == "~40" and cost["ieq"]["seed: × SGD"] == "3.5×"
+    assert cost["sgd"]["× SGD"] == "1.00×"
+
+
+def test_every_method_started_from_the_same_weights_and_data(exp3):
+    runs = _runs(exp3)
+    for key in ("init_weights", "init_data", "init_test_loss", "init_test_metric"):
+        values = {run[key] for run in runs.values()}
+        assert len(values) == 1 and "" not in values, (key, values)
+    assert "All 6 methods started from the same initial weights and the same data" in (exp3 / "results.md").read_text()
+
+    # independently: the seeded model and data the SGD config builds give exactly the recorded initial test loss
+    cli = cli_main(["--config", str(ROOT / "configs" / "exp3_sgd.yaml")], run=False)
+    cli.datamodule.setup("fit")
+    data = cli.datamodule.tensors
+    with torch.no_grad():
+        loss = F.mse_loss(cli.model.net(data["x_test"]), data["y_test"]).item()
+    assert loss == runs["sgd"]["init_test_loss"]
+    # and the first step really moved every method away from it
+    assert all(run["test_loss"][0] != loss for run in runs.values())
+
+
+def test_a_run_that_goes_nan_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch):
+    poison = '--trainer.callbacks+={"class_path": "helpers.PoisonAtEpoch", "init_args": {"epoch": 2}}'
+    plain = reproduce.cli_args
+    monkeypatch.setattr(reproduce, "cli_args", lambda spec, *a: plain(spec, *a) + ([poison] if spec.method == "sgd" else []))
+    argv = ["--experiment", "3", "--methods", "sgd", "sav", "--epochs-scale", "0.04", "--out", str(tmp_path),
+            "--progress-every", "0", "--threads", "1"]
+    assert reproduce.main(argv) == 0
+    runs = _runs(tmp_path / "exp3")
+    assert runs["sgd"]["status"] == "nan" and runs["sgd"]["epochs_done"] == 2
+    assert "non-finite" in runs["sgd"]["message"]
+    assert runs["sgd"]["flag"] == "**NaN** in epoch 3" and len(runs["sgd"]["test_loss"]) == 2
+    assert runs["sav"]["status"] == "ok" and len(runs["sav"]["test_loss"]) == 4
+    assert "**NaN** in epoch 3" in (tmp_path / "exp3" / "results.md").read_text()
+
+
+def test_plan_scales_epochs_and_skips_missing_configs():
+    specs, skipped = reproduce.plan_experiment(4, ["sgd", "adam", "ieq"], 0.01)
+    assert [(s.method, s.epochs) for s in specs] == [("sgd", 1), ("ieq", 1)]  # 50 × 0.01 rounds to 1 (at least 1)
+    assert skipped == ["adam (no config for experiment 4)"]
+    specs, _ = reproduce.plan_experiment(1, ["sgd"], 0.05)
+    assert specs[0].epochs == 50
+    assert reproduce.claim(4, "time", "ieq") == "5.2×" and reproduce.claim(2, "final_loss", "sgd") == "—"
+    assert not math.isnan(reproduce.RunResult(3, "sgd", "", "", 5, epoch_wall=[0.0, 1.0, 3.0]).seconds_per_epoch)
+
+
+def test_freeze_and_stall_definitions():
+    run = reproduce.RunResult(1, "ieq_adaptive", "", "", 10, nominal_lr=0.1)
+    assert run.flag == "ok"
+    run.effective_lr = [1e-3, 1e-8]  # 1e-7 × nominal
+    assert run.flag == "frozen: step 1.0e-07 × nominal"
+    run.effective_lr, run.train_loss = [0.1, 0.1], [2.0, 1.0] + [0.5] * 5
+    assert run.flag == "ok"  # five values: only four flat epochs
+    run.train_loss.append(0.5 * (1 + 1e-7))
+    assert run.flag.startswith("stalled")
+    run.status, run.epochs_done = "nan", 3
+    assert run.flag == "**NaN** in epoch 4"
