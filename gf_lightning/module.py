@@ -149,8 +149,16 @@ class GradientFlowModule(L.LightningModule):
                 forward["out"] = out = self.net(x)
                 return out - target
 
-            gram = getattr(self.net, "jacobian_gram", None)
-            opt.step(closure=closure, gram_fn=(lambda: gram(x)) if gram is not None else None)
+            gram, gram_fn = getattr(self.net, "jacobian_gram", None), None
+            if gram is not None:
+                inputs = x
+                if self.trainer.world_size > 1 and opt.optimizer.defaults.get("distributed") == "global":
+                    inputs = self.all_gather(x).flatten(0, 1)  # the global batch, rank-major, as the optimizer gathers q
+
+                def gram_fn() -> Tensor:
+                    return gram(inputs)
+
+            opt.step(closure=closure, gram_fn=gram_fn)
             loss = self.loss(forward["out"].detach(), y)
         else:
 

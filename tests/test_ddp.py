@@ -57,3 +57,12 @@ def test_plain_ddp_from_the_command_line(tmp_path: Path) -> None:
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     scalars = read_scalars(tmp_path)
     assert len(scalars["val/loss"]) == 2 and all(v == 0 for _, v in scalars["ddp/replica_spread"])
+
+
+def test_ieq_block_solve_is_another_algorithm(tmp_path: Path) -> None:
+    """distributed='block' solves each rank's own system: the replicas agree, but the step is not the one-process step."""
+    one = run("ieq", tmp_path / "one")
+    block = run("ieq", tmp_path / "block", "--trainer", str(ROOT / "configs/trainer/ddp_sim.yaml"),
+                "--model.optimizer.init_args.distributed=block")
+    assert all(v == 0 for _, v in read_scalars(tmp_path / "block")["ddp/replica_spread"])
+    assert rel(one["state_dict"]["net.a"], block["state_dict"]["net.a"]) > 1e-4

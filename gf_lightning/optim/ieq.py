@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .base import NO_CLOSURE, EnergyOptimizer, GFConfigError, GFStepError, check_choice, check_positive, world_size
@@ -71,8 +72,12 @@ class IEQ(EnergyOptimizer):
     rounding, ``(1 + 8ε√N)``; never expected), ``optim/effective_lr`` (group 0's ``lr``), ``optim/solve_failures``, and
     ``optim/cg_iters`` on the CG path. State (``global_state``): ``step``, ``violations``, ``solve_failures``.
 
-    Under ``torch.distributed`` with more than one process the step raises ``NotImplementedError`` for now: every rank would
-    need the global ``q`` and ``J Jᵀ``, which belongs in :meth:`_solve`.
+    Under ``torch.distributed`` (DDP) with ``distributed="global"`` (the default) every rank gathers the global residual
+    and solves the global batch's system, exactly the one-process step: ``gram_fn`` must then return ``J Jᵀ`` of the global
+    batch, in rank-major order (the LightningModule gives ``net.jacobian_gram`` the inputs gathered from every rank). Each
+    rank then applies its own ``J_rᵀ qⁿ⁺¹_r`` and the shares are summed (one all-reduce), so the replicas take one step.
+    ``distributed="block"`` solves each rank's own system instead — a block-diagonal approximation of ``J Jᵀ``, a
+    different algorithm, cheaper by the cross-rank blocks; it works with every path, the generic ones included.
 
     Args:
         params: parameters or parameter groups; each group's ``lr`` is its own time step.
@@ -81,9 +86,11 @@ class IEQ(EnergyOptimizer):
         max_dense: largest ``N`` for which ``"auto"`` forms the ``N × N`` system (≥ 1); ``"cholesky"`` above it is an error.
         cg_tol: relative residual at which CG stops (> 0).
         cg_max_iter: most CG iterations per step (≥ 1).
+        distributed: under DDP, ``"global"`` (the exact step of the global batch) or ``"block"`` (per-rank blocks).
     """
 
     solvers = ("auto", "cholesky", "cg")
+    distributed_modes = ("global", "block")
     #: what the closure returns: the residual ``q``, not a loss (the LightningModule reads this)
     closure_returns = "residual"
 
@@ -95,13 +102,17 @@ class IEQ(EnergyOptimizer):
         max_dense: int = 4096,
         cg_tol: float = 1e-10,
         cg_max_iter: int = 200,
+        distributed: str = "global",
     ) -> None:
         check_positive("lr", lr)
         check_choice("solver", solver, self.solvers)
+        check_choice("distributed", distributed, self.distributed_modes)
         _check_count("max_dense", max_dense)
         check_positive("cg_tol", cg_tol)
         _check_count("cg_max_iter", cg_max_iter)
-        defaults = dict(lr=lr, solver=solver, max_dense=max_dense, cg_tol=float(cg_tol), cg_max_iter=cg_max_iter)
+        defaults = dict(
+            lr=lr, solver=solver, max_dense=max_dense, cg_tol=float(cg_tol), cg_max_iter=cg_max_iter, distributed=distributed
+        )
         super().__init__(params, defaults)
 
     # -- the step --------------------------------------------------------------------------------------------------------------
@@ -114,8 +125,6 @@ class IEQ(EnergyOptimizer):
         name = type(self).__name__
         if closure is None:
             raise GFStepError(NO_CLOSURE.format(cls=name))
-        if world_size() > 1:
-            raise NotImplementedError(f"{name} does not support torch.distributed with more than one process yet")
         with torch.enable_grad():
             q = closure()
         if not isinstance(q, Tensor):
@@ -133,17 +142,22 @@ class IEQ(EnergyOptimizer):
         if not groups:
             raise GFStepError(f"{name}.step: no parameter of the optimizer requires grad")
 
-        q_new, failed, cg_iters = self._solve(q, groups, gram_fn)
+        world = world_size()
+        q_all, q_new_all, q_new, failed, cg_iters = self._solve(q, groups, gram_fn, world)
 
-        # wⁿ⁺¹ = wⁿ − Δt_g J_gᵀ qⁿ⁺¹: one backward pass leaves Jᵀqⁿ⁺¹ in .grad
+        # wⁿ⁺¹ = wⁿ − Δt_g J_gᵀ qⁿ⁺¹: one backward pass gives this rank's J_rᵀ qⁿ⁺¹_r (torch.autograd.grad, which leaves
+        # .grad alone and so never triggers DDP's gradient averaging); the ranks' shares are then summed
         params = [p for _, ps in groups for p in ps]
-        for p in params:
-            p.grad = None
-        torch.autograd.backward(q, grad_tensors=q_new.to(q.dtype).view_as(q), inputs=params)
+        grads = torch.autograd.grad(q, params, grad_outputs=q_new.to(q.dtype).view_as(q), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        if world > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            grads = [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in params]), params)]
+        for p, g in zip(params, grads):
+            p.grad = g
         for dt, ps in groups:
-            ps = [p for p in ps if p.grad is not None]
-            if ps:
-                torch._foreach_add_(ps, [p.grad for p in ps], alpha=-dt)
+            torch._foreach_add_(ps, [p.grad for p in ps], alpha=-dt)
 
         state = self.global_state
         if "step" not in state:
@@ -176,13 +190,41 @@ class IEQ(EnergyOptimizer):
 
     # -- the solve ---------------------------------------------------------------------------------------------------------------
     def _solve(
-        self, q: Tensor, groups: list[tuple[float, list[Tensor]]], gram_fn: Callable[[], Tensor] | None
-    ) -> tuple[Tensor, Tensor, int | None]:
-        """``qⁿ⁺¹ = (I + J D Jᵀ)⁻¹ qⁿ`` (flat, in ``q``'s dtype, float32 at least), whether the factorisation failed (a bool
-        tensor), and the CG iteration count (``None`` on the dense paths). The only place that needs all of ``q`` and ``J``."""
+        self, q: Tensor, groups: list[tuple[float, list[Tensor]]], gram_fn: Callable[[], Tensor] | None, world: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int | None]:
+        """Solve ``(I + J D Jᵀ) qⁿ⁺¹ = qⁿ``. Returns ``qⁿ`` and ``qⁿ⁺¹`` of the whole (global) batch, this rank's share of
+        ``qⁿ⁺¹`` (flat, in ``q``'s dtype, float32 at least), whether the factorisation failed (a bool tensor), and the CG
+        iteration count (``None`` on the dense paths). The only place that needs all of ``q`` and ``J``.
+
+        Under DDP with ``distributed="global"`` every rank gathers the global ``qⁿ`` and solves the global system, whose
+        ``J Jᵀ`` ``gram_fn`` must return (from the gathered inputs); with ``"block"`` each rank solves its own block."""
+        name = type(self).__name__
+        q_flat = q.detach().reshape(-1).to(torch.promote_types(q.dtype, torch.float32))  # no Cholesky in 16 bits
+        if world > 1 and self.defaults["distributed"] == "global":
+            if gram_fn is None:
+                raise GFConfigError(
+                    f"{name} with distributed='global' under DDP needs gram_fn returning J Jᵀ of the global batch (the "
+                    "closed form from gathered inputs); the generic path has no cross-rank Jacobian: use "
+                    "distributed='block' for a per-rank block solve (a different algorithm)"
+                )
+            gathered = q_flat.new_empty(world * q_flat.numel())
+            dist.all_gather_into_tensor(gathered, q_flat)
+            q_all, q_new_all, failed, iters = self._solve_system(q, gathered, groups, gram_fn)
+            n, rank = q_flat.numel(), dist.get_rank()
+            return q_all, q_new_all, q_new_all[rank * n : (rank + 1) * n], failed, iters
+        q_all, q_new, failed, iters = self._solve_system(q, q_flat, groups, gram_fn)
+        if world > 1:  # block: report the global norms
+            norms = torch.stack([q_flat.square().sum(), q_new.square().sum()]).double()
+            dist.all_reduce(norms, op=dist.ReduceOp.SUM)
+            return norms[0].sqrt().reshape(1), norms[1].sqrt().reshape(1), q_new, failed, iters
+        return q_all, q_new, q_new, failed, iters
+
+    def _solve_system(
+        self, q: Tensor, q_flat: Tensor, groups: list[tuple[float, list[Tensor]]], gram_fn: Callable[[], Tensor] | None
+    ) -> tuple[Tensor, Tensor, Tensor, int | None]:
+        """``(qⁿ, qⁿ⁺¹, failed, cg_iters)`` for the system whose right-hand side is ``q_flat``."""
         name = type(self).__name__
         solver, max_dense = self.defaults["solver"], self.defaults["max_dense"]
-        q_flat = q.detach().reshape(-1).to(torch.promote_types(q.dtype, torch.float32))  # no Cholesky in 16 bits
         n_rows = q_flat.numel()
         if gram_fn is not None and len({dt for dt, _ in groups}) > 1:
             raise GFConfigError(
@@ -190,8 +232,10 @@ class IEQ(EnergyOptimizer):
                 f"{[dt for dt, _ in groups]}; give every group the same lr, or call step() without gram_fn"
             )
         if solver == "cg" or (solver == "auto" and n_rows > max_dense):
+            if n_rows != q.numel():
+                raise GFConfigError(f"{name}: solver='cg' has no global form under DDP; use distributed='block'")
             q_new, iters = self._cg(q, q_flat, groups)
-            return q_new, torch.zeros((), dtype=torch.bool, device=q.device), iters
+            return q_flat, q_new, torch.zeros((), dtype=torch.bool, device=q.device), iters
         if n_rows > max_dense:
             raise GFConfigError(
                 f"{name}: solver='cholesky' would form a {n_rows} x {n_rows} system, above max_dense={max_dense}; raise "
@@ -213,7 +257,7 @@ class IEQ(EnergyOptimizer):
         torch.linalg.cholesky_ex(factor, out=(factor, info))
         q_new = torch.cholesky_solve(q_flat.unsqueeze(1), factor).squeeze(1)
         failed = info != 0
-        return q_new.masked_fill_(failed, 0.0), failed, None
+        return q_flat, q_new.masked_fill_(failed, 0.0), failed, None
 
     def _cg(self, q: Tensor, q_flat: Tensor, groups: list[tuple[float, list[Tensor]]]) -> tuple[Tensor, int]:
         """Conjugate gradients from ``x⁰ = 0`` on ``(I + J D Jᵀ) x = q``, matrix-free."""

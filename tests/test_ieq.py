@@ -1,0 +1,326 @@
+"""IEQ with the full Jacobian: the closed-form Gram, exactness of every path against a hand-built dense step, energy
+stability, per-group step sizes and the errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from gf_lightning.components.nets import TwoLayerNet
+from gf_lightning.optim import ieq as ieq_module
+from gf_lightning.optim.base import GFConfigError, GFStepError
+from gf_lightning.optim.ieq import IEQ
+
+F64 = torch.float64
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------------------
+def residual_and_jacobian(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q = f(x) − y`` (flat) and the materialised ``J = ∂q/∂w`` (``N × n``, parameters in ``net.parameters()`` order)."""
+    names = [n for n, _ in net.named_parameters()]
+    params = tuple(p.detach() for p in net.parameters())
+
+    def residual(*ps: torch.Tensor) -> torch.Tensor:
+        return (functional_call(net, dict(zip(names, ps)), (x,)) - y).reshape(-1)
+
+    q = residual(*params)
+    jac = jacrev(residual, argnums=tuple(range(len(params))))(*params)
+    return q, torch.cat([j.reshape(q.numel(), -1) for j in jac], dim=1)
+
+
+def reference_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: list[float]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The step by hand: ``qⁿ⁺¹ = (I + J D Jᵀ)⁻¹ qⁿ`` by ``torch.linalg.solve``, ``w ← w − D Jᵀ qⁿ⁺¹``; ``lrs`` per parameter."""
+    q, jac = residual_and_jacobian(net, x, y)
+    d = torch.cat([torch.full((p.numel(),), lr, dtype=q.dtype) for p, lr in zip(net.parameters(), lrs)])
+    system = torch.eye(q.numel(), dtype=q.dtype) + (jac * d) @ jac.T
+    q_new = torch.linalg.solve(system, q)
+    move = d * (jac.T @ q_new)
+    new, col = [], 0
+    for p in net.parameters():
+        new.append(p.detach() - move[col : col + p.numel()].view_as(p))
+        col += p.numel()
+    return new, q_new
+
+
+def run_step(net, x, y, opt: IEQ, closed: bool = False) -> torch.Tensor:
+    def closure():
+        opt.zero_grad()
+        return net(x) - y
+
+    return opt.step(closure, gram_fn=(lambda: net.jacobian_gram(x)) if closed else None)
+
+
+def two_layer(B=6, d=4, m=9, k=1, seed=0, **kw):
+    torch.manual_seed(seed)
+    net = TwoLayerNet(d, m, k, **kw).to(F64)
+    x = torch.randn(B, d, dtype=F64)
+    y = torch.randn(B, k, dtype=F64) if k == 1 else nn.functional.one_hot(torch.randint(0, k, (B,)), k).to(F64)
+    return net, x, y
+
+
+def mlp3(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3)).to(F64)
+    return net, torch.randn(7, 5, dtype=F64), torch.randn(7, 3, dtype=F64)
+
+
+def cnn(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(),
+        nn.Linear(16, 4),
+    ).to(F64)
+    return net, torch.randn(5, 1, 8, 8, dtype=F64), torch.randn(5, 4, dtype=F64)
+
+
+def max_diff(a, b) -> float:
+    return max(float((u.detach() - v.detach()).abs().max()) for u, v in zip(a, b))
+
+
+PATHS = ["closed", "cholesky", "cholesky-jvp", "cg"]
+
+
+@pytest.fixture
+def path_opt(monkeypatch):
+    """``make(params, path, lr)``: an IEQ that takes ``path``; ``cholesky-jvp`` forces the dense path that never holds J."""
+
+    def make(params, path, lr=0.3):
+        if path == "cholesky-jvp":
+            monkeypatch.setattr(ieq_module, "MAX_JACOBIAN_BYTES", 0)
+        return IEQ(params, lr=lr, solver="cg" if path == "cg" else "cholesky", cg_max_iter=500)
+
+    return make
+
+
+# -- the closed-form Gram --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "shape, kw",
+    [
+        ((6, 4, 9, 1), {}),
+        ((5, 7, 8, 10), {}),
+        ((6, 4, 9, 1), {"mean_field": True, "init": "normal"}),
+        ((5, 7, 8, 10), {"mean_field": True, "init": "normal"}),
+        ((5, 7, 8, 10), {"init": "kaiming"}),
+    ],
+)
+def test_closed_form_gram_equals_materialised(shape, kw):
+    B, d, m, k = shape
+    net, x, y = two_layer(B, d, m, k, **kw)
+    _, jac = residual_and_jacobian(net, x, y)
+    ref = jac @ jac.T
+    gram = net.jacobian_gram(x)
+    assert gram.shape == (B * k, B * k)
+    assert float(torch.linalg.norm(gram - ref) / torch.linalg.norm(ref)) <= 1e-10
+
+
+# -- one step equals the hand-built dense step -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 10])
+@pytest.mark.parametrize("path", PATHS)
+def test_step_equals_dense_reference(path, k, path_opt):
+    net, x, y = two_layer(B=5, d=4, m=7, k=k)
+    expected, q_new = reference_step(net, x, y, [0.3, 0.3])
+    opt = path_opt(net.parameters(), path)
+    q = run_step(net, x, y, opt, closed=path == "closed")
+    assert max_diff(net.parameters(), expected) <= 1e-10
+    assert q.shape == y.shape and not q.requires_grad
+    assert float(opt.stats["energy/q_norm"]) == pytest.approx(float(q_new.norm()), rel=1e-10)
+    assert float(opt.stats["energy/modified"]) == pytest.approx(0.5 * float(q_new.norm()) ** 2, rel=1e-10)
+    assert float(opt.stats["energy/true"]) == pytest.approx(0.5 * float(q.norm()) ** 2, rel=1e-12)
+    assert ("optim/cg_iters" in opt.stats) == (path == "cg")
+
+
+def test_generic_equals_closed_form():
+    net_a, x, y = two_layer(B=8, d=5, m=11, k=3, init="kaiming")
+    net_b, _, _ = two_layer(B=8, d=5, m=11, k=3, init="kaiming")
+    opt_a, opt_b = IEQ(net_a.parameters(), lr=0.7), IEQ(net_b.parameters(), lr=0.7)
+    for _ in range(3):
+        run_step(net_a, x, y, opt_a, closed=True)
+        run_step(net_b, x, y, opt_b)
+        assert max_diff(net_a.parameters(), net_b.parameters()) <= 1e-10
+    assert float(opt_a.global_state["step"]) == 3.0
+
+
+@pytest.mark.parametrize("make", [mlp3, cnn], ids=["mlp3", "cnn"])
+@pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg"])
+def test_generic_other_networks(make, path, path_opt):
+    net, x, y = make()
+    expected, _ = reference_step(net, x, y, [0.05] * len(list(net.parameters())))
+    with torch.no_grad():
+        q0 = float((net(x) - y).norm())
+    opt = path_opt(net.parameters(), path, lr=0.05)
+    run_step(net, x, y, opt)
+    assert max_diff(net.parameters(), expected) <= 1e-10
+    assert float(opt.stats["energy/q_norm"]) < float(opt.stats["energy/q_norm_before"]) == pytest.approx(q0)
+    with torch.no_grad():
+        assert float((net(x) - y).norm()) < q0  # a small step is a descent step on the residual itself
+
+
+# -- energy stability ------------------------------------------------------------------------------------------------------------
+def test_energy_never_rises_over_random_cases():
+    gen = torch.Generator().manual_seed(1234)
+
+    def randint(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    cases = 0
+    for i in range(240):
+        torch.manual_seed(i)
+        dt = 10.0 ** float(torch.empty(()).uniform_(-4.0, 4.0, generator=gen))
+        if i % 4 == 3:
+            net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).to(F64)
+            x = torch.randn(randint(1, 10), 3, dtype=F64, generator=gen)
+            y = torch.randn(x.shape[0], 2, dtype=F64, generator=gen)
+        else:
+            B, d, m, k = randint(1, 10), randint(1, 6), randint(1, 12), randint(1, 4)
+            net = TwoLayerNet(d, m, k, init=("fan_in", "kaiming", "normal")[i % 3], mean_field=i % 2 == 0).to(F64)
+            x = 3.0 * torch.randn(B, d, dtype=F64, generator=gen)
+            y = torch.randn(B, k, dtype=F64, generator=gen)
+        path = ("closed", "cholesky", "cg")[i % 3] if isinstance(net, TwoLayerNet) else ("cholesky", "cg")[i % 2]
+        opt = IEQ(net.parameters(), lr=dt, solver="cg" if path == "cg" else "cholesky", cg_max_iter=500)
+        run_step(net, x, y, opt, closed=path == "closed")
+        before, after = float(opt.stats["energy/q_norm_before"]), float(opt.stats["energy/q_norm"])
+        assert math.isfinite(before) and math.isfinite(after), (i, dt, path)
+        assert after <= before * (1.0 + 1e-13), (i, dt, path, before, after)
+        assert float(opt.stats["energy/violations"]) == 0.0 and float(opt.stats["optim/solve_failures"]) == 0.0
+        assert all(bool(p.isfinite().all()) for p in net.parameters()), (i, dt, path)
+        cases += 1
+    assert cases >= 200
+
+
+def test_float32_factorisation_failure_skips_the_step():
+    # N = 400 rows against n = 11 parameters, Δt·‖J‖² far beyond 1/ε in float32: I + Δt J Jᵀ is not positive definite to
+    # working precision, and the step must neither move nor produce non-finite numbers
+    torch.manual_seed(0)
+    net = TwoLayerNet(2, 3, 2)
+    x, y = 5.0 * torch.randn(200, 2), torch.randn(200, 2)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = IEQ(net.parameters(), lr=1e10)
+    run_step(net, x, y, opt, closed=True)
+    assert float(opt.stats["optim/solve_failures"]) == 1.0
+    assert float(opt.stats["energy/violations"]) == 0.0
+    assert max_diff(net.parameters(), before) == 0.0
+
+
+# -- per-group step sizes --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg"])
+def test_per_group_lr_matches_hand_computation(path, path_opt):
+    net, x, y = mlp3(seed=3)
+    lrs = [0.2, 0.2, 1.5, 1.5, 0.01, 0.01]  # weight and bias of each Linear
+    expected, q_new = reference_step(net, x, y, lrs)
+    layers = [net[0], net[2], net[4]]
+    opt = path_opt([{"params": layer.parameters(), "lr": lr} for layer, lr in zip(layers, (0.2, 1.5, 0.01))], path)
+    run_step(net, x, y, opt)
+    assert max_diff(net.parameters(), expected) <= 1e-10
+    assert float(opt.stats["energy/q_norm"]) == pytest.approx(float(q_new.norm()), rel=1e-10)
+    assert float(opt.stats["optim/effective_lr"]) == 0.2
+
+
+def test_closed_form_with_different_group_lrs_is_an_error():
+    net, x, y = two_layer()
+    opt = IEQ([{"params": [net.W], "lr": 0.1}, {"params": [net.a], "lr": 0.2}])
+    with pytest.raises(GFConfigError, match="lr"):
+        run_step(net, x, y, opt, closed=True)
+
+
+# -- path choice -----------------------------------------------------------------------------------------------------------------
+def test_auto_falls_to_cg_above_max_dense():
+    net, x, y = two_layer(B=6, k=3)
+    expected, _ = reference_step(net, x, y, [0.3, 0.3])
+    calls = []
+    opt = IEQ(net.parameters(), lr=0.3, max_dense=17)  # N = 18
+
+    def gram():
+        calls.append(1)
+        return net.jacobian_gram(x)
+
+    opt.step(lambda: net(x) - y, gram_fn=gram)
+    assert not calls and "optim/cg_iters" in opt.stats
+    assert max_diff(net.parameters(), expected) <= 1e-10
+
+
+def test_auto_uses_dense_at_max_dense():
+    net, x, y = two_layer(B=6, k=3)
+    opt = IEQ(net.parameters(), lr=0.3, max_dense=18)
+    run_step(net, x, y, opt)
+    assert "optim/cg_iters" not in opt.stats
+
+
+# -- errors ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"lr": -0.1}, "lr"),
+        ({"solver": "lu"}, "solver"),
+        ({"max_dense": 0}, "max_dense"),
+        ({"cg_tol": 0.0}, "cg_tol"),
+        ({"cg_max_iter": 0}, "cg_max_iter"),
+    ],
+)
+def test_bad_settings(kw, name):
+    net, _, _ = two_layer()
+    with pytest.raises(GFConfigError, match=name):
+        IEQ(net.parameters(), **kw)
+
+
+def test_cholesky_above_max_dense_is_an_error():
+    net, x, y = two_layer(B=6, k=3)
+    opt = IEQ(net.parameters(), solver="cholesky", max_dense=10)
+    with pytest.raises(GFConfigError, match="max_dense"):
+        run_step(net, x, y, opt)
+
+
+def test_bad_closures():
+    net, x, y = two_layer()
+    opt = IEQ(net.parameters())
+    with pytest.raises(GFStepError, match="closure"):
+        opt.step()
+    with pytest.raises(GFStepError, match="must return the residual"):
+        opt.step(lambda: None)
+    with pytest.raises(GFStepError, match="no autograd graph"):
+        opt.step(lambda: (net(x) - y).detach())
+    with pytest.raises(GFStepError, match="gram_fn"):
+        opt.step(lambda: net(x) - y, gram_fn=lambda: torch.eye(3, dtype=F64))
+
+
+def test_global_ddp_solve_needs_the_closed_form(monkeypatch):
+    """Under DDP the generic paths have no cross-rank Jacobian: the global solve asks for gram_fn, and names the option."""
+    net, x, y = two_layer()
+    monkeypatch.setattr(ieq_module, "world_size", lambda: 2)
+    with pytest.raises(GFConfigError, match="distributed='block'"):
+        run_step(net, x, y, IEQ(net.parameters()))
+    with pytest.raises(GFConfigError, match="distributed"):
+        IEQ(net.parameters(), distributed="rank")
+
+
+@pytest.mark.parametrize("path", ["closed", "cholesky", "cg"])
+def test_bfloat16_residual_is_solved_in_float32(path):
+    # bf16-mixed training hands the step a bfloat16 residual; there is no 16-bit Cholesky, so the solve runs in float32
+    torch.manual_seed(0)
+    net = TwoLayerNet(4, 16, 3)
+    x, y = torch.randn(8, 4), torch.randn(8, 3)
+    ref = TwoLayerNet(4, 16, 3)
+    ref.load_state_dict(net.state_dict())
+    opt = IEQ(net.parameters(), lr=0.1, solver="cg" if path == "cg" else "cholesky")
+    opt_ref = IEQ(ref.parameters(), lr=0.1)
+    q = opt.step(lambda: (net(x) - y).bfloat16(), gram_fn=(lambda: net.jacobian_gram(x)) if path == "closed" else None)
+    run_step(ref, x, y, opt_ref, closed=True)
+    assert q.dtype == torch.bfloat16
+    assert float(opt.stats["energy/q_norm"]) <= float(opt.stats["energy/q_norm_before"])
+    assert max_diff(net.parameters(), ref.parameters()) <= 0.02 * max(float(p.detach().abs().max()) for p in ref.parameters())
+
+
+def test_state_survives_a_checkpoint():
+    net, x, y = two_layer()
+    opt = IEQ(net.parameters(), lr=0.3)
+    for _ in range(2):
+        run_step(net, x, y, opt, closed=True)
+    fresh = IEQ(net.parameters(), lr=0.3)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.global_state["step"].dtype == torch.float64 and float(fresh.global_state["step"]) == 2.0
+    run_step(net, x, y, fresh, closed=True)
+    assert float(fresh.global_state["step"]) == 3.0 and float(fresh.stats["energy/violations"]) == 0.0
