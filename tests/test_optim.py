@@ -707,12 +707,12 @@ def test_sav_needs_L_plus_C_positive(loss_value):
 # ---------------------------------------------------------------------------------------------------------------------------
 # 8. the README snippet
 # ---------------------------------------------------------------------------------------------------------------------------
-def readme_snippet():
+def readme_snippet(marker: str = "from gf_lightning.optim import"):
     readme = ROOT / "README.md"
     if not readme.exists():
         return None
     for block in re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S):
-        if "from gf_lightning.optim import" in block:
+        if marker in block:
             return block
     return None
 
@@ -731,3 +731,17 @@ def test_readme_snippet(capsys):
     assert loss.item() < 0.9 * torch.var(y, unbiased=False).item()
     assert torch.isfinite(opt.stats["energy/log_r"])
     assert re.search(r"loss \d+\.\d{4}, log r -?\d+\.\d{4}", capsys.readouterr().out)
+
+
+def test_readme_ieq_snippet(capsys):
+    code = readme_snippet("from gf_lightning.optim import IEQ")
+    assert code is not None, "README.md lost its IEQ snippet"
+    torch.manual_seed(0)
+    namespace: dict = {"__name__": "readme_snippet"}
+    exec(compile(code, "README.md:ieq-snippet", "exec"), namespace)
+    net, x, y, opt = (namespace[k] for k in ("net", "x", "y", "opt"))
+    assert opt.global_state["step"].item() == 20 and opt.global_state["violations"].item() == 0
+    start = torch.linalg.vector_norm(namespace["q"])  # the residual before the last step
+    assert opt.stats["energy/q_norm"] <= start
+    assert torch.linalg.vector_norm(net(x) - y) < 0.9 * torch.linalg.vector_norm(y - y.mean())
+    assert re.search(r"‖q‖ \d+\.\d{4}", capsys.readouterr().out)
