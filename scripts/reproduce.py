@@ -86,7 +86,18 @@ TIME_CLAIMS = {
 }
 
 
+def base(method: str) -> str:
+    """The method a run name stands for: ``expsav`` for ``expsav_restart`` (a config ``exp4_expsav_restart.yaml``)."""
+    return max((m for m in METHODS if method == m or method.startswith(m + "_")), key=len, default=method)
+
+
+def label(method: str) -> str:
+    suffix = method[len(base(method)) + 1 :]
+    return LABELS.get(base(method), method) + (f" ({suffix.replace('_', ' ')})" if suffix else "")
+
+
 def claim(exp: int, what: str, method: str) -> str:
+    method = base(method)
     if what == "time":
         return TIME_CLAIMS["classification" if exp == MNIST else "regression"].get(method, "—")
     return CLAIMS.get(exp, {}).get(what, {}).get(method, "—")
@@ -385,7 +396,7 @@ def _pyplot():
 
 
 def _legend_label(r: RunResult) -> str:
-    return LABELS[r.method] + (f" (NaN, ep. {r.epochs_done + 1})" if r.status == "nan" else "")
+    return label(r.method) + (f" (NaN, ep. {r.epochs_done + 1})" if r.status == "nan" else "")
 
 
 def plot_losses(results: list[RunResult], path: Path) -> None:
@@ -409,11 +420,11 @@ def plot_losses(results: list[RunResult], path: Path) -> None:
             xs = list(range(1, len(ys) + 1))
             if init is not None and not math.isnan(getattr(r, init)):
                 xs, ys = [0, *xs], [getattr(r, init), *ys]
-            marker, dashes = STYLES[r.method]
-            ax.plot(xs, ys, color=COLORS[r.method], lw=1.3, ls=dashes, label=_legend_label(r), marker=marker, ms=3.5,
+            marker, dashes = STYLES[base(r.method)]
+            ax.plot(xs, ys, color=COLORS[base(r.method)], lw=1.3, ls=dashes, label=_legend_label(r), marker=marker, ms=3.5,
                     markevery=max(1, len(ys) // 12))
             if r.status == "nan":
-                ax.plot(xs[-1], ys[-1], "x", color=COLORS[r.method], ms=8, mew=2)
+                ax.plot(xs[-1], ys[-1], "x", color=COLORS[base(r.method)], ms=8, mew=2)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_xlim(-0.02 * epochs, 1.02 * epochs)
@@ -437,12 +448,12 @@ def _all_positive(ax) -> bool:
 def plot_energy(results: list[RunResult], path: Path) -> None:
     """One panel per energy method: the modified energy per logged step, beside the true loss it stands for."""
     plt = _pyplot()
-    runs = [r for r in results if r.method in ENERGY_METHODS]
+    runs = [r for r in results if base(r.method) in ENERGY_METHODS]
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(max(4.5, 2.9 * len(runs)), 3.3), dpi=90, squeeze=False,
                              layout="constrained")
     for ax, r in zip(axes[0], runs):
         violations = "—" if math.isnan(r.violations) else f"{r.violations:.0f}"
-        ax.plot(r.energy_steps, r.energy, color=COLORS[r.method], lw=1.2, label=f"modified; violations {violations}",
+        ax.plot(r.energy_steps, r.energy, color=COLORS[base(r.method)], lw=1.2, label=f"modified; violations {violations}",
                 marker="." if len(r.energy) <= 30 else None)
         if r.energy_true:
             ax.plot(r.energy_steps, r.energy_true, color="k", lw=0.7, ls="--", label="true (batch loss)")
@@ -451,7 +462,7 @@ def plot_energy(results: list[RunResult], path: Path) -> None:
             ax.set_yscale("log")
         elif r.energy:  # a modified energy that fell to 0 or below: linear, and say where it ended
             ax.text(0.03, 0.5, f"linear scale\nlast: {r.energy[-1]:.3g}", transform=ax.transAxes, fontsize=7)
-        ax.set_title(f"{LABELS[r.method]}: {ENERGY_MEANING[r.method]}", fontsize=8)
+        ax.set_title(f"{label(r.method)}: {ENERGY_MEANING[base(r.method)]}", fontsize=8)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3, which="both", lw=0.4)
@@ -629,8 +640,9 @@ def plan_experiment(exp: int, methods: list[str], scale: float) -> tuple[list[Ru
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", choices=["1", "2", "3", "4", "all"], required=True)
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                   help="default: every config that exists for the experiment")
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help=f"default: every config that exists for the experiment among {', '.join(METHODS)}; NAME runs "
+                        "configs/exp<N>_NAME.yaml, so a variant config such as exp4_expsav_restart.yaml runs as expsav_restart")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies each config's max_epochs (min 1 epoch)")
     p.add_argument("--accelerator", default="cpu", help="--trainer.accelerator (default cpu)")
     p.add_argument("--devices", default="1", help="--trainer.devices (default 1)")

@@ -68,7 +68,9 @@ TABLE = {
     ("exp4", "ieq"): (256, {"lr": 0.1}),
     ("exp4", "ieq_adaptive"): (256, {"lr": 0.1, **EPS}),
 }
-NOT_IN_TABLE = {("exp2", "expsav")}
+# settings beyond the seed's, each documented in its header and in docs/results.md
+VARIANTS = {("exp4", "sav_large_step"), ("exp4", "expsav_restart"), ("exp4", "ieq_adaptive_restart"), ("exp4", "ieq_small_step")}
+NOT_IN_TABLE = {("exp2", "expsav"), *VARIANTS}
 EPOCH_OVERRIDES = {("exp2", "ieq"): 50}
 
 
