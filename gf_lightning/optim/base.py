@@ -69,9 +69,10 @@ def global_mean_(t: Tensor) -> Tensor:
 class EnergyOptimizer(torch.optim.Optimizer):
     """Base of the energy-stable methods: global state, per-group step sizes, the scalars a step reports.
 
-    Global scalars (the auxiliary variable, counters) are float64 0-dim tensors on the parameters' device (float32 on MPS,
-    which has no float64). ``Optimizer.load_state_dict`` would cast them to the parameters' dtype, so :meth:`load_state_dict`
-    puts them back as they were saved: a checkpoint round trip is exact whatever the parameters' dtype.
+    Global scalars (the auxiliary variable, counters) are float64 0-dim tensors: on the parameters' device for IEQ (float32 on
+    MPS, which has no float64), on the host for the scalar-auxiliary-variable methods, whose arithmetic runs there.
+    ``Optimizer.load_state_dict`` would cast them to the parameters' dtype and device, so :meth:`load_state_dict` puts them
+    back as they were saved: a checkpoint round trip is exact whatever the parameters' dtype.
     """
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
@@ -112,41 +113,7 @@ class EnergyOptimizer(torch.optim.Optimizer):
         """The scalars of the last step, for logging (``energy/…`` and ``optim/…``), as 0-dim device tensors."""
         return self._stats
 
-    # -- the gradient --------------------------------------------------------------------------------------------------------
-    def _grad_terms(self) -> tuple[Tensor, list[tuple[float, float, list[Tensor], list[Tensor], Tensor]]]:
-        """``(Σ_g Δt_g ⟨g_g, g̃_g⟩, groups)`` with ``g̃ = g / (1 + Δt λ)`` (``λ = 0`` where a method has none).
-
-        Each entry of ``groups`` is ``(Δt_g, c_g, params, grads, ‖g_g‖²)`` with ``c_g = Δt_g / (1 + Δt_g λ_g)`` the step that
-        multiplies ``g_g``. Under DDP the gradients are already averaged over ranks, so this is the same on every rank.
-        """
-        dt_s = None
-        groups = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            norms = torch._foreach_norm(grads)
-            g2 = torch.linalg.vector_norm(torch.stack(norms).to(self._scalar_dtype)).square()
-            dt = group["lr"]
-            c = dt / (1.0 + dt * group.get("lam", 0.0))
-            dt_s = c * g2 if dt_s is None else dt_s + c * g2
-            groups.append((dt, c, params, grads, g2))
-        return (self._scalar(0.0) if dt_s is None else dt_s), groups
-
-    @staticmethod
-    def _apply(groups, factor: Tensor) -> None:
-        """``w_g ← w_g − factor · c_g · g_g`` for every group."""
-        for _, c, params, grads, _ in groups:
-            coef = (factor * c).to(params[0].dtype)
-            for p, g in zip(params, grads):
-                p.addcmul_(g, coef, value=-1.0)
-
-    @staticmethod
-    def _moved(groups, factor: Tensor) -> Tensor:
-        """``Σ_g ‖wⁿ⁺¹_g − wⁿ_g‖² / Δt_g`` of the step just applied with ``factor``."""
-        return sum((factor * c).square() * g2 / dt for dt, c, _, _, g2 in groups)
-
+    # -- the closure's loss ------------------------------------------------------------------------------------------------
     def _reduce_loss(self, loss: Any) -> Tensor:
         """The closure's loss as a detached 0-dim tensor of the state dtype, averaged over ranks."""
         if not isinstance(loss, Tensor) or loss.numel() != 1:
