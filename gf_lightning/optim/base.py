@@ -46,6 +46,14 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     return value
 
 
+def sav_defaults(lr: float, C: float, lam: float, variant: str, eta: float) -> dict[str, Any]:
+    """The validated settings that SAV and ExpSAV share (their defaults differ, so each keeps its own signature)."""
+    check_positive("C", C)
+    check_nonnegative("lam", lam)
+    check_fraction("eta", eta)
+    return dict(lr=lr, C=float(C), lam=float(lam), variant=variant, eta=float(eta))
+
+
 NO_CLOSURE = (
     "{cls}.step() needs a closure that zeroes the gradients, computes the loss, back-propagates and returns the loss. "
     "Called without one: 16-bit mixed precision with a gradient scaler does this; use precision '32-true', '64-true' or "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .base import AuxiliaryVariableOptimizer, check_fraction, check_nonnegative, check_positive
+from .base import AuxiliaryVariableOptimizer, sav_defaults
 
 
 class ExpSAV(AuxiliaryVariableOptimizer):
@@ -53,10 +53,7 @@ class ExpSAV(AuxiliaryVariableOptimizer):
         variant: str = "seed",
         eta: float = 0.99,
     ) -> None:
-        check_positive("C", C)
-        check_nonnegative("lam", lam)
-        check_fraction("eta", eta)
-        super().__init__(params, dict(lr=lr, C=float(C), lam=float(lam), variant=variant, eta=float(eta)))
+        super().__init__(params, sav_defaults(lr, C, lam, variant, eta))
         self._log_c = math.log(float(C))
 
     def _log_r_hat(self, loss: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .base import AuxiliaryVariableOptimizer, GFStepError, check_fraction, check_nonnegative, check_positive
+from .base import AuxiliaryVariableOptimizer, GFStepError, sav_defaults
 
 
 class SAV(AuxiliaryVariableOptimizer):
@@ -46,10 +46,7 @@ class SAV(AuxiliaryVariableOptimizer):
         variant: str = "seed",
         eta: float = 0.99,
     ) -> None:
-        check_positive("C", C)
-        check_nonnegative("lam", lam)
-        check_fraction("eta", eta)
-        super().__init__(params, dict(lr=lr, C=float(C), lam=float(lam), variant=variant, eta=float(eta)))
+        super().__init__(params, sav_defaults(lr, C, lam, variant, eta))
 
     @property
     def _resets(self) -> bool:
