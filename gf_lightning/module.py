@@ -137,9 +137,14 @@ class GradientFlowModule(L.LightningModule):
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(out, y) if self.task == "classification" else F.mse_loss(out, y)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
+    def training_step(self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int) -> None:
+        """One optimizer step per mini-batch: ``batch`` is one ``(x, y)``, or a list of them when the data module hands
+        several mini-batches to each call (``data.steps_per_call``), which spreads Lightning's per-call cost over them."""
         opt = self.optimizers()
+        for x, y in batch if isinstance(batch, list) else (batch,):
+            self._step(opt, x, y)
+
+    def _step(self, opt, x: Tensor, y: Tensor) -> None:
         if self._residual:
             target = F.one_hot(y, self.net.k).to(x.dtype) if self.task == "classification" else y
             forward: dict[str, Tensor] = {}
@@ -173,7 +178,8 @@ class GradientFlowModule(L.LightningModule):
         self._epoch_count += x.shape[0]
         if self.global_step % self.check_finite_every_n_steps == 0:
             self._check_finite(loss=loss)
-        if self.loggers and self.trainer._logger_connector.should_update_logs:  # every log_every_n_steps
+        every = self.trainer.log_every_n_steps
+        if self.loggers and every and self.global_step % every == 0:  # after every log_every_n_steps-th step
             stats = getattr(opt.optimizer, "stats", None)
             if stats:
                 # straight to the loggers: self.log would build a result entry per key and step, which costs more

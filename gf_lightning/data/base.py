@@ -20,17 +20,23 @@ class TensorDataModule(L.LightningDataModule):
         batch_size: the global training batch size.
         eval_batch_size: the batch size for validation and test (the whole held-out set by default).
         seed: seeds the data draw and the batch order; ``None`` takes the run's ``seed_everything`` seed.
+        steps_per_call: training mini-batches handed to each ``training_step`` call (one optimizer step each, in the same
+            order as with 1). Lightning's per-call cost — hooks, progress bar, batch transfer — is then paid once per
+            ``steps_per_call`` steps; the progress bar, ``limit_train_batches`` and ``val_check_interval`` count calls.
     """
 
     task = "regression"
 
-    def __init__(self, batch_size: int = 256, eval_batch_size: int | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, batch_size: int = 256, eval_batch_size: int | None = None, seed: int | None = None, steps_per_call: int = 1
+    ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("steps_per_call", steps_per_call)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise GFConfigError(f"data.{name} must be a positive integer; got {value!r}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.steps_per_call = steps_per_call
         self.seed = torch.initial_seed() % 2**31 if seed is None else int(seed)
         self._tensors: dict[str, Tensor] | None = None
         self._device: torch.device | None = None
@@ -67,15 +73,16 @@ class TensorDataModule(L.LightningDataModule):
             self._device = device
         return self._tensors
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, steps_per_call: int = 1) -> TensorBatches:
         t = self.tensors
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         return TensorBatches(
-            t[f"x_{split}"], t[f"y_{split}"], batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world
+            t[f"x_{split}"], t[f"y_{split}"], batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
+            steps_per_call=steps_per_call,
         )
 
     def train_dataloader(self) -> TensorBatches:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=True, steps_per_call=self.steps_per_call)
 
     def _eval_loader(self) -> TensorBatches:
         n_test = len(self.tensors["x_test"])

@@ -37,6 +37,8 @@ class TensorBatches:
         seed: the shuffling seed.
         drop_last: drop a last, smaller batch.
         rank, world_size: this process's place in a distributed run.
+        steps_per_call: yield lists of this many consecutive mini-batches (the last list may be shorter); the order of
+            the mini-batches is the same whatever this is.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class TensorBatches:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        steps_per_call: int = 1,
     ) -> None:
         if batch_size % world_size:
             raise GFConfigError(
@@ -63,10 +66,16 @@ class TensorBatches:
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning inspects both attributes
         self.num_local = math.ceil(len(x) / world_size)
+        self.steps_per_call = steps_per_call
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
+        """Mini-batches an epoch (on this rank)."""
         n, b = self.num_local, self.local_batch
         return n // b if self.drop_last else math.ceil(n / b)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches / self.steps_per_call)
 
     def _indices(self) -> Tensor:
         n = len(self.x)
@@ -82,8 +91,17 @@ class TensorBatches:
             order = order[self.rank : total : self.world_size]
         return order
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]]]:
         order = self._indices()
-        for i in range(len(self)):
-            idx = order[i * self.local_batch : (i + 1) * self.local_batch]
-            yield self.x[idx], self.y[idx]
+        batches = ((self.x[idx], self.y[idx]) for idx in order[: self.num_batches * self.local_batch].split(self.local_batch))
+        if self.steps_per_call == 1:
+            yield from batches
+            return
+        chunk: list[tuple[Tensor, Tensor]] = []
+        for batch in batches:
+            chunk.append(batch)
+            if len(chunk) == self.steps_per_call:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk

@@ -20,7 +20,7 @@ class MNISTDataModule(TensorDataModule):
         data_dir: the folder that holds (or will hold) ``MNIST/raw/`` with the four uncompressed IDX files.
         download: fetch the files when they are missing (needs the internet).
         n_train, n_test: the subsample sizes, drawn without replacement with ``seed`` (the seed: 8000 and 2000).
-        batch_size, eval_batch_size, seed: see :class:`TensorDataModule`.
+        batch_size, eval_batch_size, seed, steps_per_call: see :class:`TensorDataModule`.
     """
 
     task = "classification"
@@ -34,8 +34,9 @@ class MNISTDataModule(TensorDataModule):
         batch_size: int = 256,
         eval_batch_size: int | None = None,
         seed: int | None = None,
+        steps_per_call: int = 1,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call)
         for name, value in (("n_train", n_train), ("n_test", n_test)):
             if not isinstance(value, int) or value <= 0:
                 raise GFConfigError(f"data.{name} must be a positive integer; got {value!r}")

@@ -19,7 +19,7 @@ class SyntheticRegression(TensorDataModule):
         d: input dimension.
         n_samples: samples in all (train + test).
         train_fraction: the share that trains (the seed: 0.8).
-        batch_size, eval_batch_size, seed: see :class:`TensorDataModule`.
+        batch_size, eval_batch_size, seed, steps_per_call: see :class:`TensorDataModule`.
     """
 
     def __init__(
@@ -30,8 +30,9 @@ class SyntheticRegression(TensorDataModule):
         batch_size: int = 256,
         eval_batch_size: int | None = None,
         seed: int | None = None,
+        steps_per_call: int = 1,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call)
         if not isinstance(d, int) or d <= 0:
             raise GFConfigError(f"data.d must be a positive integer; got {d!r}")
         if not isinstance(n_samples, int) or n_samples < 2:
@@ -84,8 +85,9 @@ class QuadraticRegression(SyntheticRegression):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         seed: int | None = None,
+        steps_per_call: int = 1,
     ) -> None:
-        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed)
+        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed, steps_per_call)
         if not high > 0:
             raise GFConfigError(f"data.high must be > 0; got {high!r}")
         self.high = float(high)
@@ -112,8 +114,9 @@ class GaussianRegression(SyntheticRegression):
         batch_size: int = 256,
         eval_batch_size: int | None = None,
         seed: int | None = None,
+        steps_per_call: int = 1,
     ) -> None:
-        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed)
+        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed, steps_per_call)
         if not std > 0:
             raise GFConfigError(f"data.std must be > 0; got {std!r}")
         self.std = float(std)
