@@ -89,7 +89,7 @@ class TensorBatches:
             if total > n:  # pad by wrapping around, as DistributedSampler does
                 order = torch.cat([order, order[: total - n]])
             order = order[self.rank : total : self.world_size]
-        return order
+        return order.to(self.x.device)  # one transfer an epoch, not one per batch
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]]]:
         order = self._indices()
