@@ -121,21 +121,6 @@ class EnergyOptimizer(torch.optim.Optimizer):
         """The scalars of the last step, for logging (``energy/…`` and ``optim/…``), as 0-dim device tensors."""
         return self._stats
 
-    # -- the closure's loss ------------------------------------------------------------------------------------------------
-    def _reduce_loss(self, loss: Any) -> Tensor:
-        """The closure's loss as a detached 0-dim tensor of the state dtype, averaged over ranks."""
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise GFStepError(
-                f"{type(self).__name__}.step(closure): the closure must return the mean mini-batch loss as a one-element "
-                f"tensor; it returned {type(loss).__name__}"
-            )
-        value = loss.detach()
-        if value.dim():
-            value = value.reshape(())
-        if world_size() > 1:
-            value = global_mean_(value.to(self._scalar_dtype, copy=True))
-        return value
-
 
 def softplus(x: float) -> float:
     """``log(1 + eˣ)`` for a float, without overflow."""
@@ -178,9 +163,9 @@ def relax_log(log_r_old: float, log_r_tilde: float, log_r_hat: float, moved: flo
         xi = (-b - math.sqrt(max(b * b - 4.0 * a * c, 0.0))) / (2.0 * a)
         xi = min(max(xi, 0.0), 1.0) if math.isfinite(xi) else 0.0
     # log(ξ r̃ + (1 − ξ) r̂) without forming r̃ or r̂, which may under- or overflow
-    terms = [v for w, v in ((xi, log_r_tilde), (1.0 - xi, log_r_hat)) if w > 0]
-    top = max(terms)
-    log_new = top + math.log(sum(w * math.exp(v - top) for w, v in ((xi, log_r_tilde), (1.0 - xi, log_r_hat)) if w > 0))
+    terms = [(w, v) for w, v in ((xi, log_r_tilde), (1.0 - xi, log_r_hat)) if w > 0]
+    top = max(v for _, v in terms)
+    log_new = top + math.log(sum(w * math.exp(v - top) for w, v in terms))
     # the bound gives rⁿ⁺¹ ≤ rⁿ exactly; the minimum only absorbs rounding in the last bit
     return min(log_new, log_r_old), xi
 
@@ -264,6 +249,20 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
             entry[4] = math.fsum(v * v for v in values[start : start + count])
             start += count
         return orig_loss, values[0], groups
+
+    def _reduce_loss(self, loss: Any) -> Tensor:
+        """The closure's loss as a detached 0-dim tensor of the state dtype, averaged over ranks."""
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise GFStepError(
+                f"{type(self).__name__}.step(closure): the closure must return the mean mini-batch loss as a one-element "
+                f"tensor; it returned {type(loss).__name__}"
+            )
+        value = loss.detach()
+        if value.dim():
+            value = value.reshape(())
+        if world_size() > 1:
+            value = global_mean_(value.to(self._scalar_dtype, copy=True))
+        return value
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
