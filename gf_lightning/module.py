@@ -129,6 +129,16 @@ class GradientFlowModule(L.LightningModule):
                 f"trainer.precision={precision!r} is not supported by {self._optimizer_class.__name__}; allowed: "
                 f"{', '.join(a for a in allowed if '-' in a)} (16-bit mixed precision steps the optimizer without a closure)"
             )
+        per_call = getattr(self.trainer.datamodule, "steps_per_call", 1)
+        for ckpt in self.trainer.checkpoint_callbacks:
+            every = getattr(ckpt, "_every_n_train_steps", 0) or 0
+            if per_call > 1 and every % per_call:
+                # Lightning looks at global_step only between calls: a checkpoint every 10 steps at 8 steps a call would
+                # land every 40
+                raise GFConfigError(
+                    f"checkpoint every_n_train_steps={every} is not a multiple of data.steps_per_call={per_call}: "
+                    "checkpoints are taken between training_step calls; use a multiple, or data.steps_per_call=1"
+                )
 
     # -- the step ------------------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -141,7 +151,10 @@ class GradientFlowModule(L.LightningModule):
         """One optimizer step per mini-batch: ``batch`` is one ``(x, y)``, or a list of them when the data module hands
         several mini-batches to each call (``data.steps_per_call``), which spreads Lightning's per-call cost over them."""
         opt = self.optimizers()
+        max_steps = self.trainer.max_steps
         for x, y in batch if isinstance(batch, list) else (batch,):
+            if 0 <= max_steps <= self.global_step:  # trainer.max_steps counts optimizer steps, even inside a call
+                break
             self._step(opt, x, y)
 
     def _step(self, opt, x: Tensor, y: Tensor) -> None:

@@ -97,14 +97,23 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path: Path, capsys: pytest.Captu
     assert all(torch.isfinite(torch.as_tensor(v)).all() for s in ckpt["optimizer_states"][0]["state"].values() for v in s.values())
 
 
-def test_steps_per_call_changes_nothing_but_the_calls(tmp_path: Path) -> None:
-    """Several mini-batches per training_step call (data.steps_per_call) take the same steps in the same order."""
+@pytest.mark.parametrize("method", METHODS)
+def test_steps_per_call_changes_nothing_but_the_calls(method: str, tmp_path: Path) -> None:
+    """Several mini-batches per training_step call (data.steps_per_call) take the same steps in the same order, and
+    trainer.max_steps stops inside a call."""
     runs = {}
     for k in (1, 3):
-        cli = cli_main(fit_args("ieq", tmp_path / str(k), 2, f"--data.init_args.steps_per_call={k}", "--trainer.logger=false"))
-        runs[k] = (cli.trainer.global_step, [p.detach().clone() for p in cli.model.parameters()],
-                   cli.trainer.optimizers[0].state_dict()["state"][0])
-    (steps1, params1, state1), (steps3, params3, state3) = runs[1], runs[3]
-    assert steps1 == steps3 == 2 * 8  # batch 64: 8 mini-batches an epoch, handed over as 3 + 3 + 2
-    assert all(torch.equal(a, b) for a, b in zip(params1, params3))
-    assert all(torch.equal(state1[k], state3[k]) for k in state1)
+        for max_steps in (-1, 5):
+            cli = cli_main(fit_args(method, tmp_path / f"{k}_{max_steps}", 2, f"--data.init_args.steps_per_call={k}",
+                                    f"--trainer.max_steps={max_steps}", "--data.init_args.batch_size=64", "--trainer.logger=false"))
+            runs[k, max_steps] = (cli.trainer.global_step, [p.detach().clone() for p in cli.model.parameters()],
+                                  cli.trainer.optimizers[0].state_dict()["state"])
+    for max_steps, steps in ((-1, 2 * 8), (5, 5)):  # batch 64: 8 mini-batches an epoch, handed over as 3 + 3 + 2
+        (steps1, params1, state1), (steps3, params3, state3) = runs[1, max_steps], runs[3, max_steps]
+        assert steps1 == steps3 == steps
+        assert all(torch.equal(a, b) for a, b in zip(params1, params3))
+        assert state1.keys() == state3.keys()
+        for pid in state1:
+            for key, value in state1[pid].items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(state3[pid][key])), (pid, key)
+    assert not all(torch.equal(a, b) for a, b in zip(runs[1, -1][1], runs[1, 5][1]))  # the stop did stop
