@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
-    parser.add_argument("--epochs", type=int, default=21, help="epochs per fit (the first is not timed)")
+    parser.add_argument("--epochs", type=int, default=31, help="epochs per fit (the first is not timed)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--steps-per-call", type=int, default=None,
                         help="mini-batches per training_step call on the Lightning side (default: the config's)")

@@ -38,7 +38,7 @@ CASES = {
     "negative input std": ("exp3_sgd", ["--data.init_args.std=-0.2"], ["data.std", "> 0"]),
     "steps per call 0": ("exp1_sgd", ["--data.init_args.steps_per_call=0"], ["data.steps_per_call", "positive integer"]),
     "checkpoint cadence inside a call": ("exp1_sgd", ["--checkpoint.every_n_train_steps=10"],
-                                         ["every_n_train_steps=10", "data.steps_per_call=16", "multiple"]),
+                                         ["every_n_train_steps=10", "data.steps_per_call=32", "multiple"]),
     "guard cadence": ("exp1_sgd", ["--model.check_finite_every_n_steps=0"], ["model.check_finite_every_n_steps", ">= 1"]),
     # (16-mixed on a CPU becomes bf16-mixed, which the methods accept; its refusal on a GPU is test_optim's no-closure case)
     "16-bit precision": ("exp1_sav", ["--trainer.precision=16-true"], ["trainer.precision", "16-true", "32-true", "bf16-mixed"]),

@@ -22,7 +22,8 @@ class TensorDataModule(L.LightningDataModule):
         seed: seeds the data draw and the batch order; ``None`` takes the run's ``seed_everything`` seed.
         steps_per_call: training mini-batches handed to each ``training_step`` call (one optimizer step each, in the same
             order as with 1). Lightning's per-call cost — hooks, progress bar, batch transfer — is then paid once per
-            ``steps_per_call`` steps; the progress bar, ``limit_train_batches`` and ``val_check_interval`` count calls.
+            ``steps_per_call`` steps; ``trainer.max_steps`` counts optimizer steps, while the progress bar,
+            ``limit_train_batches`` and an integer ``val_check_interval`` count calls. The experiment configs use 32.
     """
 
     task = "regression"
