@@ -415,6 +415,18 @@ def test_one_group_equals_two_groups_with_equal_lr(cls):
 # ---------------------------------------------------------------------------------------------------------------------------
 # 4. ExpSAV at large losses
 # ---------------------------------------------------------------------------------------------------------------------------
+def large_loss_closure(opt, w):
+    """``L = 5000 + ½‖w‖²``: a loss far above where ``exp(L)`` overflows any float."""
+
+    def closure():
+        opt.zero_grad()
+        loss = 5000.0 + 0.5 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    return closure
+
+
 @pytest.mark.parametrize("variant", ["seed", "restart", "vanilla", "relax"])
 def test_expsav_large_loss_float32(variant):
     """L ≈ 5000: C·exp(L) overflows float64 (and float32 from L ≈ 88); log r stays finite and ≈ L + log C, and the step is the
@@ -423,13 +435,7 @@ def test_expsav_large_loss_float32(variant):
     w = torch.nn.Parameter(torch.randn(8))
     dt, C, lam = 1e-3, 2.0, 1.0
     opt = ExpSAV([w], lr=dt, C=C, lam=lam, variant=variant)
-
-    def closure():
-        opt.zero_grad()
-        loss = 5000.0 + 0.5 * (w**2).sum()
-        loss.backward()
-        return loss
-
+    closure = large_loss_closure(opt, w)
     for _ in range(3):
         before = w.detach().clone()
         loss = opt.step(closure)
@@ -452,13 +458,7 @@ def test_sav_and_ieq_large_loss_float32():
     for cls, kw in ((SAV, dict(C=1.0)), (IEQAdaptive, {})):
         w = torch.nn.Parameter(torch.full((8,), 30.0))
         opt = cls([w], lr=1e-3, **kw)
-
-        def closure():
-            opt.zero_grad()
-            loss = 5000.0 + 0.5 * (w**2).sum()
-            loss.backward()
-            return loss
-
+        closure = large_loss_closure(opt, w)
         for _ in range(3):
             opt.step(closure)
         assert torch.isfinite(w).all() and all(torch.isfinite(v) for v in opt.stats.values())
