@@ -6,6 +6,8 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from .optim.base import first_parameter
+
 
 class ReplicaDivergenceError(RuntimeError):
     """Data-parallel replicas hold different parameters or optimizer state."""
@@ -16,7 +18,7 @@ def replica_fingerprint(pl_module: L.LightningModule) -> torch.Tensor:
     params = [p.detach().double() for p in pl_module.parameters()]
     values = [sum(p.sum() for p in params), sum(p.square().sum() for p in params)]
     optimizer = pl_module.optimizers(use_pl_optimizer=False)
-    state = optimizer.state.get(optimizer.param_groups[0]["params"][0], {})
+    state = optimizer.state.get(first_parameter(optimizer.param_groups), {})
     values += [v.detach().double().reshape(()) for v in state.values() if torch.is_tensor(v) and v.numel() == 1]
     return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=pl_module.device) for v in values])
 

@@ -17,9 +17,13 @@ from .optim.base import EnergyOptimizer
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 
-#: precisions each kind of optimizer accepts (16-bit mixed precision steps without a closure; IEQ's solve needs fp32+)
+#: precisions each kind of optimizer accepts, and why the others are refused
 ENERGY_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
+ENERGY_REASON = "16-bit mixed precision with a gradient scaler steps the optimizer without a closure"
 RESIDUAL_PRECISIONS = ("32-true", "32", "64-true", "64")
+RESIDUAL_REASON = (
+    "its energy is ½‖q‖² of the residual itself, which 16-bit precision computes to about three significant digits"
+)
 
 
 def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -123,11 +127,11 @@ class GradientFlowModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         precision = str(self.trainer.precision)
-        allowed = RESIDUAL_PRECISIONS if self._residual else ENERGY_PRECISIONS
+        allowed, reason = (RESIDUAL_PRECISIONS, RESIDUAL_REASON) if self._residual else (ENERGY_PRECISIONS, ENERGY_REASON)
         if issubclass(self._optimizer_class, EnergyOptimizer) and precision not in allowed:
             raise GFConfigError(
                 f"trainer.precision={precision!r} is not supported by {self._optimizer_class.__name__}; allowed: "
-                f"{', '.join(a for a in allowed if '-' in a)} (16-bit mixed precision steps the optimizer without a closure)"
+                f"{', '.join(a for a in allowed if '-' in a)} ({reason})"
             )
         per_call = getattr(self.trainer.datamodule, "steps_per_call", 1)
         for ckpt in self.trainer.checkpoint_callbacks:

@@ -12,6 +12,7 @@ from torch.func import functional_call, jacrev
 
 from gf_lightning.components.nets import TwoLayerNet
 from gf_lightning.optim import ieq as ieq_module
+from gf_lightning.optim import jacobian as jacobian_module
 from gf_lightning.optim.base import GFConfigError, GFStepError
 from gf_lightning.optim.ieq import IEQ
 
@@ -90,7 +91,7 @@ def path_opt(monkeypatch):
 
     def make(params, path, lr=0.3):
         if path == "cholesky-jvp":
-            monkeypatch.setattr(ieq_module, "MAX_JACOBIAN_BYTES", 0)
+            monkeypatch.setattr(jacobian_module, "MAX_JACOBIAN_BYTES", 0)
         return IEQ(params, lr=lr, solver="cg" if path == "cg" else "cholesky", cg_max_iter=500)
 
     return make

@@ -3,9 +3,14 @@
 >>> from gf_lightning.optim import ExpSAV
 >>> opt = ExpSAV(model.parameters(), lr=0.1, C=1.0, lam=1.0)      # doctest: +SKIP
 >>> loss = opt.step(closure)                                        # doctest: +SKIP
+
+The package, one concern a file: ``settings`` (validation), ``logspace`` (arithmetic in logarithms, the relaxation),
+``distributed`` (cross-rank reduction), ``jacobian`` (Jacobian operators and conjugate gradients), ``base`` (global
+state, settings, closure, ``stats``), ``auxiliary`` (the scalar-auxiliary-variable step), and one file per method.
 """
 
-from .base import AuxiliaryVariableOptimizer, EnergyOptimizer, GFConfigError, GFStepError
+from .auxiliary import AuxiliaryVariableOptimizer
+from .base import EnergyOptimizer, GFConfigError, GFStepError
 from .expsav import ExpSAV
 from .ieq import IEQ
 from .ieq_adaptive import IEQAdaptive

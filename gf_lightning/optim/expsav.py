@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .base import AuxiliaryVariableOptimizer, sav_defaults
+from .auxiliary import AuxiliaryVariableOptimizer
+from .settings import sav_defaults
 
 
 class ExpSAV(AuxiliaryVariableOptimizer):
@@ -20,7 +21,7 @@ class ExpSAV(AuxiliaryVariableOptimizer):
             rⁿ⁺¹ = rⁿ / (1 + Δt Sⁿ / rⁿ)
             seed / restart:   wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / rⁿ) g̃
             vanilla / relax:  wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / (C·exp(L(wⁿ)))) g̃
-            relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) C·exp(L(wⁿ⁺¹))   (ξ: see relax_log; η = 0.99)
+            relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) C·exp(L(wⁿ⁺¹))   (ξ: see logspace.relax; η = 0.99)
 
     ``variant="seed"`` (the default) carries ``r`` from step to step, as the seed does. ``r`` is never formed: the optimizer
     keeps ``ℓ = log r`` and steps ``ℓⁿ⁺¹ = ℓⁿ − softplus(log(Δt Sⁿ) − ℓⁿ)``, exact in floating point where ``C·exp(L)``
@@ -36,7 +37,8 @@ class ExpSAV(AuxiliaryVariableOptimizer):
     The modified energy logged is ``log r − log C``, the loss that ``r`` stands for.
 
     Args:
-        params: parameters or parameter groups; each group's ``lr`` is its own time step.
+        params: parameters or parameter groups; each group may set its own ``lr`` (its time step) and ``lam``; ``C``,
+            ``variant`` and ``eta`` are the whole optimizer's.
         lr: the time step ``Δt`` (> 0); seed default 0.1.
         C: the scale of ``r = C·exp(L)`` (> 0; seed default 1).
         lam: ``λ ≥ 0`` of ``𝓛 = λI`` (seed default 1).
@@ -54,13 +56,12 @@ class ExpSAV(AuxiliaryVariableOptimizer):
         eta: float = 0.99,
     ) -> None:
         super().__init__(params, sav_defaults(lr, C, lam, variant, eta))
-        self._log_c = math.log(float(C))
 
     def _log_r_hat(self, loss: float) -> float:
-        return loss + self._log_c
+        return loss + math.log(self.setting("C"))
 
     def _log_kappa(self, loss: float, log_r: float) -> float:
         return log_r
 
     def _record(self, log_r: float, loss: float) -> dict[str, float]:
-        return {"energy/log_r": log_r, "energy/modified": log_r - self._log_c}
+        return {"energy/log_r": log_r, "energy/modified": log_r - math.log(self.setting("C"))}

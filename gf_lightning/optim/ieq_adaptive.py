@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .base import AuxiliaryVariableOptimizer, GFStepError, check_positive, log0
+from .auxiliary import AuxiliaryVariableOptimizer
+from .base import GFStepError
+from .logspace import exp0, log0, logaddexp
+from .settings import check_positive
 
 
 class IEQAdaptive(AuxiliaryVariableOptimizer):
@@ -32,7 +35,8 @@ class IEQAdaptive(AuxiliaryVariableOptimizer):
     The modified energy logged is ``½‖q‖²``, on the scale of the loss.
 
     Args:
-        params: parameters or parameter groups; each group's ``lr`` is its own time step.
+        params: parameters or parameter groups; each group may set its own ``lr`` (its time step); ``eps`` and
+            ``variant`` are the whole optimizer's.
         lr: the time step ``Δt`` (> 0); seed default 0.1.
         eps: ``ε > 0`` in the denominator (seed default 1e-8).
         variant: ``"seed"`` or ``"restart"``.
@@ -40,11 +44,12 @@ class IEQAdaptive(AuxiliaryVariableOptimizer):
 
     variants = ("seed", "restart")
     aux_key = "log_q"
+    per_group_settings = {"lr": check_positive}
+    shared_settings = ("eps", "variant")
 
     def __init__(self, params: Iterable, lr: float = 0.1, eps: float = 1e-8, variant: str = "seed") -> None:
         check_positive("eps", eps)
         super().__init__(params, dict(lr=lr, eps=float(eps), variant=variant))
-        self._log_eps = math.log(float(eps))
 
     def _log_r_hat(self, loss: float) -> float:
         if loss < 0:
@@ -52,10 +57,8 @@ class IEQAdaptive(AuxiliaryVariableOptimizer):
         return 0.5 * log0(2.0 * loss)
 
     def _log_kappa(self, loss: float, log_r: float) -> float:
-        a, b = 2.0 * log_r, self._log_eps  # log(‖q‖² + ε)
-        top = max(a, b)
-        return top + math.log1p(math.exp(min(a, b) - top))
+        return logaddexp(2.0 * log_r, math.log(self.setting("eps")))  # log(‖q‖² + ε)
 
     def _record(self, log_r: float, loss: float) -> dict[str, float]:
-        q = math.exp(log_r)
+        q = exp0(log_r)
         return {"energy/q_norm": q, "energy/modified": 0.5 * q * q}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .base import AuxiliaryVariableOptimizer, GFStepError, sav_defaults
+from .auxiliary import AuxiliaryVariableOptimizer
+from .base import GFStepError
+from .logspace import exp0
+from .settings import sav_defaults
 
 
 class SAV(AuxiliaryVariableOptimizer):
@@ -20,16 +23,21 @@ class SAV(AuxiliaryVariableOptimizer):
             rⁿ⁺¹ = rⁿ / (1 + Δt Sⁿ / (2 (L(wⁿ) + C)))
             seed / restart:   wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / rⁿ) g̃
             vanilla / relax:  wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / √(L(wⁿ) + C)) g̃
-            relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) √(L(wⁿ⁺¹) + C)   (ξ: see relax_log; η = 0.99)
+            relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) √(L(wⁿ⁺¹) + C)   (ξ: see logspace.relax; η = 0.99)
 
     ``variant="seed"`` (the default) is the seed's formula. There ``rⁿ`` cancels from ``rⁿ⁺¹/rⁿ``, so it is exactly
     ``restart`` (Ma, Mao & Shen 2024, Alg. 3), and the two names are one method here. ``vanilla`` is their Alg. 2 (``r`` carries
     memory and never rises), ``relax`` their Alg. 4 (the modified energy ``r²`` never rises, and ``r`` tracks ``√(L + C)``).
 
-    The modified energy logged is ``r² − C``, on the scale of the loss it stands for.
+    The modified energy logged is ``r² − C``, on the scale of the loss it stands for. A restart above the value the last
+    step left is counted in ``energy/restart_rises``, not as a violation: the restart form allows it.
+
+    Theorem (every variant but ``relax``, with ``rⁿ`` after any restart): ``(rⁿ)² − (rⁿ⁺¹)² = (1/Δt + λ)‖Δw‖² +
+    (rⁿ⁺¹ − rⁿ)²``, so ``r`` never rises within a step; ``relax``: ``(rⁿ⁺¹)² ≤ (rⁿ)² − (1 − η) D``.
 
     Args:
-        params: parameters or parameter groups; each group's ``lr`` is its own time step.
+        params: parameters or parameter groups; each group may set its own ``lr`` (its time step) and ``lam``; ``C``,
+            ``variant`` and ``eta`` are the whole optimizer's.
         lr: the time step ``Δt`` (> 0). Seed's default 0.01 (exp2/3/4 use 0.01–0.1, exp1 0.5).
         C: the shift with ``L + C > 0`` (> 0; seed default 100). ``L + C ≤ 0`` at the first step is an error.
         lam: ``λ ≥ 0`` of ``𝓛 = λI`` (seed default 4).
@@ -49,20 +57,19 @@ class SAV(AuxiliaryVariableOptimizer):
         super().__init__(params, sav_defaults(lr, C, lam, variant, eta))
 
     @property
-    def _resets(self) -> bool:
-        return self.defaults["variant"] in ("seed", "restart")
+    def _restarts(self) -> bool:
+        return self.setting("variant") in ("seed", "restart")
 
     def _log_r_hat(self, loss: float) -> float:
-        shifted = loss + self.defaults["C"]
-        if shifted <= 0:
-            raise GFStepError(
-                f"SAV needs L + C > 0: the loss is L = {loss:.6g} and C = {self.defaults['C']:g}; choose C > {-loss:.6g}"
-            )
+        C = self.setting("C")
+        shifted = loss + C
+        if not shifted > 0:
+            raise GFStepError(f"SAV needs L + C > 0: the loss is L = {loss:.6g} and C = {C:g}; choose C > {-loss:.6g}")
         return 0.5 * math.log(shifted)
 
     def _log_kappa(self, loss: float, log_r: float) -> float:
-        return math.log(2.0 * (loss + self.defaults["C"]))
+        return math.log(2.0) + math.log(loss + self.setting("C"))
 
     def _record(self, log_r: float, loss: float) -> dict[str, float]:
-        r = math.exp(log_r)
-        return {"energy/r": r, "energy/modified": r * r - self.defaults["C"]}
+        r = exp0(log_r)
+        return {"energy/r": r, "energy/modified": r * r - self.setting("C")}

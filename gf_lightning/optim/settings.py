@@ -1,0 +1,70 @@
+"""Validation of the optimizers' settings: each check names the setting, what it was given and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import GFConfigError
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def check_positive(name: str, value: Any) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise GFConfigError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise GFConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    if not _is_number(value) or not 0 < value <= 1:
+        raise GFConfigError(f"{name} must be in (0, 1]; got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GFConfigError(f"{name} must be an integer >= 1; got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise GFConfigError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+    return value
+
+
+def sav_defaults(lr: float, C: float, lam: float, variant: str, eta: float) -> dict[str, Any]:
+    """The validated settings that SAV and ExpSAV share (their defaults differ, so each keeps its own signature)."""
+    return dict(
+        lr=check_positive("lr", lr),
+        C=check_positive("C", C),
+        lam=check_nonnegative("lam", lam),
+        variant=variant,
+        eta=check_fraction("eta", eta),
+    )
+
+
+def check_group(group: dict[str, Any], per_group: dict[str, Any], shared: Sequence[str], reference: dict[str, Any]) -> None:
+    """A parameter group's own settings: those in ``per_group`` (name → check) are validated; those in ``shared`` belong to
+    the whole optimizer (its auxiliary variable is one scalar) and must equal ``reference``'s, else the step would ignore
+    them."""
+    for key, check in per_group.items():
+        if key in group:
+            check(key, group[key])
+    for key in shared:
+        if key in group and group[key] != reference[key]:
+            raise GFConfigError(
+                f"{key} is a setting of the whole optimizer, not of a parameter group: a group has {key}={group[key]!r} "
+                f"while the optimizer has {key}={reference[key]!r}; per-group values are allowed for "
+                f"{', '.join(per_group) or 'none'}"
+            )
