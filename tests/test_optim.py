@@ -1,124 +1,77 @@
-"""Tests of the energy-stable optimizers (SAV, ExpSAV, IEQAdaptive) against SPEC §2.
+"""SAV, ExpSAV and IEQAdaptive against SPEC §2, and the energy law each scheme proves.
 
-1. three steps of every method and variant equal a hand computation in plain Python floats (``math`` only);
-2. the energy guarantees over hundreds of random problems (random dimension, scale, Δt ∈ [1e-4, 1e4], mini-batch noise);
-3. per-group step sizes (``Δt·S`` becomes ``Σ_g Δt_g S_g``);
-4. ExpSAV at losses in the thousands (``C·exp(L)`` would overflow);
-5. ``state_dict`` round trips, bit for bit;
-6. convergence on a toy regression, and the seed forms' freeze;
-7. bad settings and bad closures;
-8. the README snippet.
+1. steps of every method and variant, with one and two parameter groups, equal the independent reference
+   (``references.scheme_reference``: Python floats, the relaxation in 200 bits);
+2. the energy law of each scheme, checked as an equality on every step of random problems, Δt from 1e-4 to 1e4;
+3. what must not happen: NaN after a collapse, a step at lr = 1e308 that does not move, restarts counted as violations;
+4. ExpSAV at losses in the thousands (``C·exp(L)`` would overflow), bfloat16 parameters;
+5. convergence on a toy regression along the reference's trajectory, and the seed forms' freeze;
+6. the README snippets.
+
+The conventions every torch optimizer keeps (state round trips, deepcopy, schedulers, …) are in ``test_conventions.py``;
+bad settings in the one table of ``test_bad_inputs.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import re
-from pathlib import Path
 
+import mpmath
 import pytest
 import torch
+from conftest import ROOT
+from references import relax_reference, scheme_reference
 
-from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.optim import SAV, ExpSAV, IEQAdaptive
 
-ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
-
-
-# ---------------------------------------------------------------------------------------------------------------------------
-# 1. hand computation
-# ---------------------------------------------------------------------------------------------------------------------------
-# L(w) = ½ wᵀAw + bᵀw + c on w ∈ R², A SPD; min L = c − ½ bᵀA⁻¹b = 0.375 > 0 (IEQ needs L > 0).
-A = ((3.0, 1.0), (1.0, 2.0))
-B = (-1.0, 0.5)
-CQ = 0.75
-W0 = (1.5, -2.0)
-
-
-def quad_loss(w):
-    return 0.5 * sum(w[i] * A[i][j] * w[j] for i in range(2) for j in range(2)) + sum(b * x for b, x in zip(B, w)) + CQ
-
-
-def quad_grad(w):
-    return [sum(A[i][j] * w[j] for j in range(2)) + B[i] for i in range(2)]
-
-
-def dot(u, v):
-    return math.fsum(a * b for a, b in zip(u, v))
-
-
-def relax_ref(r_old, r_tilde, r_hat, moved, eta):
-    """SPEC §2 (Alg. 4 of Ma, Mao & Shen) with D = min(‖Δw‖²/Δt, (rⁿ)² − r̃²), as relax_log's docstring states."""
-    d = min(moved, r_old**2 - r_tilde**2)
-    a = (r_tilde - r_hat) ** 2
-    b = 2.0 * r_hat * (r_tilde - r_hat)
-    c = r_hat**2 - r_tilde**2 - eta * max(d, 0.0)
-    if a > 0:
-        xi = (-b - math.sqrt(max(b * b - 4.0 * a * c, 0.0))) / (2.0 * a)
-        xi = min(max(xi, 0.0), 1.0)
-    else:
-        xi = 0.0
-    return min(xi * r_tilde + (1.0 - xi) * r_hat, r_old), xi
-
-
-def reference(method, variant, dt, steps, C=None, lam=0.0, eps=1e-8, eta=0.99, shifts=None, _relax=relax_ref):
-    """SPEC §2 written out in floats. Returns, per step, a dict with w, the auxiliary variable, effective lr, ξ, loss.
-
-    ``shifts[n]`` is added to the loss of step n (both of relax's evaluations): a mini-batch whose loss differs from the
-    last one's, so that a carried r lies well above or below r(L(wⁿ))."""
-    w = list(W0)
-    aux = None  # r (SAV, ExpSAV) or ‖q‖ (IEQAdaptive)
-    out = []
-    for n in range(steps):
-        shift = shifts[n] if shifts else 0.0
-        L = quad_loss(w) + shift
-        g = quad_grad(w)
-        if method == "ieq":
-            gt, S = g, dot(g, g)
-            if aux is None or variant == "restart":
-                aux = math.sqrt(2.0 * L)
-            alpha = 1.0 / (1.0 + dt * S / (aux**2 + eps))
-            new_aux, phi = alpha * aux, alpha
-        else:
-            gt = [x / (1.0 + dt * lam) for x in g]
-            S = dot(g, gt)
-            r_hat = math.sqrt(L + C) if method == "sav" else C * math.exp(L)
-            resets = variant == "restart" or (method == "sav" and variant == "seed")
-            if aux is None or resets:
-                aux = r_hat
-            kappa = 2.0 * (L + C) if method == "sav" else aux
-            new_aux = aux / (1.0 + dt * S / kappa)
-            phi = new_aux / aux if variant in ("seed", "restart") else new_aux / r_hat
-        w_new = [x - dt * phi * y for x, y in zip(w, gt)]
-        xi = None
-        if variant == "relax":
-            L1 = quad_loss(w_new) + shift
-            r_hat1 = math.sqrt(L1 + C) if method == "sav" else C * math.exp(L1)
-            moved = math.fsum((x - y) ** 2 for x, y in zip(w_new, w)) / dt
-            new_aux, xi = _relax(aux, new_aux, r_hat1, moved, eta)
-        out.append(dict(w=w_new, aux=new_aux, eff=phi * dt / (1.0 + dt * lam), xi=xi, loss=L))
-        w, aux = w_new, new_aux
-    return out
+CLASSES = {"sav": SAV, "expsav": ExpSAV, "ieq": IEQAdaptive}
+EPS = 2.0**-52
 
 
 def close(a, b, rtol=1e-12):
     return abs(a - b) <= rtol * max(abs(a), abs(b))
 
 
-def run_quadratic(opt_cls, w, steps, shifts=None, **kw):
-    """Run the library on the same quadratic; records per-step results and the number of closure calls."""
-    At, Bt = torch.tensor(A, dtype=F64), torch.tensor(B, dtype=F64)
-    opt = opt_cls([w], **kw)
-    calls = [0]
-    shift = [0.0]
+# ---------------------------------------------------------------------------------------------------------------------------
+# 1. steps equal the reference
+# ---------------------------------------------------------------------------------------------------------------------------
+# L(w) = ½ wᵀPw + qᵀw + 1 + shiftₙ on w ∈ R⁵ split into groups u = w[:2], v = w[2:]; P SPD, min L > 0 (IEQ needs L > 0).
+P = ((2.0, 0.5, 0.0, 0.1, 0.0), (0.5, 1.5, 0.2, 0.0, 0.0), (0.0, 0.2, 1.0, 0.3, 0.0), (0.1, 0.0, 0.3, 2.5, 0.4),
+     (0.0, 0.0, 0.0, 0.4, 0.7))
+Q = (0.3, -0.2, 0.1, 0.5, -0.4)
+W0 = ((0.5, -0.3), (0.2, 0.6, -0.4))
+
+
+def quadratic(shifts):
+    """``evaluate(w_groups, n)`` of the reference: the loss and its gradient in floats, on step ``n``'s mini-batch."""
+
+    def evaluate(w, n):
+        x = [*w[0], *w[1]]
+        px = [sum(P[i][j] * x[j] for j in range(5)) for i in range(5)]
+        loss = 0.5 * math.fsum(a * b for a, b in zip(x, px)) + math.fsum(a * b for a, b in zip(Q, x)) + 1.0
+        grad = [a + b for a, b in zip(px, Q)]
+        return loss + (shifts[n] if shifts else 0.0), [grad[:2], grad[2:]]
+
+    return evaluate
+
+
+def run_library(cls, lrs, steps, shifts=None, **kw):
+    """The same problem through the library (float64), one group per entry of ``lrs`` (one group when ``lrs`` has one
+    entry). Records the weights, state and stats after each step, and the closure calls."""
+    u, v = (torch.nn.Parameter(torch.tensor(w, dtype=F64)) for w in W0)
+    groups = [{"params": [u, v]}] if len(lrs) == 1 else [{"params": [u], "lr": lrs[0]}, {"params": [v], "lr": lrs[1]}]
+    opt = cls(groups, lr=lrs[0], **kw)
+    Pt, Qt = torch.tensor(P, dtype=F64), torch.tensor(Q, dtype=F64)
+    calls, shift = [0], [0.0]
 
     def closure():
         calls[0] += 1
         opt.zero_grad()
-        loss = 0.5 * w @ At @ w + Bt @ w + CQ + shift[0]
+        x = torch.cat([u, v])
+        loss = 0.5 * x @ Pt @ x + Qt @ x + 1.0 + shift[0]
         loss.backward()
         return loss
 
@@ -126,90 +79,103 @@ def run_quadratic(opt_cls, w, steps, shifts=None, **kw):
     for n in range(steps):
         shift[0] = shifts[n] if shifts else 0.0
         opt.step(closure)
-        out.append(dict(w=w.detach().tolist(), state={k: v.clone() for k, v in opt.global_state.items()},
+        out.append(dict(w=[u.tolist(), v.tolist()], state={k: v.clone() for k, v in opt.global_state.items()},
                         stats={k: v.clone() for k, v in opt.stats.items()}))
     return out, calls[0]
 
 
-CASES_1 = [  # (method, variant, dt, kwargs): dt large enough for relax to overshoot, so that 0 < ξ < 1 happens
-    ("sav", "seed", 0.3, dict(C=1.0, lam=4.0)),
-    ("sav", "restart", 0.3, dict(C=1.0, lam=4.0)),
-    ("sav", "vanilla", 0.3, dict(C=1.0, lam=4.0)),
-    ("sav", "relax", 0.3, dict(C=1.0, lam=0.5)),
-    ("sav", "relax", 2.0, dict(C=0.5, lam=0.0)),
-    ("expsav", "seed", 0.1, dict(C=1.0, lam=1.0)),
-    ("expsav", "restart", 0.1, dict(C=1.0, lam=1.0)),
-    ("expsav", "vanilla", 0.1, dict(C=2.0, lam=1.0)),
-    ("expsav", "relax", 0.1, dict(C=1.0, lam=1.0)),
-    ("expsav", "relax", 0.8, dict(C=0.5, lam=0.0)),
-    ("expsav", "relax", 0.3, dict(C=1.0, lam=0.0, shifts=(2.0, 0.0, 1.0))),  # D = (rⁿ)² − r̃² < ‖Δw‖²/Δt at step 2
-    ("expsav", "vanilla", 0.3, dict(C=1.0, lam=0.5, shifts=(0.5, 0.0, 1.0))),
-    ("sav", "vanilla", 0.3, dict(C=1.0, lam=4.0, shifts=(3.0, 0.0, 1.0))),
-    ("sav", "relax", 2.0, dict(C=1.0, lam=0.0, shifts=(3.0, 0.0, 1.0))),
-    ("ieq", "seed", 0.1, dict()),
-    ("ieq", "restart", 0.1, dict()),
-    ("ieq", "seed", 3.0, dict(eps=1e-3)),
+STEP_CASES = [  # (method, variant, lrs, kwargs): Δt large enough for relax to overshoot, so that 0 < ξ < 1 happens
+    ("sav", "seed", (0.3,), dict(C=1.0, lam=4.0)),
+    ("sav", "restart", (0.3,), dict(C=1.0, lam=4.0)),
+    ("sav", "vanilla", (0.3,), dict(C=1.0, lam=4.0)),
+    ("sav", "relax", (0.3,), dict(C=1.0, lam=0.5)),
+    ("sav", "relax", (2.0,), dict(C=0.5, lam=0.0)),
+    ("expsav", "seed", (0.1,), dict(C=1.0, lam=1.0)),
+    ("expsav", "restart", (0.1,), dict(C=1.0, lam=1.0)),
+    ("expsav", "vanilla", (0.1,), dict(C=2.0, lam=1.0)),
+    ("expsav", "relax", (0.1,), dict(C=1.0, lam=1.0)),
+    ("expsav", "relax", (0.8,), dict(C=0.5, lam=0.0)),
+    ("expsav", "relax", (0.3,), dict(C=1.0, lam=0.0, shifts=(2.0, 0.0, 1.0))),  # D = (rⁿ)² − r̃² < ‖Δw‖²/Δt at step 2
+    ("expsav", "vanilla", (0.3,), dict(C=1.0, lam=0.5, shifts=(0.5, 0.0, 1.0))),
+    ("sav", "vanilla", (0.3,), dict(C=1.0, lam=4.0, shifts=(3.0, 0.0, 1.0))),
+    ("sav", "relax", (2.0,), dict(C=1.0, lam=0.0, shifts=(3.0, 0.0, 1.0))),
+    ("ieq", "seed", (0.1,), dict()),
+    ("ieq", "restart", (0.1,), dict()),
+    ("ieq", "seed", (3.0,), dict(eps=1e-3)),
+    # per-group step sizes: Δt·Sⁿ is Σ_g Δt_g S_g, each group moves by its own Δt_g; relax sums ‖Δw_g‖²/Δt_g
+    ("sav", "seed", (0.05, 0.4), dict(C=1.0, lam=4.0)),
+    ("sav", "vanilla", (0.05, 0.4), dict(C=1.0, lam=4.0)),
+    ("sav", "relax", (0.5, 2.0), dict(C=0.5, lam=0.0, shifts=(1.0, 0.0, 2.0))),
+    ("expsav", "seed", (0.05, 0.4), dict(C=1.0, lam=1.0)),
+    ("expsav", "restart", (0.05, 0.4), dict(C=1.0, lam=1.0, shifts=(0.0, 1.0, 0.5))),
+    ("expsav", "vanilla", (0.05, 0.4), dict(C=1.0, lam=1.0)),
+    ("expsav", "relax", (0.1, 0.3), dict(C=1.0, lam=0.0, shifts=(0.5, 0.0, 1.0))),
+    ("ieq", "seed", (0.05, 0.4), dict()),
+    ("ieq", "restart", (0.05, 0.4), dict(shifts=(0.0, 1.0, 0.5))),
 ]
-CLASSES = {"sav": SAV, "expsav": ExpSAV, "ieq": IEQAdaptive}
 
 
-@pytest.mark.parametrize("method,variant,dt,kw", CASES_1,
-                         ids=[f"{m}-{v}-dt{dt}{'-shifted' if 'shifts' in kw else ''}" for m, v, dt, kw in CASES_1])
-def test_steps_equal_hand_computation(method, variant, dt, kw):
-    steps = 3
-    ref = reference(method, variant, dt, steps, **kw)
-    w = torch.tensor(W0, dtype=F64, requires_grad=True)
-    got, calls = run_quadratic(CLASSES[method], w, steps, lr=dt, variant=variant, **kw)
-    kw = {k: v for k, v in kw.items() if k != "shifts"}
+def step_id(case):
+    method, variant, lrs, kw = case
+    return f"{method}-{variant}-dt{'/'.join(map(str, lrs))}{'-shifted' if 'shifts' in kw else ''}"
+
+
+@pytest.mark.parametrize("method,variant,lrs,kw", STEP_CASES, ids=[step_id(c) for c in STEP_CASES])
+def test_steps_equal_the_reference(method, variant, lrs, kw):
+    """Three steps: weights, the auxiliary variable, the effective step, ξ, the logged energies, the closure calls.
+    SAV's seed form is checked against its own formula: ``wⁿ⁺¹ = wⁿ − Δt g̃ / (1 + Δt Sⁿ/(2(L + C)))``, in which ``r``
+    does not appear (so it cannot depend on what ``r`` the library carries)."""
+    steps, shifts = 3, kw.pop("shifts", None)
+    dts = list(lrs) * 2 if len(lrs) == 1 else list(lrs)  # Δt of u and of v
+    ref = scheme_reference(method, variant, [list(w) for w in W0], quadratic(shifts), dts, steps, **kw)
+    got, calls = run_library(CLASSES[method], lrs, steps, shifts=shifts, variant=variant, **kw)
     assert calls == steps * (2 if variant == "relax" else 1)
+    key = "log_q" if method == "ieq" else "log_r"
     for n, (r, o) in enumerate(zip(ref, got)):
-        for a, b in zip(o["w"], r["w"]):
-            assert close(a, b), (n, o["w"], r["w"])
-        key = "log_q" if method == "ieq" else "log_r"
+        for got_group, ref_group in zip(o["w"], r.w):
+            for a, b in zip(got_group, ref_group):
+                assert close(a, b), (n, o["w"], r.w)
         assert o["state"][key].dtype == F64
-        assert close(o["state"][key].item(), math.log(r["aux"])), (n, o["state"][key].item(), math.log(r["aux"]))
+        assert close(o["state"][key].item(), math.log(r.aux)), (n, o["state"][key].item(), math.log(r.aux))
         logged = {"sav": "energy/r", "ieq": "energy/q_norm"}.get(method)
         if logged:
-            assert close(o["stats"][logged].item(), r["aux"])
-        assert close(o["stats"]["optim/effective_lr"].item(), r["eff"])
-        assert o["stats"]["energy/true"].item() == pytest.approx(r["loss"], rel=1e-14)
+            assert close(o["stats"][logged].item(), r.aux)
+        assert close(o["stats"]["optim/effective_lr"].item(), r.eff)
+        assert o["stats"]["energy/true"].item() == pytest.approx(r.loss, rel=1e-14)
         assert o["state"]["step"].item() == n + 1
         if variant == "relax":
-            assert abs(o["stats"]["optim/xi"].item() - r["xi"]) <= 1e-12, (n, o["stats"]["optim/xi"].item(), r["xi"])
-        modified = {"sav": r["aux"] ** 2 - kw.get("C", 0), "expsav": math.log(r["aux"]) - math.log(kw.get("C", 1)),
-                    "ieq": 0.5 * r["aux"] ** 2}[method]
+            assert abs(o["stats"]["optim/xi"].item() - r.xi) <= 1e-12, (n, o["stats"]["optim/xi"].item(), r.xi)
+        modified = {"sav": r.aux**2 - kw.get("C", 0), "expsav": math.log(r.aux) - math.log(kw.get("C", 1)),
+                    "ieq": 0.5 * r.aux**2}[method]
         assert o["stats"]["energy/modified"].item() == pytest.approx(modified, rel=1e-11, abs=1e-13)
+        assert o["stats"]["energy/violations"].item() == 0
+    if method == "sav" and variant == "seed":
+        evaluate, w = quadratic(shifts), [list(g) for g in W0]
+        for n in range(steps):
+            loss, grads = evaluate(w, n)
+            lam = kw["lam"]
+            gts = [[x / (1 + dt * lam) for x in g] for g, dt in zip(grads, dts)]
+            dt_s = math.fsum(dt * math.fsum(a * b for a, b in zip(g, gt)) for g, gt, dt in zip(grads, gts, dts))
+            w = [[x - dt * y / (1 + dt_s / (2 * (loss + kw["C"]))) for x, y in zip(wg, gt)]
+                 for wg, gt, dt in zip(w, gts, dts)]
+        assert all(close(a, b) for ga, gb in zip(got[-1]["w"], w) for a, b in zip(ga, gb)), (got[-1]["w"], w)
 
 
 def test_relax_cases_cover_both_branches():
-    """The relax cases above exercise 0 < ξ < 1 (both r̃ and r̂ = r(L(wⁿ⁺¹)) enter) and ξ = 0, and both sides of
-    D = min(‖Δw‖²/Δt, (rⁿ)² − r̃²)."""
-    seen = []
-
-    def spy(r_old, r_tilde, r_hat, moved, eta):
-        r, xi = relax_ref(r_old, r_tilde, r_hat, moved, eta)
-        seen.append((xi, moved < r_old**2 - r_tilde**2))
-        return r, xi
-
-    for m, v, dt, kw in CASES_1:
-        if v == "relax":
-            reference(m, v, dt, 3, _relax=spy, **kw)
-    assert any(0.0 < xi < 1.0 for xi, _ in seen), seen
-    assert any(xi == 0.0 for xi, _ in seen), seen
-    assert any(m for _, m in seen) and not all(m for _, m in seen), seen
-
-
-def test_sav_seed_is_restart():
-    for variant in ("seed", "restart"):
-        w = torch.tensor(W0, dtype=F64, requires_grad=True)
-        out, _ = run_quadratic(SAV, w, 3, lr=0.3, C=1.0, variant=variant)
-        if variant == "seed":
-            seed_w = out[-1]["w"]
-    assert out[-1]["w"] == seed_w
+    """The relax cases above exercise 0 < ξ < 1 (both r̃ and r̂ = r(L(wⁿ⁺¹)) enter) and ξ = 0."""
+    xis = []
+    for method, variant, lrs, kw in STEP_CASES:
+        if variant == "relax":
+            kw = dict(kw)
+            shifts = kw.pop("shifts", None)
+            dts = list(lrs) * 2 if len(lrs) == 1 else list(lrs)
+            ref = scheme_reference(method, variant, [list(w) for w in W0], quadratic(shifts), dts, 3, **kw)
+            xis += [r.xi for r in ref]
+    assert any(0.0 < xi < 1.0 for xi in xis) and any(xi == 0.0 for xi in xis), xis
 
 
 # ---------------------------------------------------------------------------------------------------------------------------
-# 2. guarantees over random problems
+# 2. the energy law of each scheme, on every step of random problems
 # ---------------------------------------------------------------------------------------------------------------------------
 def random_problem(rng: random.Random):
     """A random quadratic or quartic of random dimension and scale (losses from ~1e-3 to ~1e8), optionally with mini-batch
@@ -240,334 +206,344 @@ def random_problem(rng: random.Random):
     return w0, batch_loss, f"{kind} n={n} scale={scale:.3g} offset={offset:.3g}"
 
 
-GUARANTEES = [  # (class, variant): the auxiliary variable / modified energy never rises, violations stay 0
-    (SAV, "vanilla"),
-    (SAV, "relax"),
-    (ExpSAV, "vanilla"),
-    (ExpSAV, "relax"),
-    (IEQAdaptive, "seed"),
-]
+def softplus(x):
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
+def log1mexp(x):
+    """log(1 − eˣ), x ≤ 0 (−∞ at 0)."""
+    if x == 0:
+        return -math.inf
+    return math.log(-math.expm1(x)) if x > -0.693 else math.log1p(-math.exp(x))
+
+
+def log_r_hat(method, loss, C):
+    return {"sav": lambda: 0.5 * math.log(loss + C), "expsav": lambda: loss + math.log(C),
+            "ieq": lambda: 0.5 * math.log(2 * loss) if loss > 0 else -math.inf}[method]()
+
+
+def energy_law(method, variant, s) -> str | None:
+    """The identity (or, for relax, the equality and the inequality) that ties ``rⁿ⁺¹`` to the weights' move, for one
+    step ``s``. Returns what failed, or None. ``s`` holds: dt, lam, C, eps, eta, the loss L and ‖g‖² at wⁿ, the loss at
+    wⁿ⁺¹ (relax), ‖Δw‖² and ‖w‖, and ℓ (after any restart) and ℓⁿ⁺¹ from the optimizer's state."""
+    dt, lam, ell, new, moved = s["dt"], s["lam"], s["ell"], s["new"], s["moved"]
+    w_norm, dw = s["w_norm"], math.sqrt(moved)
+    # ‖Δw‖² measured from weights of norm ‖w‖ carries a relative error of ~4ε‖w‖/‖Δw‖: where that is coarse, only the
+    # inequality of section 2's caller is checked
+    resolved = dw > 1e-5 * w_norm and ell - new > 1e-9 * (1 + abs(ell))
+    speed = math.log(1 / dt + lam) + math.log(moved) if moved > 0 else -math.inf  # log((1/Δt + λ)‖Δw‖²)
+    if method == "sav" and variant != "relax":
+        # Shen–Xu–Yang Thm: r² − (rⁿ⁺¹)² = (1/Δt + λ)‖Δw‖² + (rⁿ⁺¹ − r)²
+        r, rn = math.exp(ell), math.exp(new)
+        lhs, rhs = (r - rn) * (r + rn), (1 / dt + lam) * moved + (rn - r) ** 2
+        # ‖Δw‖² from weights of norm ‖w‖: each coordinate's move is known to ~ε‖w‖ (or is lost under it)
+        tol = 1e-10 * r * r + (1 / dt + lam) * 8 * EPS * w_norm * (2 * dw + 8 * EPS * w_norm)
+        return None if abs(lhs - rhs) <= tol else f"SAV law: {lhs!r} != {rhs!r}"
+    if not resolved:
+        return None
+    if method == "expsav" and variant != "relax":
+        # r − rⁿ⁺¹ = (1/Δt + λ)‖Δw‖² · K,  K = r/rⁿ⁺¹ (seed, restart) or r̂²/(r rⁿ⁺¹) (vanilla)
+        log_k = ell - new if variant in ("seed", "restart") else 2 * log_r_hat("expsav", s["loss"], s["C"]) - ell - new
+        lhs, rhs = ell + log1mexp(new - ell), speed + log_k
+        return None if abs(lhs - rhs) <= 1e-5 else f"ExpSAV law: log {lhs!r} != {rhs!r}"
+    if method == "ieq":
+        # ‖Δw‖²/Δt = ρ(1 − ρ)(‖q‖² + ε),  ρ = ‖qⁿ⁺¹‖/‖q‖
+        rho = math.exp(new - ell)
+        lhs, rhs = math.log(moved / dt), new - ell + log1mexp(new - ell) + math.log(math.exp(2 * ell) + s["eps"])
+        return None if abs(lhs - rhs) <= 1e-5 else f"IEQAdaptive law: log {lhs!r} != {rhs!r} (ρ = {rho})"
+    # relax (Ma–Mao–Shen Thm 2): rⁿ⁺¹ = min(r̂(L(wⁿ⁺¹)), √(r̃² + η D)) and (rⁿ⁺¹)² ≤ r² − (1 − η) D,
+    # D = min(‖Δw‖²/Δt, r² − r̃²), r̃ the unrelaxed step of SPEC §2
+    log_kappa = math.log(2 * (s["loss"] + s["C"])) if method == "sav" else ell
+    log_dt_s = math.log(dt / (1 + dt * lam)) + math.log(s["g2"])
+    tilde = ell - softplus(log_dt_s - log_kappa)
+    log_moved = math.log(moved / dt)
+    ref = float(relax_reference(ell, tilde, log_r_hat(method, s["loss_next"], s["C"]), log_moved, s["eta"])[0])
+    if abs(new - ref) > 1e-6 * (1 + abs(ref)):
+        return f"relax equality: {new!r} != {ref!r}"
+    log_d = min(log_moved, 2 * ell + log1mexp(2 * (tilde - ell)))
+    bound = 2 * ell + log1mexp(math.log(1 - s["eta"]) + log_d - 2 * ell) if s["eta"] < 1 else 2 * ell
+    return None if 2 * new <= bound + 1e-9 * (1 + abs(bound)) else f"relax inequality: 2ℓ⁺ = {2 * new!r} > {bound!r}"
+
+
+SCHEMES = [(SAV, v) for v in SAV.variants] + [(ExpSAV, v) for v in ExpSAV.variants] + \
+          [(IEQAdaptive, v) for v in IEQAdaptive.variants]
+METHOD_OF = {SAV: "sav", ExpSAV: "expsav", IEQAdaptive: "ieq"}
 
 
 def run_random_cases(cls, variant, n_cases, n_steps, seed, dtype=F64):
-    """Returns ``(failures, nonfinite)``: monotonicity / violation failures, and cases whose params or state went NaN/Inf."""
+    """Returns ``(failures, dropped, checked)``. Every step is checked: r never rises above the value the step started
+    from (r⁰ = r̂(L(w⁰)) for the first, r̂(L(wⁿ)) after a restart), ``violations`` stays 0, restarts above the carried r
+    are counted as ``restart_rises``, and in float64 the scheme's energy law holds (:func:`energy_law`)."""
+    method = METHOD_OF[cls]
     rng = random.Random(seed)
-    key = "log_q" if cls is IEQAdaptive else "log_r"
-    failures, nonfinite = [], []
+    failures, dropped, checked = [], [], 0
     for case in range(n_cases):
         w0, batch_loss, desc = random_problem(rng)
         dt = 10 ** rng.uniform(-4, 4)
-        kw = {} if cls is IEQAdaptive else dict(C=10 ** rng.uniform(-2, 2), lam=rng.choice((0.0, 10 ** rng.uniform(-2, 1))))
+        kw = dict(C=10 ** rng.uniform(-2, 2), lam=rng.choice((0.0, 10 ** rng.uniform(-2, 1)))) if cls is not IEQAdaptive \
+            else dict(eps=1e-8)
         w = torch.nn.Parameter(w0.to(dtype))
         opt = cls([w], lr=dt, variant=variant, **kw)
         noise = torch.Generator().manual_seed(case)
-        prev = None
+        carried, rises, max_phi = None, 0, 0.0
         for step in range(n_steps):
-            loss_fn = batch_loss(noise)  # one mini-batch per step: relax's second closure call sees the same batch
+            loss_fn, calls = batch_loss(noise), []  # one mini-batch per step: relax's second closure call sees the same
 
             def closure():
                 opt.zero_grad()
                 loss = loss_fn(w.to(F64)).to(dtype)
                 loss.backward()
+                calls.append((loss.item(), float(w.grad.double().square().sum())))
                 return loss
 
+            before = w.detach().double().clone()
             opt.step(closure)
             state = opt.global_state
             where = f"case {case} step {step}: {desc} dt={dt:.3g} {kw}"
-            if not (torch.isfinite(w).all() and all(torch.isfinite(v).all() for v in state.values())):
-                nonfinite.append(where)
+            new = state[opt.aux_key].item()
+            if not (torch.isfinite(w).all() and math.isfinite(calls[0][0]) and math.isfinite(calls[0][1])):
+                dropped.append((where, max_phi))  # the largest φ the case took before it left the float range
                 break
-            if prev is not None and not state[key] <= prev:
-                failures.append(f"{where}: {key} rose {prev.item()!r} -> {state[key].item()!r}")
-            if state["violations"].item() != 0 or opt.stats["energy/violations"].item() != 0:
+            max_phi = max(max_phi, opt.stats["optim/effective_lr"].item() * (1 + dt * kw.get("lam", 0.0)) / dt)
+            hat = log_r_hat(method, calls[0][0], kw.get("C", 1.0))
+            restarts = variant == "restart" or (cls is SAV and variant == "seed")
+            if carried is not None and restarts and hat > carried:
+                rises += 1
+            ell = hat if carried is None or restarts else carried
+            if new > ell:
+                failures.append(f"{where}: {opt.aux_key} rose {ell!r} -> {new!r}")
+            if opt.stats["energy/violations"].item() != 0 or state["violations"].item() != 0:
                 failures.append(f"{where}: violations {state['violations'].item()}")
-            prev = state[key].clone()
-    return failures, nonfinite
+            if restarts and state["restart_rises"].item() != rises:
+                failures.append(f"{where}: restart_rises {state['restart_rises'].item()} != {rises}")
+            if dtype == F64 and math.isfinite(ell) and math.isfinite(new):
+                s = dict(dt=dt, lam=kw.get("lam", 0.0), C=kw.get("C", 1.0), eps=kw.get("eps", 0.0), eta=0.99, ell=ell,
+                         new=new, loss=calls[0][0], g2=calls[0][1], loss_next=calls[-1][0],
+                         moved=float((w.detach() - before).square().sum()), w_norm=float(before.norm()))
+                if (problem := energy_law(method, variant, s)) is not None:
+                    failures.append(f"{where}: {problem}")
+                checked += 1
+            carried = new
+    return failures, dropped, checked
 
 
-@pytest.mark.parametrize("dtype,n_cases", [(F64, 200), (torch.float32, 60)], ids=["float64", "float32"])
-@pytest.mark.parametrize("cls,variant", GUARANTEES, ids=[f"{c.__name__}-{v}" for c, v in GUARANTEES])
-def test_energy_never_rises(cls, variant, dtype, n_cases):
-    """SAV/ExpSAV vanilla: r never rises; relax: the modified energy never rises; IEQAdaptive: ‖q‖ never rises.
-    SAV and IEQAdaptive also stay finite (their steps are bounded: ‖Δw‖² ≤ Δt·(rⁿ)² and ≤ Δt‖qⁿ‖²/4).
-    ExpSAV vanilla/relax do not always stay finite: see test_expsav_vanilla_stays_finite_when_loss_falls."""
-    failures, nonfinite = run_random_cases(cls, variant, n_cases=n_cases, n_steps=4, seed=1234, dtype=dtype)
+@pytest.mark.parametrize("dtype,n_cases", [(F64, 150), (torch.float32, 40)], ids=["float64", "float32"])
+@pytest.mark.parametrize("cls,variant", SCHEMES, ids=[f"{c.__name__}-{v}" for c, v in SCHEMES])
+def test_energy_law_every_step(cls, variant, dtype, n_cases):
+    """SAV (every variant but relax): ``r² − (rⁿ⁺¹)² = (1/Δt + λ)‖Δw‖² + (rⁿ⁺¹ − r)²``; ExpSAV and IEQAdaptive: the identity
+    that ties their ``rⁿ⁺¹`` to the move; relax: ``rⁿ⁺¹ = min(r̂, √(r̃² + ηD))`` and ``(rⁿ⁺¹)² ≤ r² − (1 − η)D`` — on 6
+    steps of each random case, the first included. Breakage this was checked against: a factor ``rⁿ⁺¹/rⁿ`` used where the
+    vanilla form needs ``rⁿ⁺¹/r̂`` (law fails), ``κ = L + C`` for SAV (law fails), the float quadratic formula with a final
+    ``min`` in relax (equality fails), and a restart counted as a violation (``violations`` ≠ 0).
+
+    Dropped cases (the problem's loss or gradient or the weights leave the float range): only ExpSAV, only after it took
+    a step that its energy did not damp (``φ ≥ ½`` in ``wⁿ⁺¹ = wⁿ − φ Δt g̃``) — at losses past ~40 its ``rⁿ⁺¹/rⁿ`` is 1 to
+    machine precision and the step is plain gradient descent, which diverges at large Δt, and the vanilla/relax factor
+    ``e^{ℓⁿ⁺¹ − L − log C}`` is unbounded once the loss falls below what r remembers (ExpSAV's docstring) — and in at most
+    a quarter of the cases."""
+    failures, dropped, checked = run_random_cases(cls, variant, n_cases=n_cases, n_steps=6, seed=1234, dtype=dtype)
     assert not failures, "\n".join(failures[:10])
-    if cls is not ExpSAV:
-        assert not nonfinite, "\n".join(nonfinite[:10])
-
-
-EXPSAV_FALLS = [("seed", (0.0, 0.0, 0.0)), ("seed", (1000.0, 0.0, 0.0)), ("restart", (1000.0, 0.0, 0.0))]
-
-
-@pytest.mark.parametrize("variant,offsets", EXPSAV_FALLS, ids=["seed-loss-falls", "seed-next-batch", "restart-next-batch"])
-def test_expsav_seed_and_restart_stay_finite_when_loss_falls(variant, offsets):
-    """L = ½ w² + offsetₙ, w⁰ = 100: the loss falls (5000 → 1250 after one step of Δt = 0.5), or the next mini-batch's loss
-    is 1000 lower. The seed and restart forms step by rⁿ⁺¹/rⁿ ≤ 1 and stay finite. (vanilla and relax step by
-    exp(ℓⁿ⁺¹ − L(wⁿ) − log C), which overflows once L is ~709 below what r remembers: documented in ExpSAV's docstring.)"""
-    w = torch.nn.Parameter(torch.tensor([100.0], dtype=F64))
-    opt = ExpSAV([w], lr=0.5, C=1.0, lam=0.0, variant=variant)
-    for offset in offsets:
-
-        def closure():
-            opt.zero_grad()
-            loss = 0.5 * (w**2).sum() + offset
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        assert torch.isfinite(w).all() and torch.isfinite(opt.global_state["log_r"]), (w, opt.global_state)
-        assert opt.stats["optim/effective_lr"] <= 0.5
+    if cls is ExpSAV:
+        assert len(dropped) <= n_cases // 4, dropped[:5]
+        assert all(phi >= 0.5 for _, phi in dropped), dropped[:5]
+    else:
+        assert not dropped, dropped[:5]
+    if dtype == F64:
+        assert checked >= 4 * n_cases, checked  # the law was checked on most steps, not skipped
 
 
 # ---------------------------------------------------------------------------------------------------------------------------
-# 3. per-group step sizes
+# 3. what must not happen
 # ---------------------------------------------------------------------------------------------------------------------------
-def two_group_problem():
-    P = torch.tensor([[2.0, 0.5, 0.0, 0.1, 0.0], [0.5, 1.5, 0.2, 0.0, 0.0], [0.0, 0.2, 1.0, 0.3, 0.0],
-                      [0.1, 0.0, 0.3, 2.5, 0.4], [0.0, 0.0, 0.0, 0.4, 0.7]], dtype=F64)
-    q = torch.tensor([0.3, -0.2, 0.1, 0.5, -0.4], dtype=F64)
-    u0 = torch.tensor([1.0, -1.0], dtype=F64)
-    v0 = torch.tensor([0.5, 2.0, -1.5], dtype=F64)
-
-    def loss(u, v):
-        x = torch.cat([u, v])
-        return 0.5 * x @ P @ x + q @ x + 1.0
-
-    return u0, v0, loss
-
-
-def run_groups(cls, lrs, steps, single=False, **kw):
-    u0, v0, loss_fn = two_group_problem()
-    u, v = torch.nn.Parameter(u0.clone()), torch.nn.Parameter(v0.clone())
-    groups = [{"params": [u, v]}] if single else [{"params": [u], "lr": lrs[0]}, {"params": [v], "lr": lrs[1]}]
-    opt = cls(groups, lr=lrs[0], **kw)
+def test_expsav_collapse_then_a_zero_gradient_changes_nothing():
+    """ExpSAV at Δt = 1e4: log r doubles toward −∞ each step and reaches it; then a step with an exactly zero gradient
+    (a dead-ReLU network) has Δt·S = 0 and must change nothing. Breakage: the code before computed log 0 − (−∞) = NaN and
+    wrote NaN weights."""
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 1.0], dtype=F64))
+    opt = ExpSAV([w], lr=1e4, C=1.0, lam=0.0)
+    dead = [False]
 
     def closure():
         opt.zero_grad()
-        loss = loss_fn(u, v)
+        loss = (w * 0.0).sum() + 1.0 if dead[0] else 0.5 * (w**2).sum() + 1.0
         loss.backward()
         return loss
 
-    for _ in range(steps):
+    for _ in range(1500):
         opt.step(closure)
-    return u.detach().clone(), v.detach().clone(), opt
+        if opt.global_state["log_r"].item() == -math.inf:
+            break
+    assert opt.global_state["log_r"].item() == -math.inf
+    dead[0] = True
+    before = w.detach().clone()
+    for _ in range(3):
+        opt.step(closure)
+        assert torch.equal(w.detach(), before)
+        assert opt.global_state["log_r"].item() == -math.inf
+        assert not any(torch.isnan(v).any() for v in opt.stats.values()), opt.stats
 
 
-def groups_reference(method, variant, lrs, steps, C=1.0, lam=0.0, eps=1e-8):
-    """SPEC §2 with Δt·S replaced by Σ_g Δt_g S_g, each group stepping by its own Δt_g g̃_g (floats only)."""
-    u0, v0, loss_fn = two_group_problem()
-    xs = [u0.tolist(), v0.tolist()]
-    aux = None
-    for _ in range(steps):
-        ut = torch.tensor(xs[0], dtype=F64, requires_grad=True)
-        vt = torch.tensor(xs[1], dtype=F64, requires_grad=True)
-        lt = loss_fn(ut, vt)
-        lt.backward()  # autograd only for the gradient of the test problem; the scheme below is floats
-        L, gs = lt.item(), [ut.grad.tolist(), vt.grad.tolist()]
-        lam_ = 0.0 if method == "ieq" else lam
-        gts = [[x / (1.0 + dt * lam_) for x in g] for g, dt in zip(gs, lrs)]
-        dtS = math.fsum(dt * dot(g, gt) for dt, g, gt in zip(lrs, gs, gts))
-        if method == "ieq":
-            if aux is None or variant == "restart":
-                aux = math.sqrt(2 * L)
-            new = aux / (1.0 + dtS / (aux**2 + eps))
-            phi = new / aux
-        else:
-            r_hat = math.sqrt(L + C) if method == "sav" else C * math.exp(L)
-            if aux is None or variant == "restart" or (method == "sav" and variant == "seed"):
-                aux = r_hat
-            kappa = 2.0 * (L + C) if method == "sav" else aux
-            new = aux / (1.0 + dtS / kappa)
-            phi = new / aux if variant in ("seed", "restart") else new / r_hat
-        xs = [[x - dt * phi * y for x, y in zip(xg, gt)] for xg, gt, dt in zip(xs, gts, lrs)]
-        aux = new
-    return xs, aux
+@pytest.mark.parametrize("cls,variant", SCHEMES, ids=[f"{c.__name__}-{v}" for c, v in SCHEMES])
+def test_zero_gradient_step_changes_nothing(cls, variant):
+    """``Δt·S = 0``: the weights do not move and a carried r stays where it was (a restart still restarts)."""
+    w = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))
+    opt = cls([w], lr=0.3, variant=variant)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * 0.0).sum() + 2.0
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    first = opt.global_state[opt.aux_key].item()
+    opt.step(closure)
+    assert w.tolist() == [0.5, -1.0]
+    assert opt.global_state[opt.aux_key].item() == first == log_r_hat(METHOD_OF[cls], 2.0, 1.0 if cls is ExpSAV else 100.0)
 
 
-GROUP_CASES = [("sav", "seed", dict(C=1.0, lam=4.0)), ("sav", "vanilla", dict(C=1.0, lam=4.0)),
-               ("expsav", "seed", dict(C=1.0, lam=1.0)), ("expsav", "vanilla", dict(C=1.0, lam=1.0)),
-               ("ieq", "seed", dict()), ("ieq", "restart", dict())]
-
-
-@pytest.mark.parametrize("method,variant,kw", GROUP_CASES, ids=[f"{m}-{v}" for m, v, _ in GROUP_CASES])
-def test_param_groups_use_sum_of_dt_S(method, variant, kw):
-    lrs = (0.05, 0.4)
-    (u, v, opt) = run_groups(CLASSES[method], lrs, 2, variant=variant, **kw)
-    (ru, rv), aux = groups_reference(method, variant, lrs, 2, **kw)
-    for got, ref in ((u.tolist(), ru), (v.tolist(), rv)):
-        for a, b in zip(got, ref):
-            assert close(a, b), (got, ref)
-    key = "log_q" if method == "ieq" else "log_r"
-    assert close(opt.global_state[key].item(), math.log(aux))
-
-
+@pytest.mark.parametrize("lam", [4.0, 0.0])
 @pytest.mark.parametrize("cls", [SAV, ExpSAV, IEQAdaptive])
-def test_one_group_equals_two_groups_with_equal_lr(cls):
-    u1, v1, o1 = run_groups(cls, (0.2, 0.2), 3)
-    u2, v2, o2 = run_groups(cls, (0.2, 0.2), 3, single=True)
-    key = o1.aux_key
-    torch.testing.assert_close(u1, u2, rtol=1e-14, atol=0)
-    torch.testing.assert_close(v1, v2, rtol=1e-14, atol=0)
-    torch.testing.assert_close(o1.global_state[key], o2.global_state[key], rtol=1e-14, atol=0)
+def test_huge_step_takes_the_limit_of_the_scheme(cls, lam):
+    """``lr = 1e308``: ``Δt·λ`` and ``Δt·S`` overflow float64, but the scheme has a limit as ``Δt → ∞`` and the step
+    takes it — ``wⁿ⁺¹ = wⁿ − φ c g`` with ``c = 1/(1/Δt + λ)`` and ``φ`` from SPEC §2, computed here in 200 bits. Breakage:
+    the code before formed ``Δt/(1 + Δtλ) = 1e308/inf = 0`` and never moved the weights, silently."""
+    if cls is IEQAdaptive and lam:
+        pytest.skip("IEQAdaptive has no λ")
+    w = torch.nn.Parameter(torch.tensor([1.5, -0.5], dtype=F64))
+    kw = {} if cls is IEQAdaptive else dict(C=1.0, lam=lam)
+    opt = cls([w], lr=1e308, **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (w**2).sum() + 0.25
+        loss.backward()
+        return loss
+
+    w0 = [mpmath.mpf(v) for v in w.tolist()]
+    loss, g2 = sum(v * v for v in w0) / 2 + mpmath.mpf(0.25), sum(v * v for v in w0)
+    c = 1 / (1 / mpmath.mpf(1e308) + lam)
+    kappa = {SAV: 2 * (loss + 1), ExpSAV: mpmath.exp(loss), IEQAdaptive: 2 * loss + mpmath.mpf(1e-8)}[cls]
+    phi = 1 / (1 + c * g2 / kappa)
+    opt.step(closure)
+    expected = [float(v - phi * c * v) for v in w0]
+    assert all(close(a, b, 1e-12) for a, b in zip(w.tolist(), expected)), (w.tolist(), expected)
+    assert w.tolist() != [1.5, -0.5]
+
+
+def test_sav_restarts_are_not_violations():
+    """SAV's default form restarts r every step; on noisy mini-batches r often restarts above where the last step left
+    it. Those are ``energy/restart_rises``, which the restart form allows; ``energy/violations`` counts only rises the
+    scheme guarantees never happen, and stays 0. Breakage: the code before counted every such restart as a violation."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, dtype=F64))
+    opt = SAV([w], lr=0.1)
+    rises, carried = 0, None
+    for n in range(60):
+        target = torch.randn(4, dtype=F64)
+
+        def closure():
+            opt.zero_grad()
+            loss = 0.5 * ((w - target) ** 2).sum()
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure).item()
+        hat = 0.5 * math.log(loss + 100.0)
+        rises += carried is not None and hat > carried
+        carried = opt.global_state["log_r"].item()
+    assert rises > 10
+    assert opt.stats["energy/restart_rises"].item() == rises
+    assert opt.stats["energy/violations"].item() == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------------
-# 4. ExpSAV at large losses
+# 4. large losses, bfloat16
 # ---------------------------------------------------------------------------------------------------------------------------
-def large_loss_closure(opt, w):
-    """``L = 5000 + ½‖w‖²``: a loss far above where ``exp(L)`` overflows any float."""
+@pytest.mark.parametrize("variant", ["seed", "restart", "vanilla", "relax"])
+def test_expsav_large_loss_float32(variant):
+    """L ≈ 5000: C·exp(L) overflows float64 (and float32 from L ≈ 88); log r stays finite, and every step is
+    ``wⁿ⁺¹ = wⁿ − φ c g`` with φ computed here from the losses alone: at r ≈ e⁵⁰⁰⁰ the shrink ``log(1 + Δt S/r)`` is 0,
+    so ``rⁿ⁺¹ = rⁿ`` and φ = 1 (seed, restart) or ``exp(ℓⁿ − Lⁿ − log C)`` (vanilla, relax; ℓⁿ carries L⁰ + log C, and
+    relax then sets ℓⁿ⁺¹ to ``min(L(wⁿ⁺¹) + log C, ℓⁿ)``)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8))
+    dt, C, lam = 1e-3, 2.0, 1.0
+    opt = ExpSAV([w], lr=dt, C=C, lam=lam, variant=variant)
+    losses = []
 
     def closure():
         opt.zero_grad()
         loss = 5000.0 + 0.5 * (w**2).sum()
         loss.backward()
+        losses.append(loss.item())
         return loss
 
-    return closure
-
-
-@pytest.mark.parametrize("variant", ["seed", "restart", "vanilla", "relax"])
-def test_expsav_large_loss_float32(variant):
-    """L ≈ 5000: C·exp(L) overflows float64 (and float32 from L ≈ 88); log r stays finite and ≈ L + log C, and the step is the
-    gradient step Δt/(1+Δtλ)·g that the formula gives when r is astronomically large."""
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(8))
-    dt, C, lam = 1e-3, 2.0, 1.0
-    opt = ExpSAV([w], lr=dt, C=C, lam=lam, variant=variant)
-    closure = large_loss_closure(opt, w)
+    ell = None
     for _ in range(3):
-        before = w.detach().clone()
+        before = w.detach().double().clone()
+        losses.clear()
         loss = opt.step(closure)
-        assert loss.dtype == torch.float32 and torch.isfinite(loss)
-        assert torch.isfinite(w).all()
-        log_r = opt.global_state["log_r"]
-        assert torch.isfinite(log_r)
-        assert log_r.item() == pytest.approx(loss.item() + math.log(C), abs=0.05)  # r carries L⁰; L falls ~0.01 a step
-        for name, value in opt.stats.items():
-            assert torch.isfinite(value).all(), name
-        eff = opt.stats["optim/effective_lr"].item()
-        if variant in ("seed", "restart"):  # r^{n+1}/r^n = 1 to machine precision
-            assert eff == pytest.approx(dt / (1 + dt * lam), rel=1e-6)
-        else:  # rⁿ⁺¹/(C·exp(L(wⁿ))): r carries L⁰, which is ~0.01 above L(wⁿ)
-            assert eff == pytest.approx(dt / (1 + dt * lam), rel=0.05)
-        torch.testing.assert_close(w.detach(), before - eff * before, rtol=1e-6, atol=1e-7)
+        assert loss.dtype == torch.float32
+        ell = losses[0] + math.log(C) if ell is None or variant == "restart" else ell
+        phi = 1.0 if variant in ("seed", "restart") else math.exp(ell - losses[0] - math.log(C))
+        expected = before - phi * dt / (1 + dt * lam) * before
+        torch.testing.assert_close(w.detach().double(), expected, rtol=2e-7, atol=0)
+        if variant == "relax":
+            ell = min(losses[1] + math.log(C), ell)
+        assert opt.global_state["log_r"].item() == pytest.approx(ell, rel=1e-12)
+        assert all(torch.isfinite(v).all() for v in opt.stats.values())
 
 
 def test_sav_and_ieq_large_loss_float32():
     for cls, kw in ((SAV, dict(C=1.0)), (IEQAdaptive, {})):
         w = torch.nn.Parameter(torch.full((8,), 30.0))
         opt = cls([w], lr=1e-3, **kw)
-        closure = large_loss_closure(opt, w)
-        for _ in range(3):
-            opt.step(closure)
-        assert torch.isfinite(w).all() and all(torch.isfinite(v) for v in opt.stats.values())
-
-
-# ---------------------------------------------------------------------------------------------------------------------------
-# 5. state_dict round trip
-# ---------------------------------------------------------------------------------------------------------------------------
-def make_net(seed):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-
-
-_g = torch.Generator().manual_seed(7)
-BATCHES = [(torch.randn(16, 4, generator=_g), torch.randn(16, 1, generator=_g)) for _ in range(3)]
-
-
-def train(model, opt, steps, start):
-    for i in range(start, start + steps):
-        x, y = BATCHES[i % len(BATCHES)]
 
         def closure():
             opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss = 5000.0 + 0.5 * (w**2).sum()
             loss.backward()
             return loss
 
-        opt.step(closure)
-
-
-ROUND_TRIP = [(SAV, "seed"), (SAV, "vanilla"), (SAV, "relax"), (ExpSAV, "seed"), (ExpSAV, "restart"), (ExpSAV, "vanilla"),
-              (ExpSAV, "relax"), (IEQAdaptive, "seed"), (IEQAdaptive, "restart")]
-
-
-def save_after_10(cls, kw):
-    model = make_net(0)
-    opt = cls(model.parameters(), **kw)
-    train(model, opt, 10, 0)
-    return copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
-
-
-def fresh_from(cls, kw, saved_opt, saved_model):
-    model = make_net(1)  # other weights, overwritten by the load
-    model.load_state_dict(saved_model)
-    opt = cls(model.parameters(), **kw)
-    opt.load_state_dict(saved_opt)
-    return model, opt
-
-
-@pytest.mark.parametrize("cls,variant", ROUND_TRIP, ids=[f"{c.__name__}-{v}" for c, v in ROUND_TRIP])
-def test_state_dict_round_trip(cls, variant):
-    """10 steps, save, load into a fresh model and optimizer, 10 more == 20 uninterrupted steps, bit for bit (float32 net)."""
-    kw = dict(lr=0.05, variant=variant)
-    ref_model = make_net(0)
-    ref_opt = cls(ref_model.parameters(), **kw)
-    train(ref_model, ref_opt, 20, 0)
-
-    saved_opt, saved_model = save_after_10(cls, kw)
-    first = saved_opt["state"][0]
-    assert {ref_opt.aux_key, "step", "violations"} <= set(first), first.keys()
-    assert first["step"].item() == 10
-    model, opt = fresh_from(cls, kw, saved_opt, saved_model)
-    train(model, opt, 10, 10)
-
-    for a, b in zip(ref_model.parameters(), model.parameters()):
-        assert torch.equal(a, b)
-    for key in (opt.aux_key, "step", "violations"):
-        assert torch.equal(opt.global_state[key], ref_opt.global_state[key]), key
+        for _ in range(3):
+            opt.step(closure)
+        assert torch.isfinite(w).all() and all(torch.isfinite(v) for v in opt.stats.values())
+        assert (w < 30.0).all()
 
 
 @pytest.mark.parametrize("cls", [SAV, ExpSAV, IEQAdaptive])
-def test_load_state_dict_keeps_global_state_exact(cls):
-    """``load_state_dict`` gives back the global scalars as saved, dtype included (torch.optim.Optimizer casts every floating
-    state tensor except ``step`` to its parameter's dtype, so float64 scalars beside float32 parameters would be rounded)."""
-    kw = dict(lr=0.05, variant="seed")
-    saved_opt, saved_model = save_after_10(cls, kw)
-    _, opt = fresh_from(cls, kw, saved_opt, saved_model)
-    for key, value in saved_opt["state"][0].items():
-        got = opt.global_state[key]
-        assert got.dtype == value.dtype and torch.equal(got, value), (key, got, value)
-
-
-@pytest.mark.parametrize("cls", [SAV, ExpSAV, IEQAdaptive])
-def test_bfloat16_params_keep_exact_counters(cls):
-    """Plain PyTorch with bfloat16 parameters (the Lightning module refuses 'bf16-true', the optimizers do not)."""
+def test_bfloat16_params_move_by_the_scheme_and_keep_exact_counters(cls):
+    """bfloat16 parameters (plain PyTorch; the Lightning module refuses 'bf16-true'): each step moves w by the scheme's
+    ``φ c g`` to within one bfloat16 rounding, and the counters stay exact (float64) over 300 steps."""
     w = torch.nn.Parameter(torch.full((4,), 0.5, dtype=torch.bfloat16))
-    opt = cls([w], lr=1e-4)
+    opt = cls([w], lr=0.05)
 
     def closure():
         opt.zero_grad()
-        loss = (w.float() ** 2).sum() + 1000.0
+        loss = (w.float() ** 2).sum() + 1.0
         loss.backward()
         return loss
 
     for _ in range(300):
+        before = w.detach().double().clone()
         opt.step(closure)
+        eff = opt.stats["optim/effective_lr"].item()
+        expected = before - eff * 2 * before
+        assert ((w.detach().double() - expected).abs() <= expected.abs() * 2**-8 + 1e-30).all()
+    assert float(w.detach().double().abs().max()) < 0.25  # it moved
     assert opt.global_state["step"].item() == 300
-    assert opt.stats["energy/true"].item() == pytest.approx(1001.0, abs=0.01)
 
 
 # ---------------------------------------------------------------------------------------------------------------------------
-# 6. convergence on a toy problem
+# 5. convergence on a toy problem
 # ---------------------------------------------------------------------------------------------------------------------------
 def toy_regression():
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(128, 3, generator=g) * 2 - 1
+    x = (torch.rand(128, 3, generator=g, dtype=F64) * 2 - 1)
     y = torch.sin(2 * x[:, :1]) + x[:, 1:2] * x[:, 2:3]
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).to(F64)
     return model, x, y
 
 
@@ -589,27 +565,49 @@ def fit(cls, steps, **kw):
     return first, losses, eff, opt
 
 
-CONVERGE = [  # (class, settings, bound on the loss after 100 full-batch steps); the initial loss is 0.958, var(y) = 0.755
-    (SAV, dict(lr=0.5, C=100.0, lam=4.0, variant="seed"), 0.08),  # measured 0.048
-    (SAV, dict(lr=0.5, C=1.0, lam=0.0, variant="relax"), 0.08),  # measured 0.051
+def toy_reference(method, variant, steps, lr, **kw):
+    """The reference's trajectory on the toy regression: the model only differentiates (float64), the scheme is floats."""
+    model, x, y = toy_regression()
+    params = list(model.parameters())
+    w0 = [torch.cat([p.detach().reshape(-1) for p in params]).tolist()]
+
+    def evaluate(w, n):
+        flat = torch.tensor(w[0], dtype=F64)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(flat, params)
+        model.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss.item(), [torch.cat([p.grad.reshape(-1) for p in params]).tolist()]
+
+    return scheme_reference(method, variant, w0, evaluate, [lr], steps, **kw)
+
+
+CONVERGE = [  # (method, settings): the initial loss is 0.958, var(y) = 0.755
+    ("sav", dict(lr=0.5, C=100.0, lam=4.0, variant="seed")),
+    ("sav", dict(lr=0.5, C=1.0, lam=0.0, variant="relax")),
     # ExpSAV and IEQAdaptive: the seed forms freeze on this problem (test_seed_form_freezes), so the restart forms
-    (ExpSAV, dict(lr=0.5, C=10.0, lam=1.0, variant="restart"), 0.07),  # measured 0.043
-    (IEQAdaptive, dict(lr=0.5, variant="restart"), 0.08),  # measured 0.049
+    ("expsav", dict(lr=0.5, C=10.0, lam=1.0, variant="restart")),
+    ("ieq", dict(lr=0.5, variant="restart")),
 ]
 
 
-@pytest.mark.parametrize("cls,kw,bound", CONVERGE, ids=[f"{c.__name__}-{k['variant']}" for c, k, _ in CONVERGE])
-def test_converges(cls, kw, bound):
-    first, losses, eff, opt = fit(cls, 100, **kw)
-    assert first == pytest.approx(0.958, abs=1e-3)
-    assert losses[-1] < bound, losses[::10]
-    if kw["variant"] == "relax":
-        assert opt.global_state["violations"].item() == 0
+@pytest.mark.parametrize("method,kw", CONVERGE, ids=[f"{m}-{k['variant']}" for m, k in CONVERGE])
+def test_converges_along_the_reference_trajectory(method, kw):
+    """100 full-batch steps: the loss at every step equals the reference's (so the right scheme converges, not merely
+    some gradient-like step), and the last is at least 10× below the first."""
+    first, losses, eff, opt = fit(CLASSES[method], 100, **kw)
+    settings = {k: v for k, v in kw.items() if k not in ("lr", "variant")}
+    ref = toy_reference(method, kw["variant"], 100, kw["lr"], **settings)
+    for n, (got, want) in enumerate(zip(losses, (r.loss for r in ref))):
+        assert got == pytest.approx(want, rel=1e-8), (n, got, want)
+    assert losses[-1] < first / 10, losses[::10]
+    assert opt.stats["energy/violations"].item() == 0
 
 
 FREEZE = [  # the seed forms of ExpSAV and IEQAdaptive, at the Δt where their restart forms converge
     # ExpSAV: r drops by ≈ Δt·Sⁿ every step whatever the loss does, so r⁰ = C·e^{L⁰} ≈ 2.6 is spent within ~15 steps; then
-    # rⁿ⁺¹/rⁿ → 0 and ℓ = log r doubles every step (−2.8e3 at step 20, −3e12 at step 50). Loss frozen at 0.119.
+    # rⁿ⁺¹/rⁿ → 0 and ℓ = log r doubles every step. Loss frozen at 0.119.
     (ExpSAV, dict(lr=0.5, C=1.0, lam=0.0, variant="seed")),
     # IEQAdaptive: ‖q‖ only shrinks; once ‖q‖² ≲ Δt‖g‖² (within ~10 steps here) αⁿ ≈ ε/(Δt‖g‖²). Loss frozen at 0.268.
     (IEQAdaptive, dict(lr=0.5, variant="seed")),
@@ -618,10 +616,20 @@ FREEZE = [  # the seed forms of ExpSAV and IEQAdaptive, at the Δt where their r
 
 @pytest.mark.parametrize("cls,kw", FREEZE, ids=[c.__name__ for c, _ in FREEZE])
 def test_seed_form_freezes(cls, kw):
-    """The known failure of the seed forms (SPEC §2), reported honestly: the step collapses, nothing blows up."""
+    """The known failure of the seed forms (SPEC §2), reported honestly: the step collapses where the loss can still fall
+    (20 gradient steps of Δt/5 from the frozen weights lower it by 2 %, where the seed form moves it by less than 1e-6:
+    a freeze, not a minimum), and nothing blows up."""
     first, losses, eff, opt = fit(cls, 60, **kw)
     assert losses[-1] < first  # it made progress before freezing
-    assert losses[-1] > 0.1  # far above what the restart form reaches (test_converges)
+    model, x, y = toy_regression()
+    frozen = torch.nn.utils.parameters_to_vector([p for g in opt.param_groups for p in g["params"]]).detach()
+    torch.nn.utils.vector_to_parameters(frozen, model.parameters())
+    gd = torch.optim.SGD(model.parameters(), lr=kw["lr"] / 5)
+    for _ in range(20):
+        gd.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        gd.step()
+    assert torch.nn.functional.mse_loss(model(x), y).item() < 0.98 * losses[-1]
     assert eff[-1] < 1e-6 * kw["lr"], eff[-5:]
     assert math.isfinite(losses[-1]) and abs(losses[-1] - losses[-20]) <= 1e-6 * losses[-1]
     assert torch.isfinite(opt.global_state[opt.aux_key])
@@ -630,97 +638,18 @@ def test_seed_form_freezes(cls, kw):
 
 
 # ---------------------------------------------------------------------------------------------------------------------------
-# 7. bad settings, bad closures
+# 6. the README snippets
 # ---------------------------------------------------------------------------------------------------------------------------
-def one_param():
-    return [torch.nn.Parameter(torch.ones(3))]
-
-
-BAD_CONFIG = [
-    (SAV, dict(lr=0.0), "lr"), (SAV, dict(lr=-1.0), "lr"), (ExpSAV, dict(lr=0), "lr"), (IEQAdaptive, dict(lr=-0.1), "lr"),
-    (SAV, dict(lr=float("nan")), "lr"), (SAV, dict(lr=float("inf")), "lr"),
-    (SAV, dict(C=0.0), "C"), (SAV, dict(C=-5.0), "C"), (ExpSAV, dict(C=0.0), "C"), (ExpSAV, dict(C=-1.0), "C"),
-    (IEQAdaptive, dict(eps=0.0), "eps"), (IEQAdaptive, dict(eps=-1e-8), "eps"),
-    (SAV, dict(lam=-1.0), "lam"), (ExpSAV, dict(lam=-1e-6), "lam"),
-    (SAV, dict(variant="nope"), "variant"), (ExpSAV, dict(variant="Seed"), "variant"),
-    (IEQAdaptive, dict(variant="vanilla"), "variant"), (IEQAdaptive, dict(variant="relax"), "variant"),
-    (SAV, dict(eta=0.0), "eta"), (SAV, dict(eta=1.5), "eta"), (ExpSAV, dict(eta=-0.5), "eta"),
-]
-
-
-@pytest.mark.parametrize("cls,kw,name", BAD_CONFIG, ids=[f"{c.__name__}-{k}" for c, k, _ in BAD_CONFIG])
-def test_bad_config(cls, kw, name):
-    with pytest.raises(GFConfigError, match=rf"\b{name}\b"):
-        cls(one_param(), **kw)
-
-
-@pytest.mark.parametrize("key,value", [("lr", 0.0), ("lr", -1.0), ("lam", -1.0)])
-def test_bad_group_override(key, value):
-    a, b = one_param()[0], one_param()[0]
-    with pytest.raises(GFConfigError, match=rf"\b{key}\b"):
-        SAV([{"params": [a]}, {"params": [b], key: value}])
-
-
-def test_eta_one_is_allowed():
-    SAV(one_param(), eta=1.0, variant="relax")
-
-
-@pytest.mark.parametrize("cls", [SAV, ExpSAV, IEQAdaptive])
-def test_step_without_closure(cls):
-    opt = cls(one_param())
-    with pytest.raises(GFStepError, match="16-bit mixed precision") as info:
-        opt.step()
-    assert "gradient scaler" in str(info.value)
-
-
-@pytest.mark.parametrize("cls", [SAV, ExpSAV, IEQAdaptive])
-@pytest.mark.parametrize("returned", [None, "x", torch.ones(2)], ids=["None", "str", "vector"])
-def test_closure_must_return_one_element_tensor(cls, returned):
-    (p,) = params = one_param()
-    opt = cls(params)
-
-    def closure():
-        opt.zero_grad()
-        (p**2).sum().backward()
-        return returned
-
-    with pytest.raises(GFStepError, match="closure"):
-        opt.step(closure)
-
-
-@pytest.mark.parametrize("loss_value", [-100.0, -150.0])
-def test_sav_needs_L_plus_C_positive(loss_value):
-    (p,) = params = one_param()
-    opt = SAV(params, C=100.0)
-
-    def closure():
-        opt.zero_grad()
-        loss = (p**2).sum() * 0 + loss_value
-        loss.backward()
-        return loss
-
-    with pytest.raises(GFStepError, match=r"L \+ C.*C = 100"):
-        opt.step(closure)
-    assert opt.global_state == {}  # nothing was stepped
-
-
-# ---------------------------------------------------------------------------------------------------------------------------
-# 8. the README snippet
-# ---------------------------------------------------------------------------------------------------------------------------
-def readme_snippet(marker: str = "from gf_lightning.optim import"):
-    readme = ROOT / "README.md"
-    if not readme.exists():
-        return None
-    for block in re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S):
+def readme_snippet(marker: str):
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S):
         if marker in block:
             return block
     return None
 
 
 def test_readme_snippet(capsys):
-    code = readme_snippet()
-    if code is None:
-        pytest.skip("README.md has no ```python block with 'from gf_lightning.optim import' (the plain-PyTorch snippet)")
+    code = readme_snippet("from gf_lightning.optim import ExpSAV")
+    assert code is not None, "README.md lost its plain-PyTorch ExpSAV snippet"
     torch.manual_seed(0)
     namespace: dict = {"__name__": "readme_snippet"}
     exec(compile(code, "README.md:snippet", "exec"), namespace)
