@@ -25,6 +25,13 @@ def global_sum_(t: Tensor) -> Tensor:
     return t
 
 
+def global_max_(t: Tensor) -> Tensor:
+    """The elementwise maximum over all ranks, in place."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def global_mean_(t: Tensor) -> Tensor:
     """Average a tensor over all ranks, in place."""
     n = world_size()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .base import NO_CLOSURE, EnergyOptimizer, GFConfigError, GFStepError
-from .distributed import gather_flat, global_sum_, rank, world_size
+from .distributed import gather_flat, global_max_, global_sum_, rank, world_size
 from .jacobian import Group, conjugate_gradients, gram_dense, jdjt_operator
 from .settings import check_choice, check_count, check_positive
 
@@ -94,7 +94,8 @@ class IEQ(EnergyOptimizer):
     ``energy/q_norm_before`` ``‖qⁿ‖``, ``energy/q_norm`` ``‖qⁿ⁺¹‖``, ``energy/true`` ``½‖qⁿ‖²``, ``energy/modified``
     ``½‖qⁿ⁺¹‖²``, ``energy/violations`` (steps with ``‖qⁿ⁺¹‖ > ‖qⁿ‖`` beyond rounding, ``(1 + 8ε√N)``; never expected),
     ``optim/effective_lr`` (group 0's ``lr``), ``optim/solve_failures``, and ``optim/cg_iters`` and ``optim/cg_residual``
-    on the CG path. State (``global_state``): ``step``, ``violations``, ``solve_failures``.
+    on the CG path (the slowest rank's, in block mode). State (``global_state``): ``step``, ``violations``,
+    ``solve_failures``.
 
     Under ``torch.distributed`` (DDP) with ``distributed="global"`` (the default) every rank gathers the global residual
     and solves the global batch's system, exactly the one-process step: ``gram_fn`` must then return ``J Jᵀ`` of the global
@@ -230,8 +231,12 @@ class IEQ(EnergyOptimizer):
             global_sum_(squares)  # block: the norms of the global batch, a failure on any rank
             before, after = squares[0].sqrt(), squares[1].sqrt()
             solve.failed = squares[2]
+            if solve.cg_iters is not None and world_size() > 1:  # the slowest rank's solve
+                worst = global_max_(torch.tensor([float(solve.cg_iters), solve.cg_residual], dtype=torch.float64))
+                solve.cg_iters, solve.cg_residual = int(worst[0]), float(worst[1])
         solve.norm_before = before
         solve.norm_after = torch.where(solve.failed > 0, before, after)
+        self._warn_if_short(solve, self._cg_tol(q_flat))
         return solve
 
     def _solve_system(self, q: Tensor, rhs: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None) -> Solve:
@@ -273,20 +278,26 @@ class IEQ(EnergyOptimizer):
         return Solve(q_new.masked_fill_(failed, 0.0), rhs, rhs, failed)
 
     def _cg(self, q: Tensor, rhs: Tensor, groups: list[Group], no_failure: Tensor) -> Solve:
-        """Matrix-free conjugate gradients; warns once (rank zero) when a solve stops at ``cg_max_iter`` short of
-        ``cg_tol``."""
-        tol = max(self.setting("cg_tol"), 10.0 * torch.finfo(rhs.dtype).eps)
-        result = conjugate_gradients(jdjt_operator(q, groups, rhs.dtype), rhs, tol, self.setting("cg_max_iter"))
-        if not result.converged and not self._cg_warned and rank() == 0:
-            self._cg_warned = True
-            warnings.warn(
-                f"{type(self).__name__}: conjugate gradients stopped at cg_max_iter={result.iters} with relative residual "
-                f"{result.residual:.3g} (cg_tol={tol:.3g}); the step keeps ‖qⁿ⁺¹‖ ≤ ‖qⁿ‖ but is not the exact IEQ step — "
-                "raise cg_max_iter (this warning is shown once; optim/cg_residual logs every step)",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        """Matrix-free conjugate gradients to ``max(cg_tol, 10 ε)``."""
+        result = conjugate_gradients(jdjt_operator(q, groups, rhs.dtype), rhs, self._cg_tol(rhs), self.setting("cg_max_iter"))
         return Solve(result.x, rhs, rhs, no_failure, result.iters, result.residual)
+
+    def _cg_tol(self, rhs: Tensor) -> float:
+        return max(self.setting("cg_tol"), 10.0 * torch.finfo(rhs.dtype).eps)
+
+    def _warn_if_short(self, solve: Solve, tol: float) -> None:
+        """Warn once, on rank zero, when a CG solve (the slowest rank's, in block mode) stopped at ``cg_max_iter`` short of
+        its tolerance."""
+        if solve.cg_residual is None or solve.cg_residual <= tol or self._cg_warned or rank() != 0:
+            return
+        self._cg_warned = True
+        warnings.warn(
+            f"{type(self).__name__}: conjugate gradients stopped at cg_max_iter={solve.cg_iters} with relative residual "
+            f"{solve.cg_residual:.3g} (cg_tol={tol:.3g}); the step keeps ‖qⁿ⁺¹‖ ≤ ‖qⁿ‖ but is not the exact IEQ step — "
+            "raise cg_max_iter (this warning is shown once; optim/cg_residual logs every step)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     # -- stats -------------------------------------------------------------------------------------------------------------------
     def _stats_of(self, record: IEQStep) -> dict[str, Tensor]:
