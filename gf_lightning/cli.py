@@ -5,11 +5,20 @@ from __future__ import annotations
 import sys
 
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .data.base import TensorDataModule
 from .errors import GFConfigError, GFStepError, NonFiniteError
 from .module import GradientFlowModule
+
+
+class OneLineParser(LightningArgumentParser):
+    """A parser whose errors are one line on stderr and exit 2, without the usage dump (``--help`` still has it)."""
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        print(f"gf_lightning: error: {' '.join(line.strip() for line in str(message).splitlines() if line.strip())}",
+              file=sys.stderr)
+        raise SystemExit(2)
 
 
 class GFLightningCLI(LightningCLI):
@@ -50,6 +59,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI 
         return GFLightningCLI(
             GradientFlowModule,
             TensorDataModule,
+            parser_class=OneLineParser,
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},

@@ -1,5 +1,7 @@
-"""IEQ with the full Jacobian: the closed-form Gram, exactness of every path against a hand-built dense step, energy
-stability, per-group step sizes and the errors."""
+"""IEQ with the full Jacobian: the closed-form Gram, exactness of every path against a hand-built dense step over the
+whole Δt range, skipped and truncated solves, frozen parameters, the two-process solves, per-group step sizes.
+(Its bad settings and closures are in the one table of ``test_bad_inputs.py``; its torch conventions in
+``test_conventions.py``.)"""
 
 from __future__ import annotations
 
@@ -347,13 +349,6 @@ def test_per_group_lr_matches_hand_computation(path, path_opt):
     assert float(opt.stats["optim/effective_lr"]) == 0.2
 
 
-def test_closed_form_with_different_group_lrs_is_an_error():
-    net, x, y = two_layer()
-    opt = IEQ([{"params": [net.W], "lr": 0.1}, {"params": [net.a], "lr": 0.2}])
-    with pytest.raises(GFConfigError, match="lr"):
-        run_step(net, x, y, opt, closed=True)
-
-
 # -- path choice -----------------------------------------------------------------------------------------------------------------
 def test_auto_falls_to_cg_above_max_dense():
     net, x, y = two_layer(B=6, k=3)
@@ -377,54 +372,6 @@ def test_auto_uses_dense_at_max_dense():
     assert "optim/cg_iters" not in opt.stats
 
 
-# -- errors ----------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "kw, name",
-    [
-        ({"lr": 0.0}, "lr"),
-        ({"lr": -0.1}, "lr"),
-        ({"solver": "lu"}, "solver"),
-        ({"max_dense": 0}, "max_dense"),
-        ({"cg_tol": 0.0}, "cg_tol"),
-        ({"cg_max_iter": 0}, "cg_max_iter"),
-    ],
-)
-def test_bad_settings(kw, name):
-    net, _, _ = two_layer()
-    with pytest.raises(GFConfigError, match=name):
-        IEQ(net.parameters(), **kw)
-
-
-def test_cholesky_above_max_dense_is_an_error():
-    net, x, y = two_layer(B=6, k=3)
-    opt = IEQ(net.parameters(), solver="cholesky", max_dense=10)
-    with pytest.raises(GFConfigError, match="max_dense"):
-        run_step(net, x, y, opt)
-
-
-def test_bad_closures():
-    net, x, y = two_layer()
-    opt = IEQ(net.parameters())
-    with pytest.raises(GFStepError, match="closure"):
-        opt.step()
-    with pytest.raises(GFStepError, match="must return the residual"):
-        opt.step(lambda: None)
-    with pytest.raises(GFStepError, match="no autograd graph"):
-        opt.step(lambda: (net(x) - y).detach())
-    with pytest.raises(GFStepError, match="gram_fn"):
-        opt.step(lambda: net(x) - y, gram_fn=lambda: torch.eye(3, dtype=F64))
-
-
-def test_global_ddp_solve_needs_the_closed_form(monkeypatch):
-    """Under DDP the generic paths have no cross-rank Jacobian: the global solve asks for gram_fn, and names the option."""
-    net, x, y = two_layer()
-    monkeypatch.setattr(ieq_module, "world_size", lambda: 2)
-    with pytest.raises(GFConfigError, match="distributed='block'"):
-        run_step(net, x, y, IEQ(net.parameters()))
-    with pytest.raises(GFConfigError, match="distributed"):
-        IEQ(net.parameters(), distributed="rank")
-
-
 @pytest.mark.parametrize("path", ["closed", "cholesky", "cg"])
 def test_bfloat16_residual_is_solved_in_float32(path):
     # bf16-mixed training hands the step a bfloat16 residual; there is no 16-bit Cholesky, so the solve runs in float32
@@ -440,15 +387,3 @@ def test_bfloat16_residual_is_solved_in_float32(path):
     assert q.dtype == torch.bfloat16
     assert float(opt.stats["energy/q_norm"]) <= float(opt.stats["energy/q_norm_before"])
     assert max_diff(net.parameters(), ref.parameters()) <= 0.02 * max(float(p.detach().abs().max()) for p in ref.parameters())
-
-
-def test_state_survives_a_checkpoint():
-    net, x, y = two_layer()
-    opt = IEQ(net.parameters(), lr=0.3)
-    for _ in range(2):
-        run_step(net, x, y, opt, closed=True)
-    fresh = IEQ(net.parameters(), lr=0.3)
-    fresh.load_state_dict(opt.state_dict())
-    assert fresh.global_state["step"].dtype == torch.float64 and float(fresh.global_state["step"]) == 2.0
-    run_step(net, x, y, fresh, closed=True)
-    assert float(fresh.global_state["step"]) == 3.0 and float(fresh.stats["energy/violations"]) == 0.0
