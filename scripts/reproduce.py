@@ -137,6 +137,7 @@ class RunResult:
     energy: list[float] = field(default_factory=list)  # energy/modified
     energy_true: list[float] = field(default_factory=list)  # energy/true (the loss it stands for)
     violations: float = math.nan  # energy/violations at the last logged step
+    restart_rises: float = math.nan  # energy/restart_rises at the last logged step (restart forms only)
     effective_lr: list[float] = field(default_factory=list)
     nominal_lr: float = math.nan  # Δt / (1 + Δt λ): the step with the auxiliary factor at 1
     log_every: int = 0  # trainer.log_every_n_steps: how often energy/… and optim/… were logged
@@ -383,6 +384,8 @@ def read_back(result: RunResult) -> None:
     result.effective_lr = values("optim/effective_lr")
     violations = values("energy/violations")
     result.violations = violations[-1] if violations else math.nan
+    rises = values("energy/restart_rises")
+    result.restart_rises = rises[-1] if rises else math.nan
 
 
 # -- figures ---------------------------------------------------------------------------------------------------------------
@@ -515,13 +518,14 @@ def accuracy_table(exp: int, results: list[RunResult]) -> str:
 
 def cost_table(exp: int, results: list[RunResult]) -> str:
     sgd = next((r.seconds_per_epoch for r in results if r.method == "sgd"), math.nan)
-    header = ["method", "s/epoch (median)", "× SGD", "seed: × SGD", "energy violations", "effective lr first → last",
-              "initial test loss", "initial weights", "data"]
+    header = ["method", "s/epoch (median)", "× SGD", "seed: × SGD", "energy violations", "restart rises",
+              "effective lr first → last", "initial test loss", "initial weights", "data"]
     rows = []
     for r in results:
         lr = f"{r.effective_lr[0]:.3g} → {r.effective_lr[-1]:.3g}" if r.effective_lr else "—"
         rows.append([r.method, _num(r.seconds_per_epoch, ".4f"), _times(r.seconds_per_epoch / sgd),
-                     claim(exp, "time", r.method), _num(r.violations, ".0f"), lr, _num(r.init_test_loss, ".6e"),
+                     claim(exp, "time", r.method), _num(r.violations, ".0f"), _num(r.restart_rises, ".0f"), lr,
+                     _num(r.init_test_loss, ".6e"),
                      f"`{r.init_weights or '—'}`", f"`{r.init_data or '—'}`"])
     return md_table(header, rows)
 
@@ -580,8 +584,10 @@ def write_results(exp: int, results: list[RunResult], skipped: list[str], opts: 
         "s/epoch: median over epochs 2 … of the time between consecutive epochs' `train/loss` events (one epoch of "
         "training, the validation pass and the checkpoint), the first epoch excluded; it depends on the machine's load "
         "(on 2 shared busy cores, 2 intra-op threads stalled each other: exp3 took 0.5 s/epoch against 0.03 with "
-        "`--threads 1`). Energy violations: `energy/violations`"
-        " (the running count of steps where the modified energy rose) at the last logged step. Initial test loss: the "
+        "`--threads 1`). Energy violations: `energy/violations` (the running count of steps where the modified energy "
+        "rose above the value the step started from, which the schemes guarantee never happens) at the last logged step; "
+        "restart rises: `energy/restart_rises` (restart forms, SAV's seed form included: restarts that set r above the "
+        "value the last step left, which those forms allow). Initial test loss: the "
         "held-out loss of the weights before the first step; the fingerprints are SHA-256 prefixes of the initial "
         "parameters and of the four data tensors.",
         "",

@@ -20,7 +20,7 @@ from .settings import check_choice, check_nonnegative, check_positive
 ROUNDING = 8.0 * 2.0**-52
 
 
-@dataclass
+@dataclass(slots=True)
 class GradientGroup:
     """One parameter group at ``wⁿ``: its parameters with a gradient, and its step sizes and gradient norm in logs."""
 
@@ -31,7 +31,7 @@ class GradientGroup:
     log_g2: float  #: ``log ‖g_g‖²``
 
 
-@dataclass
+@dataclass(slots=True)
 class Evaluation:
     """The closure at ``wⁿ``: what it returned, the loss as a float (the mean over ranks), and the gradient groups."""
 
@@ -40,7 +40,7 @@ class Evaluation:
     groups: list[GradientGroup]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuxiliaryStep:
     """The record of one step, from which ``stats`` is computed when asked."""
 
@@ -156,13 +156,14 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         if closure is None:
             raise GFStepError(NO_CLOSURE.format(cls=type(self).__name__))
         ev = self._evaluate(closure)
-        variant = self.setting("variant")
+        settings = self.param_groups[0]
+        variant = settings["variant"]
         state = self.global_state
         log_hat = self._log_r_hat(ev.loss)
         if self.aux_key not in state:  # r⁰ = r̂(L(w⁰))
             state.update({self.aux_key: self._scalar(log_hat), "step": self._scalar(0)})
-        for key in ("violations", "restart_rises"):
-            state.setdefault(key, self._scalar(0))
+        if "restart_rises" not in state:  # (a checkpoint of an earlier version has no such counter)
+            state.update(violations=state.get("violations", self._scalar(0)), restart_rises=self._scalar(0))
         log_r = state[self.aux_key].item()
         if self._restarts:
             if log_hat > log_r:  # a restart above the value the last step left: allowed, counted under its own name
@@ -182,7 +183,7 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
                 loss_next = self._loss_value(closure())
             if world_size() > 1:
                 loss_next = global_mean_(loss_next.to(self._scalar_dtype, copy=True))
-            relaxed = relax(log_r, log_new, self._log_r_hat(loss_next.item()), log_moved, self.setting("eta"))
+            relaxed = relax(log_r, log_new, self._log_r_hat(loss_next.item()), log_moved, settings["eta"])
             log_new, xi = relaxed.log_r, relaxed.xi
         if log_new > log_r:
             if log_new - log_r > ROUNDING * (1.0 + abs(log_r)):

@@ -35,7 +35,10 @@ NO_CLOSURE = (
 
 def first_parameter(param_groups: Iterable[dict[str, Any]]) -> Any:
     """The first parameter of the first non-empty group (an empty first group is legal in torch), or ``None``."""
-    return next((p for group in param_groups for p in group["params"]), None)
+    for group in param_groups:
+        if group["params"]:
+            return group["params"][0]
+    return None
 
 
 class EnergyOptimizer(torch.optim.Optimizer):

@@ -34,8 +34,8 @@ def log0(x: float) -> float:
 def logsumexp(values: Iterable[float]) -> float:
     """``log Σ e^{vᵢ}``, exact to rounding for any spread of the ``vᵢ``; ``−∞`` for an empty sum or one of ``−∞`` only."""
     values = [v for v in values if v != NEG_INF]
-    if not values:
-        return NEG_INF
+    if len(values) < 2:
+        return values[0] if values else NEG_INF
     top = max(values)
     if top == math.inf:
         return math.inf
