@@ -252,3 +252,27 @@ def test_closure_may_return_a_float(case: Case):
         assert all(isinstance(r, float) for r in returned) if as_float else all(torch.is_tensor(r) for r in returned)
         runs.append(params_of(model))
     assert_same(*runs)
+
+
+@table
+def test_energy_never_rises_over_random_step_sizes(case: Case):
+    """Δt log-uniform in [1e-4, 1e4], three steps each, float64: the auxiliary variable never rises above where the step
+    started (the carried value, or the restarted one), IEQ's ‖qⁿ⁺¹‖ ≤ ‖qⁿ‖, and no violation is counted. (Each scheme's
+    exact energy law is checked in test_optim.py and test_ieq.py; this is the same promise for every row of the table.)"""
+    gen = torch.Generator().manual_seed(0)
+    restarts = case.kwargs.get("variant") == "restart" or (case.cls is SAV and case.kwargs.get("variant") == "seed")
+    for trial in range(12):
+        dt = 10 ** float(torch.empty(()).uniform_(-4, 4, generator=gen))
+        model = make_net(trial, torch.float64)
+        opt = case.make(model.parameters(), lr=dt)
+        for i in range(3):
+            before = opt.global_state.get(getattr(opt, "aux_key", ""))
+            before = None if before is None or restarts else before.item()
+            train(case, model, opt, 1, start=i)
+            stats = {k: float(v) for k, v in opt.stats.items()}
+            if case.residual:
+                assert stats["energy/q_norm"] <= stats["energy/q_norm_before"] * (1 + 1e-12), (dt, i, stats)
+            elif before is not None:
+                assert opt.global_state[opt.aux_key].item() <= before, (dt, i)
+            assert stats["energy/violations"] == 0, (dt, i, stats)
+            assert all(torch.isfinite(p).all() for p in model.parameters()), (dt, i)
