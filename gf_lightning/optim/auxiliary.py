@@ -117,9 +117,7 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         """Run the closure at ``wⁿ``; the loss and the gradient norms come back from the device in one transfer."""
         with torch.enable_grad():
             returned = closure()
-        loss = self._loss_value(returned)
-        if world_size() > 1:
-            loss = global_mean_(loss.to(self._scalar_dtype, copy=True))
+        loss = self._mean_loss(returned)
         groups, norms = [], []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -139,6 +137,11 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
             entry.log_g2 = 2.0 * log0(math.hypot(*values[start : start + count]))
             start += count
         return Evaluation(returned, values[0], groups)
+
+    def _mean_loss(self, returned: Any) -> Tensor:
+        """The closure's loss as a 0-dim tensor, averaged over ranks (DDP averages the gradients, not the loss)."""
+        loss = self._loss_value(returned)
+        return global_mean_(loss.to(self._scalar_dtype, copy=True)) if world_size() > 1 else loss
 
     def _move(self, groups: list[GradientGroup], log_factor: float) -> None:
         """``w_g ← w_g − φ c_g g_g`` for every group that has a step and a gradient."""
@@ -162,8 +165,9 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         log_hat = self._log_r_hat(ev.loss)
         if self.aux_key not in state:  # r⁰ = r̂(L(w⁰))
             state.update({self.aux_key: self._scalar(log_hat), "step": self._scalar(0)})
-        if "restart_rises" not in state:  # (a checkpoint of an earlier version has no such counter)
-            state.update(violations=state.get("violations", self._scalar(0)), restart_rises=self._scalar(0))
+        for key in ("violations", "restart_rises"):  # (a checkpoint of an earlier version has no restart_rises)
+            if key not in state:
+                state[key] = self._scalar(0)
         log_r = state[self.aux_key].item()
         if self._restarts:
             if log_hat > log_r:  # a restart above the value the last step left: allowed, counted under its own name
@@ -177,15 +181,13 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         if log_dt_s != NEG_INF:
             self._move(ev.groups, log_factor)
         xi = None
-        if variant == "relax":
+        if variant == "relax":  # ‖Δw‖²/Δt = Σ_g (φ c_g)² ‖g_g‖² / Δt_g, then r̂ at wⁿ⁺¹ from one more closure call
             log_moved = logsumexp(2.0 * (log_factor + e.log_c) + e.log_g2 - e.log_dt for e in ev.groups if e.log_dt > NEG_INF)
             with torch.enable_grad():
-                loss_next = self._loss_value(closure())
-            if world_size() > 1:
-                loss_next = global_mean_(loss_next.to(self._scalar_dtype, copy=True))
-            relaxed = relax(log_r, log_new, self._log_r_hat(loss_next.item()), log_moved, settings["eta"])
+                loss_next = self._mean_loss(closure()).item()
+            relaxed = relax(log_r, log_new, self._log_r_hat(loss_next), log_moved, settings["eta"])
             log_new, xi = relaxed.log_r, relaxed.xi
-        if log_new > log_r:
+        if log_new > log_r:  # only the relaxation can get here: beyond rounding it is a violation, and is kept
             if log_new - log_r > ROUNDING * (1.0 + abs(log_r)):
                 state["violations"] += 1
             else:

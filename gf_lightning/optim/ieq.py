@@ -16,15 +16,25 @@ from .settings import check_choice, check_count, check_positive
 
 
 @dataclass
-class Solve:
-    """The solve of ``(I + J D Jᵀ) qⁿ⁺¹ = qⁿ``, with the norms of the whole (global) batch."""
+class Solution:
+    """``qⁿ⁺¹`` for one right-hand side, as the dense or the CG path found it."""
 
-    q_new: Tensor  #: this rank's share of ``qⁿ⁺¹``, flat (zero where the factorisation failed: no move)
+    q_new: Tensor  #: flat; zero where the factorisation failed (no move)
+    failed: Tensor  #: 0-dim bool: the Cholesky factorisation failed
+    cg_iters: int | None = None  #: CG only
+    cg_residual: float | None = None  #: CG only: ``‖qⁿ − (I + J D Jᵀ) qⁿ⁺¹‖ / ‖qⁿ‖``
+
+
+@dataclass
+class Solve:
+    """The step's solve: this rank's share of ``qⁿ⁺¹`` and the norms of the whole (global) batch."""
+
+    q_new: Tensor  #: this rank's share of ``qⁿ⁺¹``, flat
     norm_before: Tensor  #: ``‖qⁿ‖``, 0-dim, in the state dtype
     norm_after: Tensor  #: ``‖qⁿ⁺¹‖`` — ``‖qⁿ‖`` for a skipped step, whose weights did not move
-    failed: Tensor  #: a bool or count, 0-dim: the Cholesky factorisation failed (on some rank)
-    cg_iters: int | None = None
-    cg_residual: float | None = None
+    failed: Tensor  #: 0-dim: the factorisation failed (on some rank)
+    cg_iters: int | None
+    cg_residual: float | None
 
 
 @dataclass(frozen=True)
@@ -219,28 +229,28 @@ class IEQ(EnergyOptimizer):
                 "distributed='block' for a per-rank block solve (a different algorithm)"
             )
         rhs = gather_flat(q_flat) if global_solve else q_flat
-        solve = self._solve_system(q, rhs, groups, gram_fn)
-        q_new = solve.q_new
+        sol = self._solve_system(q, rhs, groups, gram_fn)
         sd = self._scalar_dtype
-        if global_solve:
+        failed, iters, residual = sol.failed, sol.cg_iters, sol.cg_residual
+        if global_solve:  # every rank solved the same global system
             n = q_flat.numel()
-            solve.q_new = q_new[rank() * n : (rank() + 1) * n]
-            before, after = (torch.linalg.vector_norm(v, dtype=sd) for v in (rhs, q_new))
-        else:
-            squares = torch.stack([q_flat.square().sum(dtype=sd), q_new.square().sum(dtype=sd), solve.failed.to(sd)])
-            global_sum_(squares)  # block: the norms of the global batch, a failure on any rank
-            before, after = squares[0].sqrt(), squares[1].sqrt()
-            solve.failed = squares[2]
-            if solve.cg_iters is not None and world_size() > 1:  # the slowest rank's solve
-                worst = global_max_(torch.tensor([float(solve.cg_iters), solve.cg_residual], dtype=torch.float64))
-                solve.cg_iters, solve.cg_residual = int(worst[0]), float(worst[1])
-        solve.norm_before = before
-        solve.norm_after = torch.where(solve.failed > 0, before, after)
+            q_new = sol.q_new[rank() * n : (rank() + 1) * n]
+            before, after = (torch.linalg.vector_norm(v, dtype=sd) for v in (rhs, sol.q_new))
+        else:  # one process, or block: the norms of the global batch, a failure on any rank, the slowest rank's CG
+            q_new = sol.q_new
+            squares = global_sum_(torch.stack([q_flat.square().sum(dtype=sd), q_new.square().sum(dtype=sd), failed.to(sd)]))
+            before, after, failed = squares[0].sqrt(), squares[1].sqrt(), squares[2] > 0
+            if iters is not None and world_size() > 1:
+                worst = global_max_(torch.tensor([float(iters), residual], dtype=torch.float64))
+                iters, residual = int(worst[0]), float(worst[1])
+        solve = Solve(q_new, before, torch.where(failed, before, after), failed, iters, residual)
         self._warn_if_short(solve, self._cg_tol(q_flat))
         return solve
 
-    def _solve_system(self, q: Tensor, rhs: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None) -> Solve:
-        """The solve for the right-hand side ``rhs``; norms are filled in by :meth:`_solve`."""
+    def _solve_system(
+        self, q: Tensor, rhs: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None
+    ) -> Solution:
+        """``(I + J D Jᵀ)⁻¹ rhs`` by the path the settings and the size choose."""
         name = type(self).__name__
         solver, max_dense = self.setting("solver"), self.setting("max_dense")
         n_rows = rhs.numel()
@@ -253,7 +263,8 @@ class IEQ(EnergyOptimizer):
         if solver == "cg" or (solver == "auto" and n_rows > max_dense):
             if n_rows != q.numel():
                 raise GFConfigError(f"{name}: solver='cg' has no global form under DDP; use distributed='block'")
-            return self._cg(q, rhs, groups, no_failure)
+            result = conjugate_gradients(jdjt_operator(q, groups, rhs.dtype), rhs, self._cg_tol(rhs), self.setting("cg_max_iter"))
+            return Solution(result.x, no_failure, result.iters, result.residual)
         if n_rows > max_dense:
             raise GFConfigError(
                 f"{name}: solver='cholesky' would form a {n_rows} x {n_rows} system, above max_dense={max_dense}; raise "
@@ -275,14 +286,10 @@ class IEQ(EnergyOptimizer):
         torch.linalg.cholesky_ex(factor, out=(factor, info))
         q_new = torch.cholesky_solve(rhs.unsqueeze(1), factor).squeeze(1)
         failed = info != 0
-        return Solve(q_new.masked_fill_(failed, 0.0), rhs, rhs, failed)
-
-    def _cg(self, q: Tensor, rhs: Tensor, groups: list[Group], no_failure: Tensor) -> Solve:
-        """Matrix-free conjugate gradients to ``max(cg_tol, 10 ε)``."""
-        result = conjugate_gradients(jdjt_operator(q, groups, rhs.dtype), rhs, self._cg_tol(rhs), self.setting("cg_max_iter"))
-        return Solve(result.x, rhs, rhs, no_failure, result.iters, result.residual)
+        return Solution(q_new.masked_fill_(failed, 0.0), failed)
 
     def _cg_tol(self, rhs: Tensor) -> float:
+        """CG's relative tolerance: ``cg_tol``, but no finer than the residual's dtype can resolve."""
         return max(self.setting("cg_tol"), 10.0 * torch.finfo(rhs.dtype).eps)
 
     def _warn_if_short(self, solve: Solve, tol: float) -> None:
@@ -307,8 +314,8 @@ class IEQ(EnergyOptimizer):
             "energy/q_norm": record.norm_after,
             "energy/true": 0.5 * record.norm_before.square(),
             "energy/modified": 0.5 * record.norm_after.square(),
-            "energy/violations": state["violations"],
-            "optim/solve_failures": state["solve_failures"],
+            "energy/violations": state["violations"].clone(),
+            "optim/solve_failures": state["solve_failures"].clone(),
             "optim/effective_lr": self._scalar(self.param_groups[0]["lr"]),
         }
         if record.cg_iters is not None:
