@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
+
+from gf_lightning.components import TwoLayerNet
+
+
+def callback_arg(name: str, **init_args) -> str:
+    """The command-line argument that adds callback ``name`` of this file: ``--trainer.callbacks+={"class_path": …}``."""
+    return "--trainer.callbacks+=" + json.dumps({"class_path": f"helpers.{name}", "init_args": init_args})
 
 
 class KillAtEpoch(L.Callback):
@@ -18,6 +29,87 @@ class KillAtEpoch(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterBatch(L.Callback):
+    """SIGKILL this process after ``training_step`` call ``batch`` of epoch ``epoch``: in the middle of the epoch (when an
+    epoch has several calls, e.g. with ``data.steps_per_call=1``), after the last end-of-epoch checkpoint."""
+
+    def __init__(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordTraining(L.Callback):
+    """Write down what this process trained: before every ``training_step`` call, one line per mini-batch of the call, to
+    ``<folder>/rank<R>.txt`` (appended and closed at once, so the lines outlive a SIGKILL). Read it with :func:`read_record`.
+
+    A line holds the process id, the world size, the epoch, the call's ``batch_idx``, the optimizer step the mini-batch is
+    taken at (``global_step`` at the call, plus its place in the call) and a fingerprint of every input row of the
+    mini-batch (a hash of its bytes): which samples this rank saw, in which order."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        minibatches = batch if isinstance(batch, list) else [batch]
+        lines = []
+        for j, (x, _) in enumerate(minibatches):
+            rows = x.detach().cpu().contiguous()
+            hashes = [hashlib.blake2b(row.numpy().tobytes(), digest_size=8).hexdigest() for row in rows]
+            lines.append(f"{os.getpid()} {trainer.world_size} {trainer.current_epoch} {batch_idx} "
+                         f"{trainer.global_step + j} {','.join(hashes)}\n")
+        path = Path(self.folder) / f"rank{trainer.global_rank}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write("".join(lines))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One mini-batch as :class:`RecordTraining` wrote it down."""
+
+    pid: int
+    world_size: int
+    epoch: int
+    call: int
+    step: int
+    rows: tuple[str, ...]
+
+
+def read_record(folder) -> dict[int, list[Step]]:
+    """``rank → [Step, …]`` in the order trained, from the files :class:`RecordTraining` wrote under ``folder``."""
+    out = {}
+    for path in sorted(Path(folder).glob("rank*.txt")):
+        steps = []
+        for line in path.read_text().splitlines():
+            pid, world, epoch, call, step, rows = line.split(" ")
+            steps.append(Step(int(pid), int(world), int(epoch), int(call), int(step), tuple(rows.split(","))))
+        out[int(path.stem.removeprefix("rank"))] = steps
+    return out
+
+
+class PerturbOnRank(L.Callback):
+    """Make the replicas diverge: after the first ``training_step`` call of epoch ``epoch``, add ``delta`` to one weight on
+    rank ``rank`` only (DDP never re-broadcasts the parameters, so the difference stays)."""
+
+    def __init__(self, rank: int = 1, epoch: int = 0, delta: float = 1e-3) -> None:
+        self.rank, self.epoch, self.delta = rank, epoch, delta
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.current_epoch == self.epoch and batch_idx == 0:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] += self.delta
+
+
+class TwoLayerNetWithoutGram(TwoLayerNet):
+    """:class:`TwoLayerNet` without its closed-form ``jacobian_gram``: IEQ then takes its generic path (``J D Jᵀ`` from the
+    residual's graph), as for any other ``nn.Module``."""
+
+    jacobian_gram = None
 
 
 class PoisonAtEpoch(L.Callback):

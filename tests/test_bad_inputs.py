@@ -8,11 +8,13 @@ the command line words the library's message.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, SHARED_DATA
+from conftest import CONFIGS, QUIET
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import TwoLayerNet
@@ -143,10 +145,11 @@ CLI = {
     "net k differs from data": ("exp1_sgd", ["--model.net.init_args.k=3"], ["model.net.init_args.k", "3", "1"]),
     "task differs from data": ("exp1_sgd", ["--model.task=classification"], ["model.task", "regression"]),
     "unknown task": ("exp1_sgd", ["--model.task=segmentation"], ["model.task", "regression", "classification"]),
-    "batch larger than training set": ("exp1_sgd", ["--data.init_args.batch_size=9000"], ["data.batch_size", "8000"]),
+    "batch larger than training set": ("exp1_sgd", ["--data.init_args.batch_size=9000"], ["data.batch_size", "9000", "8000"]),
     "batch size 0": ("exp1_sgd", ["--data.init_args.batch_size=0"], ["data.batch_size", "positive integer"]),
     "too few samples": ("exp1_sgd", ["--data.init_args.n_samples=1"], ["data.n_samples", ">= 2"]),
     "train fraction": ("exp1_sgd", ["--data.init_args.train_fraction=1.5"], ["data.train_fraction", "(0, 1)"]),
+    "train fraction at its bound": ("exp1_sgd", ["--data.init_args.train_fraction=1.0"], ["data.train_fraction", "(0, 1)"]),
     "negative input std": ("exp3_sgd", ["--data.init_args.std=-0.2"], ["data.std", "> 0"]),
     "steps per call 0": ("exp1_sgd", ["--data.init_args.steps_per_call=0"], ["data.steps_per_call", "positive integer"]),
     "checkpoint cadence inside a call": ("exp1_sgd", ["--checkpoint.every_n_train_steps=10"],
@@ -163,25 +166,40 @@ CLI = {
 }
 
 
-def run(config: str, extra: list[str], tmp_path: Path) -> int:
-    return cli_main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={tmp_path}",
-                     "--trainer.max_epochs=1", "--progress_bar.refresh_rate=0", f"--data.init_args.data_dir={SHARED_DATA}"
-                     if config.startswith("exp4") else "--trainer.enable_model_summary=false", *extra])
+def fit_args(config: str, extra: list[str], tmp_path: Path, data_dir: Path | None = None) -> list[str]:
+    return ["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=1", *QUIET, *([f"--data.init_args.data_dir={data_dir}"] if data_dir else []), *extra]
+
+
+def run(config: str, extra: list[str], tmp_path: Path, data_dir: Path | None = None) -> int:
+    return cli_main(fit_args(config, extra, tmp_path, data_dir))
 
 
 @pytest.mark.parametrize("case", CLI)
-def test_cli_refuses_bad_input_with_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_refuses_bad_input_with_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                            request: pytest.FixtureRequest) -> None:
     config, extra, words = CLI[case]
-    if config.startswith("exp4") and not (SHARED_DATA / "MNIST" / "raw").is_dir():
-        pytest.skip(f"MNIST files not at {SHARED_DATA}")
+    data_dir = request.getfixturevalue("mnist_dir") if config.startswith("exp4") else None
     with pytest.raises(SystemExit) as exc:
-        run(config, extra, tmp_path)
+        run(config, extra, tmp_path, data_dir)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-800:]
+    assert err.startswith("gf_lightning: error: ") and len(err.strip().splitlines()) == 1, err[-800:]
     for word in words:
         assert word in err, f"{word!r} not in: {err[-800:]}"
     assert not list(tmp_path.rglob("*.ckpt")), "no work should have started"
+
+
+def test_the_command_line_exits_2_with_the_message_on_stderr(tmp_path: Path) -> None:
+    """``python -m gf_lightning`` as a user runs it, from another directory: exit status 2, the message as the last line on
+    stderr (Lightning's "Seed set to 0" may come before it), no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "gf_lightning", *fit_args("exp1_sav", ["--model.optimizer.init_args.lam=-1"],
+                                                                           tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("gf_lightning: error: model.optimizer.init_args.lam must be a finite "
+                                                    "number >= 0; got -1.0"), proc.stderr[-2000:]
 
 
 def test_missing_mnist_files_name_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

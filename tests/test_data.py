@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from conftest import MNIST_FILES
 from gf_lightning.data import (
     GaussianRegression,
     MNISTDataModule,
@@ -18,10 +19,6 @@ from gf_lightning.data import (
     TensorBatches,
 )
 from gf_lightning.errors import GFConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
-RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # --------------------------------------------------------------------------------------------------------------------------
@@ -130,15 +127,6 @@ def test_seed_none_takes_the_run_seed():
     torch.manual_seed(5)
     b = SinCosRegression(n_samples=100).build()
     assert torch.equal(a["x_train"], b["x_train"])
-
-
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [(dict(n_samples=1), "n_samples"), (dict(train_fraction=1.0), "train_fraction"), (dict(batch_size=0), "batch_size")],
-)
-def test_bad_regression_settings(kwargs, name):
-    with pytest.raises(GFConfigError, match=f"data.{name}"):
-        SinCosRegression(**kwargs)
 
 
 def test_batch_larger_than_training_set_is_refused_at_setup():
@@ -269,12 +257,8 @@ def test_mnist_subsample_larger_than_file_is_refused(tmp_path):
         MNISTDataModule(data_dir=str(tmp_path), download=False, n_train=31, n_test=10, batch_size=4).build()
 
 
-def test_mnist_real_files():
-    raw = SHARED_DATA / "MNIST" / "raw"
-    if not all((raw / f).is_file() for f in RAW_FILES):
-        print(f"skipping: the MNIST files are not in {raw}")
-        pytest.skip(f"the MNIST files are not in {raw}")
-    dm = MNISTDataModule(data_dir=str(SHARED_DATA), download=False, seed=0)
+def test_mnist_real_files(mnist_dir):
+    dm = MNISTDataModule(data_dir=str(mnist_dir), download=False, seed=0)
     dm.setup("fit")
     t = dm.tensors
     assert tuple(t["x_train"].shape) == (8000, 784) and tuple(t["x_test"].shape) == (2000, 784)
@@ -289,13 +273,15 @@ def test_mnist_real_files():
 
 
 def test_mnist_missing_files_with_download_off(tmp_path):
+    """Both hooks refuse, with the folder and the files: ``setup`` too, which runs on every rank, while ``prepare_data``
+    runs on one process per node (the command-line check, test_bad_inputs.py, reaches ``prepare_data`` only)."""
     dm = MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=False, batch_size=4)
     for call in (dm.prepare_data, lambda: dm.setup("fit")):
         with pytest.raises(FileNotFoundError) as info:
             call()
         msg = str(info.value)
         assert str(tmp_path / "nowhere" / "MNIST" / "raw") in msg
-        for name in RAW_FILES:
+        for name in MNIST_FILES:
             assert name in msg
         assert "data.download" in msg
 

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CONFIGS, QUIET
 from gf_lightning.cli import cli_main
 from helpers import read_scalars
 
-ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false", "--checkpoint.save_last=false",
-         "--checkpoint.save_top_k=0"]
+NO_CHECKPOINTS = ["--checkpoint.save_last=false", "--checkpoint.save_top_k=0"]
 
 
 def fit(config: str, root: Path, *extra: str, run: str = "fit"):
-    return cli_main([run, "--config", str(ROOT / "configs" / config), f"--trainer.default_root_dir={root}", *QUIET, *extra])
+    return cli_main([run, "--config", str(CONFIGS / config), f"--trainer.default_root_dir={root}", *QUIET, *NO_CHECKPOINTS,
+                     *extra])
 
 
 # method config, 10× the seed's exp1 step, and the variants whose modified energy the scheme keeps from rising

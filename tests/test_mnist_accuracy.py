@@ -1,5 +1,5 @@
-"""MNIST (8000/2000, 50 epochs): the energy-stable methods at the documented large-step settings reach 93 % on the held-out
-split. (IEQ full at Δt = 0.02 does too — 94.9 % in docs/results.md — but 50 epochs of it take minutes, so it is not here.)"""
+"""MNIST (8000/2000): every energy-stable method at its documented setting beyond the seed's reaches 93 % on the held-out
+split (docs/results.md › Beyond the seed's settings)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CONFIGS, QUIET
 from gf_lightning.cli import cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+# config → (epochs, accuracy the docs claim after that many epochs). IEQ (full) at Δt = 0.02 takes ~5 s an epoch here
+# (its (Bk)³ solve), so 50 epochs (94.90 %) would take minutes; docs/results.md states it passes 93 % by epoch 2.
+CLAIMS = {
+    "exp4_sav_large_step": (50, 0.93),
+    "exp4_expsav_restart": (50, 0.93),
+    "exp4_ieq_adaptive_restart": (50, 0.93),
+    "exp4_ieq_small_step": (2, 0.93),
+}
 
 
-@pytest.mark.skipif(not (DATA / "MNIST" / "raw").is_dir(), reason=f"MNIST files not found under {DATA}")
-@pytest.mark.parametrize("config", ["exp4_sav_large_step", "exp4_expsav_restart", "exp4_ieq_adaptive_restart"])
-def test_energy_method_reaches_93_percent(config: str, tmp_path: Path) -> None:
-    cli = cli_main(["fit", "--config", str(ROOT / f"configs/{config}.yaml"), f"--data.init_args.data_dir={DATA}",
-                    f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--progress_bar.refresh_rate=0",
-                    "--trainer.enable_model_summary=false", "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"])
-    assert cli.trainer.current_epoch == 50
-    assert float(cli.trainer.callback_metrics["val/acc"]) >= 0.93
+@pytest.mark.parametrize("config", CLAIMS)
+def test_energy_method_reaches_93_percent(config: str, tmp_path: Path, mnist_dir: Path) -> None:
+    epochs, accuracy = CLAIMS[config]
+    cli = cli_main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--data.init_args.data_dir={mnist_dir}",
+                    "--data.init_args.download=false", f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={tmp_path}",
+                    "--trainer.logger=false", *QUIET, "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"])
+    assert cli.trainer.current_epoch == epochs
+    assert float(cli.trainer.callback_metrics["val/acc"]) >= accuracy

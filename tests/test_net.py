@@ -1,4 +1,5 @@
-"""TwoLayerNet (SPEC §1): f(x) = aᵀ σ(Wᵀ [x; 1]), parameter count, initialisations, mean-field scale, bad settings."""
+"""TwoLayerNet (SPEC §1): f(x) = aᵀ σ(Wᵀ [x; 1]), parameter count, initialisations, mean-field scale, bad settings.
+(Its closed-form Gram J Jᵀ is checked against autograd in test_ieq.py.)"""
 
 from __future__ import annotations
 
@@ -135,19 +136,3 @@ def test_unknown_init_lists_the_allowed_values():
     assert "init" in msg and "xavier" in msg
     for allowed in ("fan_in", "kaiming", "normal"):
         assert allowed in msg
-
-
-@pytest.mark.parametrize("k, mean_field", [(1, False), (3, False), (3, True)])
-def test_jacobian_gram_equals_explicit_JJt(k, mean_field):
-    """The closed-form Gram J Jᵀ (used by IEQ) against the Jacobian from autograd, rows ordered (sample, output)."""
-    torch.manual_seed(0)
-    net = TwoLayerNet(d=4, m=9, k=k, init="normal", mean_field=mean_field).double()
-    x = torch.randn(5, 4, dtype=torch.float64)
-    params = dict(net.named_parameters())
-
-    def f(W, a):
-        return torch.func.functional_call(net, {"W": W, "a": a}, (x,)).reshape(-1)
-
-    jW, ja = torch.func.jacrev(f, argnums=(0, 1))(params["W"], params["a"])
-    J = torch.cat([jW.reshape(5 * k, -1), ja.reshape(5 * k, -1)], dim=1)
-    torch.testing.assert_close(net.jacobian_gram(x), J @ J.T, rtol=1e-10, atol=1e-10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,18 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CONFIGS, METHODS, SMALL_EXP1, subprocess_env
 from gf_lightning.cli import cli_main
+from helpers import Step, callback_arg, read_record
 
-ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["sgd", "adam", "sav", "expsav", "ieq", "ieq_adaptive"]
-# exp1 shrunk so that an epoch takes a few steps: 512 training samples, 64 hidden units
-SMALL = ["--data.init_args.n_samples=640", "--model.net.init_args.m=64", "--progress_bar.refresh_rate=0",
-         "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1"]
+EPOCHS = 6
 
 
 def fit_args(method: str, root: Path, epochs: int, *extra: str) -> list[str]:
-    return ["fit", "--config", str(ROOT / f"configs/exp1_{method}.yaml"), f"--trainer.max_epochs={epochs}",
-            f"--trainer.default_root_dir={root}", *SMALL, *extra]
+    return ["fit", "--config", str(CONFIGS / f"exp1_{method}.yaml"), f"--trainer.max_epochs={epochs}",
+            f"--trainer.default_root_dir={root}", *SMALL_EXP1, *extra]
 
 
 def last_ckpt(root: Path) -> Path:
@@ -42,22 +39,64 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b["state"][pid][key])), (pid, key)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_resume_after_sigkill_is_bit_identical(method: str, tmp_path: Path) -> None:
-    cli_main(fit_args(method, tmp_path / "straight", 6))
-    straight = torch.load(last_ckpt(tmp_path / "straight"), weights_only=False)
-    assert straight["epoch"] == 5
+# (method, where the process is killed): at the start of epoch 3 (epochs 0-2 done and checkpointed), or after the first of
+# the two training_step calls of epoch 3 (one call = one mini-batch here; Adam and IEQ take batch 64: 8 calls an epoch).
+# Mid-epoch for the methods whose state is more than the weights and a step count.
+KILLS = [*((m, "epoch_start") for m in METHODS), *((m, "mid_epoch") for m in ("adam", "expsav", "ieq_adaptive"))]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """``straight_run(method)``: the uninterrupted run's last checkpoint and what it trained (run once per method)."""
+    runs: dict[str, tuple[dict, list[Step]]] = {}
+
+    def get(method: str) -> tuple[dict, list[Step]]:
+        if method not in runs:
+            root = tmp_path_factory.mktemp(f"straight_{method}")
+            cli_main(fit_args(method, root, EPOCHS, "--data.init_args.steps_per_call=1",
+                              callback_arg("RecordTraining", folder=str(root / "record"))))
+            (steps,) = read_record(root / "record").values()
+            runs[method] = torch.load(last_ckpt(root), weights_only=False), steps
+        return runs[method]
+
+    return get
+
+
+@pytest.mark.parametrize(("method", "kill"), KILLS, ids=[f"{m}-{k}" for m, k in KILLS])
+def test_resume_after_sigkill_is_bit_identical(method: str, kill: str, tmp_path: Path, straight_run) -> None:
+    """A run SIGKILLed at the start of epoch 3, or in the middle of it, and resumed with ``--ckpt_path`` from its last
+    (end-of-epoch 2) checkpoint ends bit for bit where the uninterrupted run ends — and the resumed process trained only
+    the steps from epoch 3 on, on the same mini-batches in the same order.
+
+    Catches: a resume that ignores ``--ckpt_path`` and retrains from scratch (the same seed gives the same bits, but the
+    resumed process then trains from step 0 — tried by dropping ``--ckpt_path`` from the resumed run: fails on the steps
+    trained, both kill points); a resume that loses state the bits depend on (the final comparison)."""
+    straight, straight_steps = straight_run(method)
+    assert straight["epoch"] == EPOCHS - 1
+    per_epoch = len(straight_steps) // EPOCHS
+    assert [s.step for s in straight_steps] == list(range(EPOCHS * per_epoch)) and per_epoch >= 2
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    kill = '--trainer.callbacks+={"class_path": "helpers.KillAtEpoch", "init_args": {"epoch": 3}}'
-    proc = subprocess.run([sys.executable, "-m", "gf_lightning", *fit_args(method, killed, 6), kill], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    killer = callback_arg("KillAtEpoch", epoch=3) if kill == "epoch_start" else callback_arg("KillAfterBatch", epoch=3, batch=0)
+    proc = subprocess.run([sys.executable, "-m", "gf_lightning",
+                           *fit_args(method, killed, EPOCHS, "--data.init_args.steps_per_call=1",
+                                     callback_arg("RecordTraining", folder=str(killed / "record")), killer)],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     ckpt = last_ckpt(killed)
     assert torch.load(ckpt, weights_only=False)["epoch"] == 2  # epochs 0, 1, 2 done
+    (before,) = read_record(killed / "record").values()
+    assert {s.epoch for s in before} == ({0, 1, 2} if kill == "epoch_start" else {0, 1, 2, 3})
+    assert len(before) == 3 * per_epoch + (kill == "mid_epoch")  # mid-epoch: killed after epoch 3's first mini-batch
 
-    cli_main(fit_args(method, killed, 6, f"--ckpt_path={ckpt}"))
+    cli_main(fit_args(method, killed, EPOCHS, "--data.init_args.steps_per_call=1", f"--ckpt_path={ckpt}",
+                      callback_arg("RecordTraining", folder=str(killed / "resumed"))))
+    (after,) = read_record(killed / "resumed").values()
+    assert after[0].pid != before[0].pid
+    # only what was left: from the first step of epoch 3 (again, after a mid-epoch kill) to the end
+    assert [s.step for s in after] == list(range(3 * per_epoch, EPOCHS * per_epoch))
+    assert [(s.epoch, s.call, s.rows) for s in after] == [(s.epoch, s.call, s.rows) for s in straight_steps[3 * per_epoch:]]
+    assert [s.rows for s in before] == [s.rows for s in straight_steps[: len(before)]]
     assert_same_state(straight, torch.load(last_ckpt(killed), weights_only=False))
 
 
@@ -75,7 +114,7 @@ def test_same_seed_same_curves_other_seed_differs(tmp_path: Path) -> None:
 def test_divergent_run_stops_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """SGD at lr 1e3 on exp2: the loss overflows within a few steps; the run stops and says where."""
     with pytest.raises(SystemExit) as exc:
-        cli_main(["fit", "--config", str(ROOT / "configs/exp2_sgd.yaml"), "--model.optimizer.init_args.lr=1000",
+        cli_main(["fit", "--config", str(CONFIGS / "exp2_sgd.yaml"), "--model.optimizer.init_args.lr=1000",
                   "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}",
                   "--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false", "--data.init_args.n_samples=2000"])
     assert exc.value.code == 1
@@ -84,8 +123,7 @@ def test_divergent_run_stops_with_a_message(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_nan_keeps_the_last_good_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    poison = '--trainer.callbacks+={"class_path": "helpers.PoisonAtEpoch", "init_args": {"epoch": 2}}'
+    poison = callback_arg("PoisonAtEpoch", epoch=2)
     with pytest.raises(SystemExit) as exc:
         cli_main(fit_args("expsav", tmp_path, 5, poison))
     assert exc.value.code == 1

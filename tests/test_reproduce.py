@@ -11,17 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import CONFIGS, METHODS, ROOT
+from gf_lightning.cli import cli_main
+from helpers import callback_arg, read_scalars
+
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
-
 import reproduce  # noqa: E402
-from helpers import read_scalars  # noqa: E402
-
-from gf_lightning.cli import cli_main  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
-METHODS = ["sgd", "adam", "sav", "expsav", "ieq", "ieq_adaptive"]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def test_every_method_ran_and_the_files_are_written(exp3):
     for method, run in runs.items():
         assert run["status"] == "ok", f"{method}: {run['message']}"
         assert len(run["test_loss"]) == len(run["train_loss"]) == 5
-        assert run["args"][:2] == ["--config", str(ROOT / "configs" / f"exp3_{method}.yaml")]
+        assert run["args"][:2] == ["--config", str(CONFIGS / f"exp3_{method}.yaml")]
     for name in ("loss.png", "energy.png", "results.md", "results.json"):
         assert (exp3 / name).stat().st_size > 0
 
@@ -117,7 +114,7 @@ def test_every_method_started_from_the_same_weights_and_data(exp3):
     assert "All 6 methods started from the same initial weights and the same data" in (exp3 / "results.md").read_text()
 
     # independently: the seeded model and data the SGD config builds give exactly the recorded initial test loss
-    cli = cli_main(["--config", str(ROOT / "configs" / "exp3_sgd.yaml")], run=False)
+    cli = cli_main(["--config", str(CONFIGS / "exp3_sgd.yaml")], run=False)
     cli.datamodule.setup("fit")
     data = cli.datamodule.tensors
     with torch.no_grad():
@@ -128,7 +125,7 @@ def test_every_method_started_from_the_same_weights_and_data(exp3):
 
 
 def test_a_run_that_goes_nan_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch):
-    poison = '--trainer.callbacks+={"class_path": "helpers.PoisonAtEpoch", "init_args": {"epoch": 2}}'
+    poison = callback_arg("PoisonAtEpoch", epoch=2)
     plain = reproduce.cli_args
     monkeypatch.setattr(reproduce, "cli_args", lambda spec, *a: plain(spec, *a) + ([poison] if spec.method == "sgd" else []))
     argv = ["--experiment", "3", "--methods", "sgd", "sav", "--epochs-scale", "0.04", "--out", str(tmp_path),
