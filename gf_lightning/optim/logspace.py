@@ -44,7 +44,10 @@ def logsumexp(values: Iterable[float]) -> float:
 
 def logaddexp(a: float, b: float) -> float:
     """``log(eᵃ + eᵇ)``."""
-    return logsumexp((a, b))
+    top, low = (a, b) if a >= b else (b, a)
+    if low == NEG_INF or top == math.inf:
+        return top
+    return top + math.log1p(math.exp(low - top))
 
 
 def log1mexp(x: float) -> float:
