@@ -3,6 +3,8 @@ test_bad_inputs.py.)"""
 
 from __future__ import annotations
 
+import copy
+
 import math
 import os
 import subprocess
@@ -125,26 +127,43 @@ def test_validate_then_fit_on_one_module(tmp_path):
 
 @pytest.mark.slow
 def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
-    """exp1 with the seed's SGD (lr 0.01, batch 256) on the full data for 20 epochs learns: the held-out MSE falls below
-    its start and clearly below the best constant predictor (the training mean).
+    """exp1 with the seed's SGD (lr 0.01, batch 256) on the full data for 20 epochs takes exactly the steps of a plain
+    PyTorch loop — ``torch.optim.SGD`` on the mean squared error over the data module's batches, epoch by epoch, from the
+    same initial weights — to float32 rounding, and the held-out MSE falls below its start and below the best constant
+    predictor (the training mean).
 
-    The issue asked for a 5× fall. With the fan-in initialisation SPEC §1 asks for, the network starts at the constant
-    predictor's error (≈ 0.95, the targets' variance), and the measured fall in 20 epochs is ≈ 1.05× (100 epochs: ≈ 1.24×).
-    A 5× fall from the start presumes an initial MSE far above the data's variance, as with the public implementation's
-    mis-scaled init (initial MSE 8–48, SPEC §1)."""
+    The issue behind this test asked for a 5× fall in 20 epochs. With the fan-in initialisation SPEC §1 asks for, the
+    network starts at the constant predictor's error (≈ 0.95, the targets' variance) and exact SGD falls ≈ 1.05× in 20
+    epochs (≈ 1.24× in 100, 5× in 1000: docs/results.md); a 5× fall in 20 epochs presumes the public implementation's
+    mis-scaled init (initial MSE 8–48, SPEC §1). So the test pins the training loop to SGD itself rather than to a
+    threshold any gradient-like step would pass. Breakage: a module that stepped twice per mini-batch, or skipped the
+    last batch of a call, fails the comparison."""
     common = ["--config", EXP1_SGD, f"--trainer.default_root_dir={tmp_path}", *QUIET, "--trainer.logger=false"]
     start_cli = cli_main(["validate", *common])
     start = float(start_cli.trainer.callback_metrics["val/mse"])
     cli = cli_main([*common, "--trainer.max_epochs=20", "--trainer.num_sanity_val_steps=0"], run=False)
     assert torch.equal(start_cli.model.net.W, cli.model.net.W)  # the start was measured on this very network
+    hand = copy.deepcopy(cli.model.net)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.current_epoch == 20
+
+    sgd = torch.optim.SGD(hand.parameters(), lr=0.01)
+    loader = cli.datamodule.train_dataloader()
+    for epoch in range(20):
+        loader.sampler.set_epoch(epoch)
+        for call in loader:
+            for x, y in call if isinstance(call, list) else [call]:
+                sgd.zero_grad()
+                torch.nn.functional.mse_loss(hand(x), y).backward()
+                sgd.step()
+    for a, b in zip(cli.model.net.parameters(), hand.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
     end = float(cli.trainer.callback_metrics["val/mse"])
     t = cli.datamodule.tensors
     constant = float((t["y_test"] - t["y_train"].mean()).square().mean())
     print(f"exp1 SGD 20 epochs: held-out MSE {start:.4g} -> {end:.4g} (factor {start / end:.3g}); constant predictor {constant:.4g}")
-    assert end < start / 1.03
-    assert end < 0.97 * constant
+    assert end < start and end < constant
 
 
 @pytest.mark.parametrize(
