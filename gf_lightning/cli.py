@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from .data.base import TensorDataModule
 from .errors import GFConfigError, GFStepError, NonFiniteError
 from .module import GradientFlowModule
+from .run_folder import claim_logger_versions
 
 
 class OneLineParser(LightningArgumentParser):
@@ -39,7 +40,9 @@ class GFLightningCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if trainer_cfg.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
-        return self._instantiate_trainer({**trainer_cfg, **kwargs}, callbacks)
+        trainer = self._instantiate_trainer({**trainer_cfg, **kwargs}, callbacks)
+        claim_logger_versions(trainer.loggers)  # each run its own version_N, even when several start at once
+        return trainer
 
 
 def _config_error_in(err: BaseException) -> GFConfigError | None:
