@@ -11,3 +11,12 @@ class GFStepError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     """The loss or the parameters became NaN or Inf; training stopped before a bad checkpoint could be written."""
+
+
+class CheckpointLoadError(GFConfigError):
+    """A checkpoint given to load (``--ckpt_path``) is not an intact checkpoint: a folder, an empty or truncated file, or a
+    file whose content does not match the checksum stored when it was written. The message names the file and why."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, no permission); the previous file of that name is unchanged."""

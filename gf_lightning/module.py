@@ -12,10 +12,16 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from .checkpointing import last_good_checkpoint
 from .errors import GFConfigError, NonFiniteError
+from .validation import check_net_accepts, check_torch_optimizer, check_torch_settings
 from .optim.base import EnergyOptimizer
+from .resume import CHECKPOINT_KEY as RUN_CHECKPOINT_KEY
+from .resume import override_optimizer_groups
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+#: where a checkpoint keeps the training epoch's running (loss sum, sample count)
+EPOCH_SUMS_KEY = "gf_lightning_epoch_sums"
 
 #: precisions each kind of optimizer accepts, and why the others are refused
 ENERGY_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
@@ -96,7 +102,9 @@ class GradientFlowModule(L.LightningModule):
         """Build the optimizer once on a throw-away copy of the parameters, so a bad setting fails before any work."""
         probe = [nn.Parameter(p.detach().clone()) for p in self.net.parameters()]
         try:
+            check_torch_settings(self.optimizer)  # SGD, Adam: lr, momentum, betas, … as strictly as the project's own
             opt = self.optimizer(probe)
+            check_torch_optimizer(opt)
         except GFConfigError as err:
             raise GFConfigError(f"model.optimizer.init_args.{err}") from None
         except (ValueError, TypeError) as err:
@@ -118,6 +126,8 @@ class GradientFlowModule(L.LightningModule):
                     raise GFConfigError(
                         f"model.net.init_args.{name} = {have} does not match the data ({type(dm).__name__}: {name} = {want})"
                     )
+            if hasattr(dm, "tensors"):  # any network, with or without .d/.k: one forward of two inputs
+                check_net_accepts(self.net, dm.tensors["x_train"], k, type(dm).__name__)
         self.task = self.task or "regression"
         if self.task == "classification" and self.eval_acc is None:
             self.eval_acc = MulticlassAccuracy(num_classes=getattr(self.net, "k", 10), average="micro")
@@ -209,10 +219,39 @@ class GradientFlowModule(L.LightningModule):
         self._epoch_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._epoch_count = 0
 
+    def on_train_start(self) -> None:
+        # a resume from a step checkpoint (checkpoint.every_n_train_steps) starts inside an epoch, where Lightning does not
+        # call on_train_epoch_start: continue that epoch's sums from the checkpoint
+        if self._epoch_loss is None:
+            loss_sum, count = self._resumed_epoch_sums or (0.0, 0)
+            self._epoch_loss = torch.tensor(loss_sum, dtype=torch.float64, device=self.device)
+            self._epoch_count = count
+
     def on_train_epoch_end(self) -> None:
         self._check_finite()
         mean = (self._epoch_loss / max(self._epoch_count, 1)).float()
         self.log("train/loss", mean, on_step=False, on_epoch=True, sync_dist=True)
+
+    # -- checkpoints: the run's settings travel with its state (gf_lightning.resume) ---------------------------------------
+    #: set by the CLI: the settings that define this run, stored in every checkpoint
+    run_settings: dict | None = None
+    #: set by the CLI on ``--resume_with_changes``: the changed settings, ``{name: (checkpoint's, new)}``
+    resume_changes: dict | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_settings is not None:
+            checkpoint[RUN_CHECKPOINT_KEY] = self.run_settings
+        if self._epoch_loss is not None:  # the current epoch's sums, for a resume from inside it (on_train_start)
+            checkpoint[EPOCH_SUMS_KEY] = (self._epoch_loss.item(), self._epoch_count)
+
+    #: the current epoch's (loss sum, sample count) from the checkpoint resumed from
+    _resumed_epoch_sums: tuple[float, int] | None = None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_epoch_sums = checkpoint.get(EPOCH_SUMS_KEY)
+        self._epoch_loss = None  # on_train_start takes the sums above
+        if self.resume_changes:
+            override_optimizer_groups(checkpoint, self.resume_changes)
 
     # -- evaluation ----------------------------------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor], prefix: str) -> None:
@@ -263,7 +302,7 @@ class GradientFlowModule(L.LightningModule):
             what = "a parameter is NaN or Inf"
         if what is not None:
             opt = self._optimizer_class.__name__
-            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "(none saved yet)"
+            ckpt = last_good_checkpoint(self.trainer) or "(none saved yet)"  # a file that was written, complete
             raise NonFiniteError(
                 f"training went non-finite ({what}) with {opt} at epoch {self.current_epoch}, step {self.global_step}; "
                 f"stopped before saving. Last good checkpoint: {ckpt}"

@@ -137,3 +137,98 @@ def read_scalars(root) -> dict[str, list[tuple[int, float]]]:
         for tag in acc.Tags()["scalars"]:
             out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return {tag: sorted(values) for tag, values in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------------------------------------
+# checkpoint crashes (tests/test_checkpoints.py)
+# ------------------------------------------------------------------------------------------------------------------------------
+from gf_lightning.checkpointing import SafeCheckpointIO  # noqa: E402
+
+
+class KillMidCheckpointWrite(SafeCheckpointIO):
+    """The CLI's checkpoint writer, except that the ``nth`` write of a file called ``name`` stops half-way: half the bytes
+    written and ``fsync``\\ ed, then SIGKILL (``--trainer.plugins={"class_path": "helpers.KillMidCheckpointWrite", …}``)."""
+
+    def __init__(self, name: str = "last.ckpt", nth: int = 2) -> None:
+        super().__init__()
+        self.name, self.nth, self.count, self.target = name, nth, 0, ""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self.target = Path(path).name
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+    def write(self, f, data) -> None:
+        if self.target == self.name:
+            self.count += 1
+            if self.count == self.nth:
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+        f.write(data)
+
+
+class FullDiskOnWrite(SafeCheckpointIO):
+    """The CLI's checkpoint writer, except that the disk is full during the ``nth`` write of a file called ``name``: for
+    that write no file of this process may grow past ``room`` more bytes (``RLIMIT_FSIZE``, no privileges needed, with
+    ``SIGXFSZ`` ignored, so that the write raises ``OSError`` EFBIG as on a full disk); the limit is lifted afterwards."""
+
+    def __init__(self, name: str = "last.ckpt", nth: int = 2, room: int = 4096) -> None:
+        super().__init__()
+        self.name, self.nth, self.room, self.count, self.target = name, nth, room, 0, ""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self.target = Path(path).name
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+    def write(self, f, data) -> None:
+        if self.target == self.name:
+            self.count += 1
+            if self.count == self.nth:
+                import resource
+
+                limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (f.tell() + self.room, limits[1]))
+                try:
+                    f.write(data)
+                    f.flush()
+                finally:
+                    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+                    signal.signal(signal.SIGXFSZ, handler)
+                return
+        f.write(data)
+
+
+class PoisonBeforeSave(L.pytorch.callbacks.Checkpoint):
+    """Set one weight to ``value`` (+Inf) in epoch ``epoch`` right before ``ModelCheckpoint`` saves: after the first
+    ``training_step`` call (``when="batch"``, before a step checkpoint) or at the end of the epoch (``when="epoch"``,
+    after the module's own check). A ``Checkpoint`` subclass, so that Lightning runs its hooks just before the
+    ``ModelCheckpoint`` the CLI adds."""
+
+    def __init__(self, epoch: int, when: str = "batch", value: float = float("inf")) -> None:
+        self.epoch, self.when, self.value = epoch, when, value
+
+    def _poison(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = self.value
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.when == "batch" and batch_idx == 0:
+            self._poison(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.when == "epoch":
+            self._poison(trainer, pl_module)
+
+
+class CollapseAuxiliary(L.Callback):
+    """Set the optimizer's ``log r`` / ``log ‖q‖`` to −∞ after every ``training_step`` call: the documented state of an
+    auxiliary variable that has collapsed to 0 (the optimizer then takes zero steps), which a checkpoint must keep."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        opt = pl_module.optimizers(use_pl_optimizer=False)
+        for state in opt.state.values():
+            for key in ("log_r", "log_q"):
+                if key in state:
+                    state[key].fill_(float("-inf"))

@@ -3,11 +3,16 @@ is allowed; the command line stops before any work, with one line, exit 2.
 
 Two tables, one test each: :data:`LIBRARY` (the optimizers as a user calls them in plain PyTorch) and :data:`CLI` (the
 settings of a run). An optimizer setting appears in one of them, not both: the CLI table keeps one of them, to show how
-the command line words the library's message.
+the command line words the library's message. A CLI case's name says what the input did before it was refused where that
+was worse than a clear message (a traceback, a run on mismatched labels, a NaN blamed on the optimizer); a case may prepare
+files in the test's folder (``{tmp}`` in its arguments): spoilt MNIST files, config files, read-only folders.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIGS, QUIET
+from test_data import write_idx
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import TwoLayerNet
 from gf_lightning.errors import GFConfigError, GFStepError
+from gf_lightning.module import GradientFlowModule
 from gf_lightning.optim import IEQ, SAV, ExpSAV, IEQAdaptive
 from gf_lightning.optim import ieq as ieq_module
 
@@ -111,6 +118,12 @@ LIBRARY = {
     "IEQ gram of the wrong shape": (ieq_step(gram=lambda net, x: torch.eye(3, dtype=torch.float64)), GFStepError,
                                     ["gram_fn", "(6, 6)", "(3, 3)"]),
     "IEQ cholesky above max_dense": (ieq_step(solver="cholesky", max_dense=5), GFConfigError, ["max_dense=5", "6 x 6"]),
+    # torch's optimizers from a plain callable (the command line's are checked before torch sees them, too)
+    "module: SGD lr NaN": (lambda: GradientFlowModule(TwoLayerNet(3, 4, 1), lambda ps: torch.optim.SGD(ps, lr=float("nan"))),
+                           GFConfigError, ["model.optimizer.init_args.lr", "finite number > 0", "nan"]),
+    "module: Adam eps = 0 (torch allows it)": (lambda: GradientFlowModule(TwoLayerNet(3, 4, 1),
+                                                                        lambda ps: torch.optim.Adam(ps, eps=0.0)),
+                                               GFConfigError, ["model.optimizer.init_args.eps", "> 0"]),
     "IEQ closed form, two lrs": (ieq_step(gram=lambda net, x: net.jacobian_gram(x), groups=lambda net: [
         {"params": [net.W], "lr": 0.1}, {"params": [net.a], "lr": 0.2}]), GFConfigError, ["gram_fn", "lr", "0.1", "0.2"]),
 }
@@ -133,7 +146,72 @@ def test_global_ddp_solve_needs_the_closed_form(monkeypatch):
         ieq_step()()
 
 
-#: (config, extra arguments, words the message must contain)
+def write(name: str, data: bytes):
+    """A case's preparation: the file ``name`` in the test's folder, with ``data``."""
+    return lambda tmp: (tmp / name).write_bytes(data)
+
+
+#: MNIST from tmp_path/data: tiny IDX files (test_data.write_idx, 30 train and 12 test images), which a case then spoils
+TINY_MNIST = ["--data.init_args.data_dir={tmp}/data", "--data.init_args.download=false", "--data.init_args.n_train=20",
+              "--data.init_args.n_test=10", "--data.init_args.batch_size=4"]
+
+
+def corrupt_idx(how: str):
+    def prepare(tmp: Path) -> None:
+        raw = tmp / "data" / "MNIST" / "raw"
+        write_idx(raw)
+        if how == "swap_labels":  # the t10k labels (12) under the train name (30 images)
+            (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
+        elif how == "truncate":
+            data = (raw / "train-images-idx3-ubyte").read_bytes()
+            (raw / "train-images-idx3-ubyte").write_bytes(data[: len(data) // 2])
+        elif how == "magic":  # a labels file under the images name
+            data = (raw / "t10k-images-idx3-ubyte").read_bytes()
+            (raw / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">I", 2049) + data[4:])
+        elif how == "empty":
+            (raw / "t10k-labels-idx1-ubyte").write_bytes(b"")
+        elif how == "label":
+            data = bytearray((raw / "train-labels-idx1-ubyte").read_bytes())
+            data[8 + 5] = 12
+            (raw / "train-labels-idx1-ubyte").write_bytes(bytes(data))
+        elif how == "rows":  # the same bytes, read as 14 x 56 images
+            data = (raw / "train-images-idx3-ubyte").read_bytes()
+            (raw / "train-images-idx3-ubyte").write_bytes(data[:8] + struct.pack(">II", 14, 56) + data[16:])
+
+    return prepare
+
+
+#: folders a case made read-only, made writable again after it
+_READ_ONLY: list[Path] = []
+
+
+def read_only(name: str):
+    """A case's preparation: the folder ``name``, which this process cannot write into: mode 0o555, and for root (whom the
+    mode does not stop) the immutable attribute (``chattr +i``); skipped where neither stops a write."""
+
+    def prepare(tmp: Path) -> None:
+        folder = tmp / name
+        folder.mkdir()
+        _READ_ONLY.append(folder)
+        folder.chmod(0o555)
+        if os.access(folder, os.W_OK) and shutil.which("chattr"):
+            subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+        if os.access(folder, os.W_OK):
+            pytest.skip(f"cannot make a folder read-only for this user (uid {os.getuid()}) here")
+
+    return prepare
+
+
+def _make_writable_again() -> None:
+    while _READ_ONLY:
+        folder = _READ_ONLY.pop()
+        if shutil.which("chattr"):
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+#: (config, extra arguments, words the message must contain[, a preparation of the test's folder]); ``{tmp}`` in an
+#: argument is that folder
 CLI = {
     "unknown optimizer": ("exp1_sgd", ["--model.optimizer.class_path=torch.optim.Nope"], ["torch.optim.Nope"]),
     "sgd lr <= 0": ("exp1_sgd", ["--model.optimizer.init_args.lr=-1"], ["model.optimizer", "-1"]),
@@ -160,9 +238,101 @@ CLI = {
                                                                        "without a closure"]),
     "IEQ in bf16-mixed": ("exp1_ieq", ["--trainer.precision=bf16-mixed"], ["trainer.precision", "'bf16-mixed'", "IEQ",
                                                                            "32-true", "three significant digits"]),
-    "key that does not exist": ("exp1_sgd", ["--model.optimizer.init_args.momentun=0.9"], ["momentun"]),
+    "key that does not exist": ("exp1_sgd", ["--model.optimizer.init_args.momentun=0.9"],
+                                ["model.optimizer.init_args.momentun", "did you mean model.optimizer.init_args.momentum?"]),
     "top-level key that does not exist": ("exp1_sgd", ["--model.nope=1"], ["nope"]),
     "mnist more samples than the files": ("exp4_sgd", ["--data.init_args.n_train=70000"], ["data.n_train", "70000", "60000"]),
+    # --- issue 13 ---------------------------------------------------------------------------------------------------------
+    # MNIST files (tiny ones in tmp_path/data): each caught by its header, size and count before training, naming the file
+    "mnist t10k labels under the train name (trained on mismatched labels)": (
+        "exp4_sgd", TINY_MNIST, ["train-labels-idx1-ubyte", "12 labels", "30 images"], corrupt_idx("swap_labels")),
+    "mnist images file truncated (traceback)": (
+        "exp4_sgd", TINY_MNIST, ["train-images-idx3-ubyte", "truncated", "30 images"], corrupt_idx("truncate")),
+    "mnist wrong magic number (traceback)": (
+        "exp4_sgd", TINY_MNIST, ["t10k-images-idx3-ubyte", "magic number 2049", "2051"], corrupt_idx("magic")),
+    "mnist empty labels file (traceback)": (
+        "exp4_sgd", TINY_MNIST, ["t10k-labels-idx1-ubyte", "empty"], corrupt_idx("empty")),
+    "mnist label out of range (index error mid-step)": (
+        "exp4_sgd", TINY_MNIST, ["train-labels-idx1-ubyte", "label 12", "0 … 9"], corrupt_idx("label")),
+    "mnist images of another size (shape error)": (
+        "exp4_sgd", TINY_MNIST, ["train-images-idx3-ubyte", "14 x 56", "28 x 28"], corrupt_idx("rows")),
+    # data that overflow: blamed on the optimizer at step 1 before
+    "input std so large the squares overflow": ("exp3_sgd", ["--data.init_args.std=1e30"],
+                                                ["data.std = 1e+30", "x_train", "overflow"]),
+    "quadratic targets overflow float32": ("exp2_sgd", ["--data.init_args.high=1e30"], ["data.high = 1e+30", "finite"]),
+    "train fraction leaves no sample to train (said 'allowed: 1 … 0')": (
+        "exp1_sgd", ["--data.init_args.n_samples=2", "--data.init_args.train_fraction=0.1"],
+        ["data.train_fraction = 0.1", "data.n_samples = 2", "0 samples to train", "0.5 … 0.5"]),
+    # torch's optimizers, as strictly as the project's (lr = nan trained to a NaN at step 2)
+    "sgd lr NaN": ("exp1_sgd", ["--model.optimizer.init_args.lr=.nan"],
+                   ["model.optimizer.init_args.lr", "finite number > 0", "nan"]),
+    "sgd lr = 0 (trains nothing)": ("exp1_sgd", ["--model.optimizer.init_args.lr=0"], ["init_args.lr", "> 0", "0.0"]),
+    "sgd momentum < 0 (torch's message named no path)": ("exp1_sgd", ["--model.optimizer.init_args.momentum=-0.5"],
+                                                         ["model.optimizer.init_args.momentum", "[0, 1)", "-0.5"]),
+    "sgd weight decay < 0": ("exp1_sgd", ["--model.optimizer.init_args.weight_decay=-1"],
+                             ["model.optimizer.init_args.weight_decay", ">= 0"]),
+    "adam beta >= 1": ("exp1_adam", ["--model.optimizer.init_args.betas=[0.9,1.5]"],
+                       ["model.optimizer.init_args.betas", "[0, 1)", "1.5"]),
+    "adam eps = 0": ("exp1_adam", ["--model.optimizer.init_args.eps=0"], ["model.optimizer.init_args.eps", "> 0"]),
+    # trainer flags that Lightning refused with a traceback, or (manual optimization) at the start of fit
+    "max epochs < -1": ("exp1_sgd", ["--trainer.max_epochs=-5"], ["trainer.max_epochs=-5", "-1 (no limit)"]),
+    "validation every 0 epochs (ZeroDivisionError)": ("exp1_sgd", ["--trainer.check_val_every_n_epoch=0"],
+                                                      ["trainer.check_val_every_n_epoch=0", ">= 1"]),
+    # a flag no check above knows: Lightning's own refusal (MisconfigurationException), as one line
+    "a flag only Lightning checks": ("exp1_sgd", ["--trainer.limit_train_batches=-1"],
+                                     ["trainer:", "limit_train_batches", "[0.0, 1.0]"]),
+    "gpu without a GPU": ("exp1_sgd", ["--trainer.accelerator=gpu"], ["trainer.accelerator='gpu'", "allowed here", "cpu"],
+                          lambda tmp: torch.cuda.is_available() and pytest.skip("this machine has a GPU")),
+    "unknown accelerator": ("exp1_sgd", ["--trainer.accelerator=abacus"], ["trainer.accelerator='abacus'", "cpu"]),
+    "zero devices": ("exp1_sgd", ["--trainer.devices=0"], ["trainer.devices", "0", ">= 1", "'auto'"]),
+    "zero nodes": ("exp1_sgd", ["--trainer.num_nodes=0"], ["trainer.num_nodes=0", ">= 1"]),
+    "unknown strategy": ("exp1_sgd", ["--trainer.strategy=foo"], ["trainer.strategy='foo'", "ddp", "auto"]),
+    "max time not DD:HH:MM:SS": ("exp1_sgd", ["--trainer.max_time=abc"], ["trainer.max_time='abc'", "DD:HH:MM:SS"]),
+    "gradient clipping with manual optimization": ("exp1_sgd", ["--trainer.gradient_clip_val=1"],
+                                                   ["trainer.gradient_clip_val=1.0", "manual optimization", "null or 0"]),
+    "gradient accumulation with manual optimization": ("exp1_sgd", ["--trainer.accumulate_grad_batches=2"],
+                                                       ["trainer.accumulate_grad_batches=2", "manual optimization",
+                                                        "allowed: 1"]),
+    # output folders: a traceback at the first write, or at the first checkpoint after an epoch of work
+    "output folder read-only": ("exp1_sgd", ["--trainer.default_root_dir={tmp}/ro"],
+                                ["trainer.default_root_dir=", "/ro'", "not writable"], read_only("ro")),
+    "output path is a file": ("exp1_sgd", ["--trainer.default_root_dir={tmp}/a_file"],
+                              ["trainer.default_root_dir=", "a_file", "is a file", "a folder"],
+                              lambda tmp: (tmp / "a_file").write_text("x")),
+    "checkpoint folder read-only": ("exp1_sgd", ["--checkpoint.dirpath={tmp}/ro/ckpts"],
+                                    ["checkpoint.dirpath=", "ro/ckpts", "not writable"], read_only("ro")),
+    # the network against the data: a net without .d/.k failed with a shape error at the first step
+    "net input size differs from data (no .d)": (
+        "exp1_sgd", ["--model.net.class_path=torch.nn.Linear", "--model.net.init_args.in_features=3",
+                     "--model.net.init_args.out_features=1"], ["model.net (Linear)", "(40,)", "2x40 and 3x1"]),
+    "net output size differs from data (no .k)": (
+        "exp1_sgd", ["--model.net.class_path=torch.nn.Linear", "--model.net.init_args.in_features=40",
+                     "--model.net.init_args.out_features=3"], ["model.net (Linear)", "(2, 3)", "(2, 1)"]),
+    # what jsonargparse refuses, worded as one readable line that names the setting and what is allowed
+    "lr not a number": ("exp1_sgd", ["--model.optimizer.init_args.lr=abc"],
+                        ["model.optimizer.init_args.lr=abc", "allowed: a number"]),
+    "m not an integer": ("exp1_sgd", ["--model.net.init_args.m=1.5"], ["model.net.init_args.m=1.5", "allowed: an integer"]),
+    "precision unknown": ("exp1_sgd", ["--trainer.precision=abc"], ["trainer.precision=abc", "'32-true'", "'bf16-mixed'"]),
+    "unknown network class": ("exp1_sgd", ["--model.net.class_path=foo.Bar"],
+                              ["model.net", "'foo.Bar'", "No module named 'foo'", "dotted import path"]),
+    "unknown data class": ("exp1_sgd", ["--data.class_path=gf_lightning.data.Nope"],
+                           ["data", "'gf_lightning.data.Nope'", "dotted import path"]),
+    "misspelled trainer key": ("exp1_sgd", ["--trainer.max_epochz=3"],
+                               ["--trainer.max_epochz", "not a setting", "did you mean trainer.max_epochs"]),
+    "misspelled key in a config file": ("exp1_sgd", ["--config={tmp}/typo.yaml"],
+                                        ["trainer.max_epochz", "not a setting", "did you mean trainer.max_epochs"],
+                                        write("typo.yaml", b"trainer:\n  max_epochz: 3\n")),
+    "config file YAML syntax error": ("exp1_sgd", ["--config={tmp}/bad.yaml"],
+                                      ["bad.yaml", "not valid YAML at line 2", "expected ',' or ']'"],
+                                      write("bad.yaml", b"a: [1, 2\n")),
+    "config file missing": ("exp1_sgd", ["--config={tmp}/nothere.yaml"], ["--config", "nothere.yaml", "does not exist"]),
+    "config file empty (said 'Unexpected config:')": ("exp1_sgd", ["--config={tmp}/empty.yaml"],
+                                                      ["empty.yaml", "empty", "YAML mapping"], write("empty.yaml", b"")),
+    "config file a YAML list": ("exp1_sgd", ["--config={tmp}/list.yaml"], ["list.yaml", "holds a list", "YAML mapping"],
+                                write("list.yaml", b"- 1\n- 2\n")),
+    "config file not UTF-8 (traceback)": ("exp1_sgd", ["--config={tmp}/latin1.yaml"],
+                                          ["latin1.yaml", "not UTF-8", "0xe9", "line 2"],
+                                          write("latin1.yaml", "seed_everything: 0\n# caf\u00e9\n".encode("latin-1"))),
 }
 
 
@@ -178,10 +348,17 @@ def run(config: str, extra: list[str], tmp_path: Path, data_dir: Path | None = N
 @pytest.mark.parametrize("case", CLI)
 def test_cli_refuses_bad_input_with_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture,
                                             request: pytest.FixtureRequest) -> None:
-    config, extra, words = CLI[case]
-    data_dir = request.getfixturevalue("mnist_dir") if config.startswith("exp4") else None
-    with pytest.raises(SystemExit) as exc:
-        run(config, extra, tmp_path, data_dir)
+    config, extra, words, *prepare = CLI[case]
+    extra = [arg.replace("{tmp}", str(tmp_path)) for arg in extra]
+    own_data = any(arg.startswith("--data.init_args.data_dir") for arg in extra)
+    data_dir = request.getfixturevalue("mnist_dir") if config.startswith("exp4") and not own_data else None
+    try:
+        for step in prepare:
+            step(tmp_path)
+        with pytest.raises(SystemExit) as exc:
+            run(config, extra, tmp_path, data_dir)
+    finally:
+        _make_writable_again()
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("gf_lightning: error: ") and len(err.strip().splitlines()) == 1, err[-800:]

@@ -216,7 +216,7 @@ def test_batch_size_must_divide_among_ranks():
 # --------------------------------------------------------------------------------------------------------------------------
 # MNIST
 # --------------------------------------------------------------------------------------------------------------------------
-def _write_idx(raw: Path, n_train: int = 30, n_test: int = 12) -> None:
+def write_idx(raw: Path, n_train: int = 30, n_test: int = 12) -> None:
     """The four uncompressed IDX files: image i has every pixel = 8·i (mod 256), label i mod 10 (train) or (i+3) mod 10."""
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n, shift in (("train", n_train, 0), ("t10k", n_test, 3)):
@@ -227,7 +227,7 @@ def _write_idx(raw: Path, n_train: int = 30, n_test: int = 12) -> None:
 
 
 def test_mnist_from_a_tiny_idx_set(tmp_path):
-    _write_idx(tmp_path / "MNIST" / "raw")
+    write_idx(tmp_path / "MNIST" / "raw")
     dm = MNISTDataModule(data_dir=str(tmp_path), download=False, n_train=20, n_test=10, batch_size=4, seed=0)
     dm.prepare_data()  # download=False with the files present: nothing to do, no error
     dm.setup("fit")
@@ -252,7 +252,7 @@ def test_mnist_from_a_tiny_idx_set(tmp_path):
 
 
 def test_mnist_subsample_larger_than_file_is_refused(tmp_path):
-    _write_idx(tmp_path / "MNIST" / "raw")
+    write_idx(tmp_path / "MNIST" / "raw")
     with pytest.raises(GFConfigError, match=r"data\.n_train \(31\)"):
         MNISTDataModule(data_dir=str(tmp_path), download=False, n_train=31, n_test=10, batch_size=4).build()
 
@@ -288,7 +288,7 @@ def test_mnist_missing_files_with_download_off(tmp_path):
 
 def test_mnist_partial_files_name_the_missing_ones(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
-    _write_idx(raw)
+    write_idx(raw)
     (raw / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(FileNotFoundError, match=r"missing: t10k-labels-idx1-ubyte\)"):
         MNISTDataModule(data_dir=str(tmp_path), download=False).setup("fit")

@@ -56,6 +56,7 @@ class TensorDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._tensors is None:
             tensors = self.build()
+            self._check_data(tensors)
             n_train = len(tensors["x_train"])
             if self.batch_size > n_train:
                 raise GFConfigError(
@@ -63,6 +64,27 @@ class TensorDataModule(L.LightningDataModule):
                     f"allowed: 1 … {n_train}"
                 )
             self._tensors = tensors
+
+    #: the settings that set the data's scale, which a non-finite value points at (``data.<name>`` in a message)
+    scale_settings: tuple[str, ...] = ()
+
+    def _check_data(self, tensors: dict[str, Tensor]) -> None:
+        """Refuse data that are not finite, or whose squares are not (a loss squares them: the mean squared error, the
+        Gaussian target's ``‖x‖²``), before a step could blame the optimizer for them."""
+        for key, t in tensors.items():
+            if not t.is_floating_point() or t.numel() == 0:
+                continue
+            limit = torch.finfo(t.dtype).max ** 0.5
+            bad = ~torch.isfinite(t)
+            if bad.any() or t.abs().max() > limit:
+                what = (f"{int(bad.sum())} of {t.numel()} values NaN or Inf" if bad.any()
+                        else f"values up to {t.abs().max().item():.3g}, whose squares overflow {t.dtype} above {limit:.3g}")
+                settings = ", ".join(f"data.{name} = {getattr(self, name)!r}" for name in self.scale_settings)
+                raise GFConfigError(
+                    f"data ({type(self).__name__}) made {key} with {what}; "
+                    + (f"check {settings}: allowed are settings whose data and their squares are finite" if settings
+                       else "the data and their squares must be finite")
+                )
 
     @property
     def tensors(self) -> dict[str, Tensor]:

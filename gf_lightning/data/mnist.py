@@ -11,6 +11,47 @@ from .base import TensorDataModule
 from ..errors import GFConfigError
 
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: the IDX magic numbers (0x00000803: unsigned bytes, three dimensions; 0x00000801: one) and header lengths
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+FIX_HINT = "re-download it (data.download=true) or point data.data_dir at a folder with the intact files"
+
+
+def _idx_count(path: Path, images: bool) -> int:
+    """The item count of one IDX file, after checking its magic number, its header, its size and (labels) its values;
+    a ``GFConfigError`` naming the file otherwise. Reads the header and, for labels, the labels (60 kB)."""
+    magic_want, header = (IMAGES_MAGIC, 16) if images else (LABELS_MAGIC, 8)
+    kind = "images" if images else "labels"
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(header)
+        if len(head) < header:
+            raise GFConfigError(
+                f"MNIST file {path} is {'empty' if size == 0 else f'truncated ({size} bytes)'}: an IDX {kind} file starts "
+                f"with a {header}-byte header; {FIX_HINT}"
+            )
+        magic, count = int.from_bytes(head[:4], "big"), int.from_bytes(head[4:8], "big")
+        if magic != magic_want:
+            raise GFConfigError(
+                f"MNIST file {path} has magic number {magic} (0x{magic:08x}); an uncompressed IDX {kind} file has "
+                f"{magic_want} (0x{magic_want:08x}) (a .gz file must be unpacked); {FIX_HINT}"
+            )
+        item = 1
+        if images:
+            rows, cols = int.from_bytes(head[8:12], "big"), int.from_bytes(head[12:16], "big")
+            if (rows, cols) != (28, 28):
+                raise GFConfigError(f"MNIST file {path} holds images of {rows} x {cols} pixels; allowed: 28 x 28; {FIX_HINT}")
+            item = 28 * 28
+        want = header + count * item
+        if size != want:
+            raise GFConfigError(
+                f"MNIST file {path} is {size} bytes, but its header announces {count} {kind}, which take {want} bytes "
+                f"({'truncated' if size < want else 'trailing data'}); {FIX_HINT}"
+            )
+        if not images and count:
+            top = max(f.read())
+            if top > 9:
+                raise GFConfigError(f"MNIST file {path} holds the label {top}; allowed: 0 … 9; {FIX_HINT}")
+    return count
 
 
 class MNISTDataModule(TensorDataModule):
@@ -56,6 +97,21 @@ class MNISTDataModule(TensorDataModule):
                 f"{', '.join(RAW_FILES)} (missing: {', '.join(missing)}). Point data.data_dir at the folder that contains "
                 "MNIST/raw/, or set data.download=true where the internet can be reached."
             )
+        if not missing:
+            self._check_headers(raw)
+
+    @staticmethod
+    def _check_headers(raw: Path) -> None:
+        """Each IDX file's magic number, size and count, and as many labels as images in each split: a t10k labels file
+        under the train name would otherwise train on labels that belong to other images."""
+        for prefix in ("train", "t10k"):
+            images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+            n_images, n_labels = _idx_count(images, images=True), _idx_count(labels, images=False)
+            if n_images != n_labels:
+                raise GFConfigError(
+                    f"MNIST file {labels} holds {n_labels} labels but {images.name} holds {n_images} images; each image "
+                    f"needs its own label (files of another split under this name?); {FIX_HINT}"
+                )
 
     def prepare_data(self) -> None:
         self._check_files()

@@ -39,6 +39,13 @@ class SyntheticRegression(TensorDataModule):
             raise GFConfigError(f"data.n_samples must be an integer >= 2; got {n_samples!r}")
         if not 0 < train_fraction < 1:
             raise GFConfigError(f"data.train_fraction must be in (0, 1); got {train_fraction!r}")
+        n_train = round(train_fraction * n_samples)
+        if not 1 <= n_train <= n_samples - 1:
+            raise GFConfigError(
+                f"data.train_fraction = {train_fraction!r} of data.n_samples = {n_samples} leaves {n_train} samples to "
+                f"train and {n_samples - n_train} held out; both need at least one: allowed train_fraction "
+                f"{1 / n_samples:.4g} … {(n_samples - 1) / n_samples:.4g} for n_samples = {n_samples}, or more samples"
+            )
         self.d, self.n_samples, self.train_fraction = d, n_samples, train_fraction
 
     @property
@@ -92,6 +99,8 @@ class QuadraticRegression(SyntheticRegression):
             raise GFConfigError(f"data.high must be > 0; got {high!r}")
         self.high = float(high)
 
+    scale_settings = ("high",)
+
     def sample_inputs(self, n: int, gen: torch.Generator) -> Tensor:
         return self.high * torch.rand(n, self.d, generator=gen, dtype=torch.float64)
 
@@ -120,6 +129,8 @@ class GaussianRegression(SyntheticRegression):
         if not std > 0:
             raise GFConfigError(f"data.std must be > 0; got {std!r}")
         self.std = float(std)
+
+    scale_settings = ("std",)
 
     def sample_inputs(self, n: int, gen: torch.Generator) -> Tensor:
         return self.std * torch.randn(n, self.d, generator=gen, dtype=torch.float64)
