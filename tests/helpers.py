@@ -145,9 +145,8 @@ def read_scalars(root) -> dict[str, list[tuple[int, float]]]:
 from gf_lightning.checkpointing import SafeCheckpointIO  # noqa: E402
 
 
-class KillMidCheckpointWrite(SafeCheckpointIO):
-    """The CLI's checkpoint writer, except that the ``nth`` write of a file called ``name`` stops half-way: half the bytes
-    written and ``fsync``\\ ed, then SIGKILL (``--trainer.plugins={"class_path": "helpers.KillMidCheckpointWrite", …}``)."""
+class _AimedWrite(SafeCheckpointIO):
+    """The CLI's checkpoint writer, with :meth:`aimed` true during the ``nth`` write of a file called ``name``."""
 
     def __init__(self, name: str = "last.ckpt", nth: int = 2) -> None:
         super().__init__()
@@ -157,46 +156,50 @@ class KillMidCheckpointWrite(SafeCheckpointIO):
         self.target = Path(path).name
         super().save_checkpoint(checkpoint, path, storage_options)
 
+    def aimed(self) -> bool:
+        """Count a write of ``name``; whether it is the ``nth``."""
+        if self.target != self.name:
+            return False
+        self.count += 1
+        return self.count == self.nth
+
+
+class KillMidCheckpointWrite(_AimedWrite):
+    """The ``nth`` write of a file called ``name`` stops half-way: half the bytes written and ``fsync``\\ ed, then
+    SIGKILL (``--trainer.plugins={"class_path": "helpers.KillMidCheckpointWrite", …}``)."""
+
     def write(self, f, data) -> None:
-        if self.target == self.name:
-            self.count += 1
-            if self.count == self.nth:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.fsync(f.fileno())
-                os.kill(os.getpid(), signal.SIGKILL)
+        if self.aimed():
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
         f.write(data)
 
 
-class FullDiskOnWrite(SafeCheckpointIO):
-    """The CLI's checkpoint writer, except that the disk is full during the ``nth`` write of a file called ``name``: for
-    that write no file of this process may grow past ``room`` more bytes (``RLIMIT_FSIZE``, no privileges needed, with
-    ``SIGXFSZ`` ignored, so that the write raises ``OSError`` EFBIG as on a full disk); the limit is lifted afterwards."""
+class FullDiskOnWrite(_AimedWrite):
+    """The disk is full during the ``nth`` write of a file called ``name``: for that write no file of this process may
+    grow past ``room`` more bytes (``RLIMIT_FSIZE``, no privileges needed, with ``SIGXFSZ`` ignored, so that the write
+    raises ``OSError`` EFBIG as on a full disk); the limit is lifted afterwards."""
 
     def __init__(self, name: str = "last.ckpt", nth: int = 2, room: int = 4096) -> None:
-        super().__init__()
-        self.name, self.nth, self.room, self.count, self.target = name, nth, room, 0, ""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        self.target = Path(path).name
-        super().save_checkpoint(checkpoint, path, storage_options)
+        super().__init__(name, nth)
+        self.room = room
 
     def write(self, f, data) -> None:
-        if self.target == self.name:
-            self.count += 1
-            if self.count == self.nth:
-                import resource
+        if not self.aimed():
+            f.write(data)
+            return
+        import resource
 
-                limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (f.tell() + self.room, limits[1]))
-                try:
-                    f.write(data)
-                    f.flush()
-                finally:
-                    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-                    signal.signal(signal.SIGXFSZ, handler)
-                return
-        f.write(data)
+        limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (f.tell() + self.room, limits[1]))
+        try:
+            f.write(data)
+            f.flush()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
 
 
 class PoisonBeforeSave(L.pytorch.callbacks.Checkpoint):
