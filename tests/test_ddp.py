@@ -155,3 +155,18 @@ def test_plain_ddp_from_the_command_line(tmp_path: Path) -> None:
     assert sorted(steps) == [0, 1] and len({s.pid for r in (0, 1) for s in steps[r]}) == 2
     for s0, s1 in zip(steps[0], steps[1], strict=True):
         assert s0.step == s1.step and not set(s0.rows) & set(s1.rows)
+
+
+def test_an_odd_held_out_set_counts_each_sample_once(tmp_path: Path) -> None:
+    """exp3 with 1003 samples: 802 to train (even: training is the same on two processes) and 201 held out, an odd number. Two processes evaluate each held-out sample exactly once (no
+    padding: rank 0 takes 101, rank 1 takes 100), so val/loss, val/mse and val/rel_err equal the one-process values.
+    Breakage: padding the evaluation like training (the first held-out sample counted twice) moves val/loss (here by
+    2e-4, relative) and fails."""
+    common = ["--config", str(CONFIGS / "exp3_sgd.yaml"), "--data.init_args.n_samples=1003", "--trainer.max_epochs=1",
+              *QUIET, "--trainer.logger=false", "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"]
+    one = cli_main(["fit", *common, f"--trainer.default_root_dir={tmp_path / 'one'}"])
+    assert len(one.datamodule.tensors["x_test"]) == 201
+    two = cli_main(["fit", *common, f"--trainer.default_root_dir={tmp_path / 'two'}", *FORK])
+    for key in ("val/loss", "val/mse", "val/rel_err"):
+        a, b = float(one.trainer.callback_metrics[key]), float(two.trainer.callback_metrics[key])
+        assert abs(a - b) <= 1e-6 * abs(a), (key, a, b)

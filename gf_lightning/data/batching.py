@@ -4,7 +4,7 @@ The data sets here are small tensors, and ``DataLoader``'s per-sample collation 
 :class:`TensorBatches` yields ``(x[idx], y[idx])`` for one index tensor per batch. Under a distributed run it shards the
 epoch's permutation the way ``torch.utils.data.DistributedSampler`` does (pad to a multiple of the world size, then every
 ``world_size``-th index from ``rank``), and each rank takes ``batch_size // world_size`` of a global batch, so that the
-global batch is the configured one.
+global batch is the configured one. Evaluation does not pad: each held-out sample counts exactly once.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ class TensorBatches:
         seed: the shuffling seed.
         drop_last: drop a last, smaller batch.
         rank, world_size: this process's place in a distributed run.
+        pad: under a distributed run, pad the epoch's permutation to a multiple of the world size by repeating its first
+            samples, as ``DistributedSampler`` does, so that every rank takes the same number of steps (training, where
+            DDP needs it). Without padding (evaluation) rank ``r`` takes samples ``r, r + W, …`` and every sample counts
+            exactly once; ranks may then hold one sample, and one batch, more than others.
         steps_per_call: yield lists of this many consecutive mini-batches (the last list may be shorter); the order of
             the mini-batches is the same whatever this is.
     """
@@ -52,6 +56,7 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         steps_per_call: int = 1,
+        pad: bool = True,
     ) -> None:
         if batch_size % world_size:
             raise GFConfigError(
@@ -65,7 +70,8 @@ class TensorBatches:
         self.rank, self.world_size = rank, world_size
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning inspects both attributes
-        self.num_local = math.ceil(len(x) / world_size)
+        self.pad = pad
+        self.num_local = math.ceil(len(x) / world_size) if pad else len(range(rank, len(x), world_size))
         self.steps_per_call = steps_per_call
 
     @property
@@ -84,7 +90,9 @@ class TensorBatches:
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.pad:
+            order = order[self.rank :: self.world_size]
+        elif self.world_size > 1:
             total = self.num_local * self.world_size
             if total > n:  # pad by wrapping around, as DistributedSampler does
                 order = torch.cat([order, order[: total - n]])
