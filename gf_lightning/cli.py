@@ -68,7 +68,9 @@ def _refuse(message: str) -> None:
 
 
 class GFLightningCLI(LightningCLI):
-    """LightningCLI with a checkpoint every epoch (``last.ckpt``) and a progress bar that refreshes every few steps."""
+    """LightningCLI with a checkpoint every epoch (``last.ckpt``) and a progress bar that refreshes every few steps; every
+    checkpoint written atomically, finite and checksummed (:mod:`.checkpointing`); a resume that must continue the same
+    run (:mod:`.resume`); each run in a ``version_N`` folder of its own (:mod:`.run_folder`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")  # save_last=link made atomic too
