@@ -209,11 +209,13 @@ def load_checkpoint(path, map_location: Any = "cpu", weights_only: bool | None =
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 
-def check_ckpt_path(ckpt_path: str | None) -> None:
-    """Refuse a ``--ckpt_path`` that is not an intact checkpoint with :class:`CheckpointLoadError` (one line), before
-    anything reads it; the names that Lightning resolves itself (``last``, ``best``, …) are left to it."""
+def check_ckpt_path(ckpt_path: str | None) -> dict[str, Any] | None:
+    """The checkpoint at ``--ckpt_path``, loaded with :func:`load_checkpoint`'s checks (a :class:`CheckpointLoadError`,
+    one line, when it is not intact), before anything else reads it; ``None`` without a path, or for the names that
+    Lightning resolves itself (``last``, ``best``, …)."""
     if ckpt_path and (str(ckpt_path) not in LIGHTNING_CKPT_NAMES or Path(ckpt_path).exists()):
-        load_checkpoint(ckpt_path)
+        return load_checkpoint(ckpt_path)
+    return None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

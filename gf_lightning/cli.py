@@ -86,16 +86,21 @@ class GFLightningCLI(LightningCLI):
         """Store the run's settings in its checkpoints; on ``--ckpt_path``, refuse what cannot continue this run."""
         config = self.config[self.subcommand]
         self.model.run_settings = run_settings(config)
-        if config.get("ckpt_path"):
+        if self._checkpoint is not None:
             probe = [torch.nn.Parameter(p.detach().clone()) for p in self.model.parameters()]
-            changed = check_resume(config.ckpt_path, self.model.run_settings, self.model, self.model.optimizer(probe),
-                                   bool(config.get("resume_with_changes")))
+            changed = check_resume(self._checkpoint, config.ckpt_path, self.model.run_settings, self.model,
+                                   self.model.optimizer(probe), bool(config.get("resume_with_changes")))
             self.model.resume_changes = changed or None
+        self._checkpoint = None  # Lightning loads it again to restore the run; this copy is not needed after the check
+
+    #: the ``--ckpt_path`` checkpoint, loaded and checked once by :meth:`_parse_ckpt_path` for :meth:`before_fit`
+    _checkpoint: dict | None = None
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a ``--ckpt_path`` that is a folder, empty, truncated or corrupted (checksum), before Lightning reads it."""
+        """Refuse a ``--ckpt_path`` that is a folder, empty, truncated or corrupted (checksum), before Lightning reads it;
+        keep what was loaded for the resume's settings check."""
         subcommand = self.config.get("subcommand")
-        check_ckpt_path(subcommand and self.config[subcommand].get("ckpt_path"))
+        self._checkpoint = check_ckpt_path(subcommand and self.config[subcommand].get("ckpt_path"))
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):

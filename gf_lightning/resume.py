@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpointing import LIGHTNING_CKPT_NAMES, load_checkpoint
 from .errors import GFConfigError
 
 #: where a checkpoint keeps the settings of its run
@@ -53,14 +52,6 @@ def run_settings(config: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if not k.startswith(FREE)}
 
 
-def _load(path: str) -> dict[str, Any]:
-    """The checkpoint, checked readable and intact (:func:`~gf_lightning.checkpointing.load_checkpoint`)."""
-    checkpoint = load_checkpoint(path)
-    if "state_dict" not in checkpoint:
-        raise GFConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
-
-
 def _shape_differences(checkpoint: dict[str, Any], module: nn.Module) -> list[str]:
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if torch.is_tensor(v)}
     now = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -75,14 +66,14 @@ def _group_keys(checkpoint: dict[str, Any]) -> set[str] | None:
     return set(states[0]["param_groups"][0]) - {"params"}
 
 
-def check_resume(path: str, settings: dict[str, Any], module: nn.Module, optimizer: torch.optim.Optimizer,
-                 allow_changes: bool) -> dict[str, tuple[Any, Any]]:
-    """Compare the checkpoint at ``path`` with this run (its ``settings``, its module, an optimizer built as it builds
-    one). Raises :class:`GFConfigError` (one line) for what cannot continue; returns the changed settings,
+def check_resume(checkpoint: dict[str, Any], path: str, settings: dict[str, Any], module: nn.Module,
+                 optimizer: torch.optim.Optimizer, allow_changes: bool) -> dict[str, tuple[Any, Any]]:
+    """Compare ``checkpoint`` (loaded and checked from ``path`` by
+    :func:`~gf_lightning.checkpointing.check_ckpt_path`) with this run (its ``settings``, its module, an optimizer built
+    as it builds one). Raises :class:`GFConfigError` (one line) for what cannot continue; returns the changed settings,
     ``{name: (checkpoint's, this run's)}``, which are allowed only with ``allow_changes``."""
-    if str(path) in LIGHTNING_CKPT_NAMES and not Path(path).exists():
-        return {}  # "last", "best", …: Lightning finds the file of this run itself
-    checkpoint = _load(path)
+    if "state_dict" not in checkpoint:
+        raise GFConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no 'state_dict')")
     saved = checkpoint.get(CHECKPOINT_KEY)
     shapes = _shape_differences(checkpoint, module)
     if shapes:
