@@ -14,10 +14,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .checkpointing import last_good_checkpoint
 from .errors import GFConfigError, NonFiniteError
-from .validation import check_net_accepts, check_torch_optimizer, check_torch_settings
 from .optim.base import EnergyOptimizer
 from .resume import CHECKPOINT_KEY as RUN_CHECKPOINT_KEY
 from .resume import override_optimizer_groups
+from .validation import check_net_accepts, check_torch_optimizer, check_torch_settings
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 #: where a checkpoint keeps the training epoch's running (loss sum, sample count)
