@@ -25,6 +25,10 @@ class OneLineParser(LightningArgumentParser):
     #: ``--model.optimizer.init_args.lr``, and the message names the latter
     _args: list[str] = []
 
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # a misspelled key is refused, not taken for a longer one it begins
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
         _refuse(one_line(str(message), OneLineParser._args, _known_keys(self)))
 

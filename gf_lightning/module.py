@@ -13,8 +13,10 @@ from torchmetrics import MeanMetric, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .checkpointing import last_good_checkpoint
+from .data.batching import Batch
 from .errors import GFConfigError, NonFiniteError
 from .optim.base import EnergyOptimizer
+from .optim.distributed import gather_rows
 from .resume import CHECKPOINT_KEY as RUN_CHECKPOINT_KEY
 from .resume import override_optimizer_groups
 from .validation import check_net_accepts, check_torch_optimizer, check_torch_settings
@@ -158,20 +160,38 @@ class GradientFlowModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(out, y) if self.task == "classification" else F.mse_loss(out, y)
+    def loss(self, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy, or the squared error averaged over the outputs; ``reduction`` over the samples."""
+        if self.task == "classification":
+            return F.cross_entropy(out, y, reduction=reduction)
+        per_sample = math.prod(y.shape[1:])
+        return F.mse_loss(out, y) if reduction == "mean" else F.mse_loss(out, y, reduction="sum") / per_sample
 
-    def training_step(self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int) -> None:
-        """One optimizer step per mini-batch: ``batch`` is one ``(x, y)``, or a list of them when the data module hands
-        several mini-batches to each call (``data.steps_per_call``), which spreads Lightning's per-call cost over them."""
+    def _shard_loss(self, out: Tensor, y: Tensor, total: int) -> Tensor:
+        """This rank's term of the global batch's mean loss: ``W / total · Σ`` its samples' losses (the plain mean when
+        every rank holds ``total / W`` samples). DDP averages the ranks' gradients and the optimizers average the ranks'
+        losses, so both are then the global batch's, whatever each rank's share — one sample more, or none, in an epoch's
+        last batch."""
+        world = self.trainer.world_size
+        if len(y) * world == total:
+            return self.loss(out, y)
+        return self.loss(out, y, reduction="sum") * (world / total)
+
+    def training_step(self, batch: Batch | tuple | list, batch_idx: int) -> None:
+        """One optimizer step per mini-batch: ``batch`` is one :class:`~gf_lightning.data.Batch` (or ``(x, y)``), or a
+        list of them when the data module hands several mini-batches to each call (``data.steps_per_call``), which
+        spreads Lightning's per-call cost over them."""
         opt = self.optimizers()
         max_steps = self.trainer.max_steps
-        for x, y in batch if isinstance(batch, list) else (batch,):
+        for minibatch in batch if isinstance(batch, list) else (batch,):
             if 0 <= max_steps <= self.global_step:  # trainer.max_steps counts optimizer steps, even inside a call
                 break
-            self._step(opt, x, y)
+            x, y = minibatch
+            # a (x, y) pair from another data module: the ranks hold equal shares, as DistributedSampler makes them
+            total = minibatch.total if isinstance(minibatch, Batch) else len(x) * self.trainer.world_size
+            self._step(opt, x, y, total)
 
-    def _step(self, opt, x: Tensor, y: Tensor) -> None:
+    def _step(self, opt, x: Tensor, y: Tensor, total: int) -> None:
         if self._residual:
             target = F.one_hot(y, self.net.k).to(x.dtype) if self.task == "classification" else y
             forward: dict[str, Tensor] = {}
@@ -185,24 +205,24 @@ class GradientFlowModule(L.LightningModule):
             if gram is not None:
                 inputs = x
                 if self.trainer.world_size > 1 and opt.optimizer.defaults.get("distributed") == "global":
-                    inputs = self.all_gather(x).flatten(0, 1)  # the global batch, rank-major, as the optimizer gathers q
+                    inputs = gather_rows(x).rows  # the global batch, rank-major, as the optimizer gathers q
 
                 def gram_fn() -> Tensor:
                     return gram(inputs)
 
             opt.step(closure=closure, gram_fn=gram_fn)
-            loss = self.loss(forward["out"].detach(), y)
+            loss = self._shard_loss(forward["out"].detach(), y, total)
         else:
 
             def closure() -> Tensor:
                 opt.zero_grad()
-                loss = self.loss(self.net(x), y)
+                loss = self._shard_loss(self.net(x), y, total)
                 self.manual_backward(loss)
                 return loss
 
             loss = opt.step(closure=closure).detach()
-        self._epoch_loss.add_(loss, alpha=x.shape[0])
-        self._epoch_count += x.shape[0]
+        self._epoch_loss.add_(loss, alpha=total / self.trainer.world_size)  # Σ this rank's samples' losses
+        self._epoch_count += len(x)
         if self.global_step % self.check_finite_every_n_steps == 0:
             self._check_finite(loss=loss)
         every = self.trainer.log_every_n_steps
@@ -221,16 +241,23 @@ class GradientFlowModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # a resume from a step checkpoint (checkpoint.every_n_train_steps) starts inside an epoch, where Lightning does not
-        # call on_train_epoch_start: continue that epoch's sums from the checkpoint
+        # call on_train_epoch_start: continue that epoch's sums (all ranks', held by rank 0) from the checkpoint
         if self._epoch_loss is None:
-            loss_sum, count = self._resumed_epoch_sums or (0.0, 0)
+            loss_sum, count = self._resumed_epoch_sums if self._resumed_epoch_sums and self.global_rank == 0 else (0.0, 0)
             self._epoch_loss = torch.tensor(loss_sum, dtype=torch.float64, device=self.device)
             self._epoch_count = count
 
+    def _global_epoch_sums(self) -> tuple[float, int]:
+        """The training epoch's (loss sum, sample count) so far, over all ranks."""
+        sums = torch.stack([self._epoch_loss, self._epoch_loss.new_tensor(float(self._epoch_count))])
+        loss_sum, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        return loss_sum, int(count)
+
     def on_train_epoch_end(self) -> None:
         self._check_finite()
-        mean = (self._epoch_loss / max(self._epoch_count, 1)).float()
-        self.log("train/loss", mean, on_step=False, on_epoch=True, sync_dist=True)
+        loss_sum, count = self._global_epoch_sums()  # each sample once, whatever the ranks' shares
+        # the same value on every rank; sync_dist only says so to Lightning
+        self.log("train/loss", loss_sum / max(count, 1), on_step=False, on_epoch=True, sync_dist=True)
 
     # -- checkpoints: the run's settings travel with its state (gf_lightning.resume) ---------------------------------------
     #: set by the CLI: the settings that define this run, stored in every checkpoint
@@ -242,7 +269,7 @@ class GradientFlowModule(L.LightningModule):
         if self.run_settings is not None:
             checkpoint[RUN_CHECKPOINT_KEY] = self.run_settings
         if self._epoch_loss is not None:  # the current epoch's sums, for a resume from inside it (on_train_start)
-            checkpoint[EPOCH_SUMS_KEY] = (self._epoch_loss.item(), self._epoch_count)
+            checkpoint[EPOCH_SUMS_KEY] = self._global_epoch_sums()  # every rank builds the checkpoint; rank 0 writes it
 
     #: the current epoch's (loss sum, sample count) from the checkpoint resumed from
     _resumed_epoch_sums: tuple[float, int] | None = None
@@ -254,8 +281,10 @@ class GradientFlowModule(L.LightningModule):
             override_optimizer_groups(checkpoint, self.resume_changes)
 
     # -- evaluation ----------------------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: tuple[Tensor, Tensor], prefix: str) -> None:
+    def _eval_step(self, batch: Batch | tuple[Tensor, Tensor], prefix: str) -> None:
         x, y = batch
+        if len(x) == 0:  # this rank's part of the held-out set's last batch, under DDP: nothing to count
+            return
         out = self.net(x)
         self.eval_loss.update(self.loss(out, y), weight=x.shape[0])
         metrics: dict[str, Metric] = {f"{prefix}/loss": self.eval_loss}

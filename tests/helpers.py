@@ -87,7 +87,8 @@ def read_record(folder) -> dict[int, list[Step]]:
         steps = []
         for line in path.read_text().splitlines():
             pid, world, epoch, call, step, rows = line.split(" ")
-            steps.append(Step(int(pid), int(world), int(epoch), int(call), int(step), tuple(rows.split(","))))
+            rows = tuple(rows.split(",")) if rows else ()  # a rank may hold no sample of a last batch
+            steps.append(Step(int(pid), int(world), int(epoch), int(call), int(step), rows))
         out[int(path.stem.removeprefix("rank"))] = steps
     return out
 

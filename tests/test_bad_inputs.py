@@ -319,6 +319,10 @@ CLI = {
                            ["data", "'gf_lightning.data.Nope'", "dotted import path"]),
     "misspelled trainer key": ("exp1_sgd", ["--trainer.max_epochz=3"],
                                ["--trainer.max_epochz", "not a setting", "did you mean trainer.max_epochs"]),
+    # argparse would take a key that begins a longer one for the longer one
+    "truncated key": ("exp1_sgd", ["--checkpoint.dirpat=out"], ["--checkpoint.dirpat", "not a setting", "did you mean checkpoint.dirpath"]),
+    "truncated optimizer key": ("exp1_sgd", ["--model.optimizer.init_args.l=0.1"],
+                                ["model.optimizer.init_args.l", "not a setting", "did you mean model.optimizer.init_args.lr"]),
     "misspelled key in a config file": ("exp1_sgd", ["--config={tmp}/typo.yaml"],
                                         ["trainer.max_epochz", "not a setting", "did you mean trainer.max_epochs"],
                                         write("typo.yaml", b"trainer:\n  max_epochz: 3\n")),

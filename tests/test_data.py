@@ -184,33 +184,40 @@ def test_order_is_a_function_of_seed_and_epoch():
     assert torch.equal(order(unshuffled, 1), torch.arange(200))
 
 
-@pytest.mark.parametrize("n", [100, 101])
+# (samples, global batch, processes): full batches only; a last batch of one sample (rank 1 holds none); a batch
+# that does not divide among the ranks; a last batch of two on four ranks (two hold none); three ranks
+SHARDING = [(100, 10, 2), (101, 10, 2), (103, 9, 2), (50, 12, 4), (60, 12, 3)]
+
+
+@pytest.mark.parametrize("n, batch_size, world", SHARDING)
 @pytest.mark.parametrize("epoch", [0, 3])
-def test_two_ranks_shard_like_distributed_sampler(n, epoch):
+def test_ranks_share_every_global_batch_without_padding(n, batch_size, world, epoch):
+    """Every rank takes the same number of steps, and the ranks' parts of step k are disjoint and together the
+    one-process batch k, which ``Batch.total`` counts: every sample once, none repeated. Where the batches are full and
+    divide among the ranks, a rank's samples are ``DistributedSampler``'s.
+
+    Breakage: padding the last batch as ``DistributedSampler`` does (a sample counted twice: the union is larger than the
+    one-process batch), or cutting each rank's shard of the whole epoch into batches (ranks then disagree on the number of
+    steps, or step k holds other samples than the one-process batch k)."""
     x, y = _indexed(n)
-    shards = []
-    for rank in range(2):
-        tb = TensorBatches(x, y, batch_size=10, shuffle=True, seed=11, rank=rank, world_size=2)
-        batches = _epoch(tb, epoch)
-        assert tb.local_batch == 5
-        assert all(len(b) == 5 for b in batches[:-1]) and 1 <= len(batches[-1]) <= 5
-        assert len(batches) == math.ceil(math.ceil(n / 2) / 5)
-        shard = torch.cat(batches)
-        ds = DistributedSampler(range(n), num_replicas=2, rank=rank, shuffle=True, seed=11)
-        ds.set_epoch(epoch)
-        assert shard.tolist() == list(ds)
-        shards.append(shard)
-    assert len(shards[0]) == len(shards[1]) == math.ceil(n / 2)
-    together = torch.cat(shards)
-    assert set(together.tolist()) == set(range(n))  # every sample is seen
-    overlap = set(shards[0].tolist()) & set(shards[1].tolist())
-    assert len(overlap) == 2 * math.ceil(n / 2) - n  # disjoint but for the padding (0 when n is even)
-
-
-def test_batch_size_must_divide_among_ranks():
-    x, y = _indexed(40)
-    with pytest.raises(GFConfigError, match=r"data\.batch_size \(9\).*2"):
-        TensorBatches(x, y, batch_size=9, world_size=2)
+    one = TensorBatches(x, y, batch_size=batch_size, shuffle=True, seed=11)
+    one.sampler.set_epoch(epoch)
+    reference = list(one)
+    ranks = []
+    for rank in range(world):
+        tb = TensorBatches(x, y, batch_size=batch_size, shuffle=True, seed=11, rank=rank, world_size=world)
+        ranks.append(list(zip(_epoch(tb, epoch), list(tb))))
+        assert len(tb) == len(reference) == math.ceil(n / batch_size)
+    for k, whole in enumerate(reference):
+        parts = [batches[k][0] for batches in ranks]
+        assert [batches[k][1].total for batches in ranks] == [len(whole.y)] * world
+        assert sum(len(p) for p in parts) == len(whole.y) and max(map(len, parts)) - min(map(len, parts)) <= 1
+        assert sorted(torch.cat(parts).tolist()) == sorted(whole.y.tolist())
+    if n % batch_size == 0 and batch_size % world == 0:
+        for rank, batches in enumerate(ranks):
+            ds = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=11)
+            ds.set_epoch(epoch)
+            assert torch.cat([ys for ys, _ in batches]).tolist() == list(ds)
 
 
 # --------------------------------------------------------------------------------------------------------------------------

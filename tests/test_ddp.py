@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, QUIET, subprocess_env
+from conftest import CONFIGS, DDP_FORK, QUIET, subprocess_env
 from gf_lightning.cli import cli_main
 from helpers import Step, callback_arg, read_record, read_scalars
 
-EPOCHS, STEPS = 3, 12  # exp3: 800 training samples, global batch 256: 4 steps an epoch (the last of 32 samples)
-# exp3 with 64 hidden units, one mini-batch per training_step call, ReplicaCheck after every epoch
-SMALL = ["--model.net.init_args.m=64", f"--trainer.max_epochs={EPOCHS}", *QUIET, "--data.init_args.steps_per_call=1",
-         "--trainer.callbacks+=gf_lightning.callbacks.ReplicaCheck"]
-FORK = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_fork"]
+# exp3 with 964 samples: 771 to train, an odd number, with global batch 256: 4 steps an epoch, the last of 3 samples, which
+# two ranks share 2 + 1; 193 held out. 64 hidden units, one mini-batch per training_step call, ReplicaCheck after every epoch
+EPOCHS, STEPS = 3, 12
+SMALL = ["--data.init_args.n_samples=964", "--model.net.init_args.m=64", f"--trainer.max_epochs={EPOCHS}", *QUIET,
+         "--data.init_args.steps_per_call=1", "--trainer.callbacks+=gf_lightning.callbacks.ReplicaCheck"]
+FORK = DDP_FORK
 SPAWN = ["--trainer", str(CONFIGS / "trainer" / "ddp_sim.yaml")]
 VARIANT = "--model.optimizer.init_args.variant="
 BLOCK = "--model.optimizer.init_args.distributed=block"
+EMPTY_RANK = "--data.init_args.n_samples=961"
 
 # name → (method, extra arguments, what the two-process run must equal, how the two processes start): "one" = the
 # one-process run with the same arguments; another case's name = that case's two-process run (the same per-rank systems,
@@ -51,6 +53,11 @@ CASES = {
     "ieq-block": ("ieq", [BLOCK], "—", FORK),
     "ieq-block-cg": ("ieq", [BLOCK, "--model.optimizer.init_args.solver=cg"], "ieq-block", FORK),
     "ieq-block-generic": ("ieq", [BLOCK, "--model.net.class_path=helpers.TwoLayerNetWithoutGram"], "ieq-block", FORK),
+    # 769 samples to train: each epoch's last batch is one sample, and rank 1 holds none of it
+    "sgd-empty-rank": ("sgd", [EMPTY_RANK], "one", FORK),
+    "expsav-relax-empty-rank": ("expsav", [VARIANT + "relax", EMPTY_RANK], "one", FORK),
+    "ieq_adaptive-empty-rank": ("ieq_adaptive", [EMPTY_RANK], "one", FORK),
+    "ieq-global-empty-rank": ("ieq", [EMPTY_RANK], "one", FORK),
 }
 
 
@@ -89,27 +96,33 @@ def fit(tmp_path_factory):
 
 def assert_each_rank_trained_its_own_half(two: dict[int, list[Step]], one: dict[int, list[Step]]) -> None:
     """Two processes ran (two ranks, two process ids, neither this one), each on its own disjoint half of every global
-    batch, and together on the one-process run's batches, step by step."""
+    batch (rank 0 one sample more of an odd batch), and together on the one-process run's batches, step by step."""
     assert sorted(two) == [0, 1] and list(one) == [0]
     pids = {s.pid for r in (0, 1) for s in two[r]}
     assert len(pids) == 2 and os.getpid() not in pids and {len({s.pid for s in two[r]}) for r in (0, 1)} == {1}
     assert {s.world_size for r in (0, 1) for s in two[r]} == {2} and {s.world_size for s in one[0]} == {1}
     assert [s.step for s in two[0]] == [s.step for s in two[1]] == [s.step for s in one[0]] == list(range(STEPS))
     for s0, s1, s in zip(two[0], two[1], one[0]):
-        assert len(s0.rows) == len(s1.rows) == len(s.rows) // 2, s.step
+        assert (len(s0.rows), len(s1.rows)) == ((len(s.rows) + 1) // 2, len(s.rows) // 2), s.step
         assert not set(s0.rows) & set(s1.rows), f"step {s.step}: the ranks share samples"
         assert set(s0.rows) | set(s1.rows) == set(s.rows), f"step {s.step}: not the one-process batch"
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_two_processes_equal_one(case: str, fit) -> None:
-    """Catches: a data module that ignores the rank — each rank then trains on the whole global batch, which for the
+    """Odd sizes throughout: 771 samples to train (an epoch's last batch of 3 shared 2 + 1) or 769 (a last batch of one,
+    which rank 1 holds none of), 193 or 192 held out.
+
+    Catches: padding the last batch as ``DistributedSampler`` does (a sample counted twice: tried, the shard check fails
+    on every case), or averaging the ranks' mean losses when their shares differ (tried: the weights differ from one
+    process's by 1e-3 … 0.27, the epoch's train/loss by 4e-3 for IEQ, and a rank without samples goes NaN). And a data
+    module that ignores the rank — each rank then trains on the whole global batch, which for the
     methods that average over ranks can give the same weights as one process, so the comparison alone misses it; tried by making
     ``TensorDataModule._loader`` take rank 0 of 1 process: every case fails on the shard check. Beyond that: a quantity
     that one rank computes from its own shard alone makes the replicas drift (ReplicaCheck) or the step differ from the
     one-process step (the comparison)."""
     _, _, reference, _ = CASES[case]
-    one_ckpt, one_steps, _ = fit(case, 1)
+    one_ckpt, one_steps, one_scalars = fit(case, 1)
     two_ckpt, two_steps, scalars = fit(case, 2)
     assert two_ckpt["global_step"] == one_ckpt["global_step"] == STEPS
     assert_each_rank_trained_its_own_half(two_steps, one_steps)
@@ -118,6 +131,9 @@ def test_two_processes_equal_one(case: str, fit) -> None:
     assert len(spread) == EPOCHS and all(v == 0 for _, v in spread)
     if reference == "one":
         assert max_rel(one_ckpt, two_ckpt) <= 1e-5
+        for key in ("train/loss", "val/loss", "val/rel_err"):  # each epoch's means: every sample counted once
+            (steps, one), (_, two) = (zip(*series[key]) for series in (one_scalars, scalars))
+            assert len(steps) == EPOCHS and max(abs(a - b) / abs(a) for a, b in zip(one, two)) <= 1e-5, key
     elif reference == "—":  # the block solve: the replicas agree, but the step is not the one-process step
         assert rel(one_ckpt["state_dict"]["net.a"], two_ckpt["state_dict"]["net.a"]) > 1e-3
     else:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, METHODS, SMALL_EXP1, subprocess_env
+from conftest import CONFIGS, DDP_FORK, METHODS, QUIET, SMALL_EXP1, subprocess_env
 from gf_lightning.cli import cli_main
-from helpers import Step, callback_arg, read_record
+from helpers import Step, callback_arg, read_record, read_scalars
 
 EPOCHS = 6
 
@@ -98,6 +98,41 @@ def test_resume_after_sigkill_is_bit_identical(method: str, kill: str, tmp_path:
     assert [(s.epoch, s.call, s.rows) for s in after] == [(s.epoch, s.call, s.rows) for s in straight_steps[3 * per_epoch:]]
     assert [s.rows for s in before] == [s.rows for s in straight_steps[: len(before)]]
     assert_same_state(straight, torch.load(last_ckpt(killed), weights_only=False))
+
+
+# (processes, mini-batches per training_step call)
+INSIDE_EPOCH = [(1, 1), (1, 2), (2, 2)]
+
+
+@pytest.mark.parametrize(("processes", "steps_per_call"), INSIDE_EPOCH, ids=[f"{p}proc-{k}per_call" for p, k in INSIDE_EPOCH])
+def test_resume_from_inside_an_epoch_is_exact(processes: int, steps_per_call: int, tmp_path: Path) -> None:
+    """A run resumed from a step checkpoint taken in the middle of epoch 1 (``--checkpoint.every_n_train_steps``) trains
+    the rest of that epoch's mini-batches, in order, and ends bit for bit where the uninterrupted run ends, with the same
+    train/loss for epoch 1 (its sums over the steps before the checkpoint travel in it, all ranks' under DDP).
+
+    exp3 SAV with 771 samples to train: 4 steps an epoch (the last of 3 samples, 2 + 1 on two ranks); the checkpoint
+    after step 6 is after 2 of epoch 1's 4 steps.
+
+    Breakage: a loader that starts the epoch again from its first batch (Lightning's way for a loader it cannot resume:
+    tried, the resumed run trains batches 0, 1 again and fails on the rows); epoch sums of rank 0 only in the checkpoint
+    (tried: the two-process epoch-1 train/loss differs)."""
+    common = ["fit", "--config", str(CONFIGS / "exp3_sav.yaml"), "--data.init_args.n_samples=964", "--model.net.init_args.m=64",
+              "--trainer.max_epochs=2", *QUIET, f"--data.init_args.steps_per_call={steps_per_call}",
+              "--checkpoint.every_n_train_steps=2", "--checkpoint.save_top_k=-1", "--checkpoint.filename=step{step:03d}",
+              *(DDP_FORK if processes == 2 else [])]
+    runs = {}
+    for name, extra in (("straight", []), ("resumed", [f"--ckpt_path={tmp_path / 'straight'}/lightning_logs/version_0/checkpoints/step006.ckpt"])):
+        root = tmp_path / name
+        cli_main([*common, f"--trainer.default_root_dir={root}", *extra, callback_arg("RecordTraining", folder=str(root / "record"))])
+        ckpt = torch.load(root / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+        runs[name] = ckpt, read_record(root / "record"), read_scalars(root)["train/loss"]
+    (straight, straight_steps, straight_loss), (resumed, resumed_steps, resumed_loss) = runs["straight"], runs["resumed"]
+    assert straight["global_step"] == resumed["global_step"] == 8
+    for rank in range(processes):
+        assert [s.step for s in resumed_steps[rank]] == [6, 7]
+        assert [s.rows for s in resumed_steps[rank]] == [s.rows for s in straight_steps[rank][6:]]
+    assert len(straight_loss) == 2 and resumed_loss == straight_loss[1:]
+    assert_same_state(straight, resumed)
 
 
 def _metrics(root: Path, seed: int) -> dict[str, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import lightning as L
 import torch
 from torch import Tensor
@@ -98,32 +96,28 @@ class TensorDataModule(L.LightningDataModule):
             self._device = device
         return self._tensors
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, steps_per_call: int = 1, pad: bool = True) -> TensorBatches:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, steps_per_call: int = 1) -> TensorBatches:
         t = self.tensors
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         return TensorBatches(
             t[f"x_{split}"], t[f"y_{split}"], batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
-            steps_per_call=steps_per_call, pad=pad,
+            steps_per_call=steps_per_call,
         )
 
     def train_dataloader(self) -> TensorBatches:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        n_train = len(self.tensors["x_train"])
-        if n_train % world and self.trainer.global_rank == 0:
-            warnings.warn(f"{n_train} training samples on {world} processes: the last batch of each epoch repeats "
-                          f"{world - n_train % world} sample(s), as DistributedSampler pads, so this run is close to, not "
-                          f"equal to, the one-process run; a training set whose size is a multiple of {world} makes it equal",
-                          stacklevel=2)
-        return self._loader("train", self.batch_size, shuffle=True, steps_per_call=self.steps_per_call)
+        loader = self._loader("train", self.batch_size, shuffle=True, steps_per_call=self.steps_per_call)
+        if self.trainer is not None and self.trainer.fit_loop.restarting:
+            # a resume: Lightning has restored its progress; a checkpoint from inside an epoch continues that epoch
+            loader.resume_at(self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        return loader
 
     def _eval_loader(self) -> TensorBatches:
         n_test = len(self.tensors["x_test"])
         world = self.trainer.world_size if self.trainer is not None else 1
         if n_test < world:  # a rank without a sample would never join the metrics' synchronisation
             raise GFConfigError(f"the held-out split has {n_test} samples, fewer than the {world} processes; each needs one")
-        size = self.eval_batch_size or n_test
-        # no padding: every held-out sample counts once, whatever the number of processes
-        return self._loader("test", max(world, size - size % world), shuffle=False, pad=False)
+        # at least one sample a rank in every batch but the last (the metrics are sums: the batch size changes nothing else)
+        return self._loader("test", max(world, self.eval_batch_size or n_test), shuffle=False)
 
     def val_dataloader(self) -> TensorBatches:
         return self._eval_loader()

@@ -6,6 +6,9 @@ rank's alone until it is reduced here; gloo has no AVG, so means are a SUM and a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -41,11 +44,30 @@ def global_mean_(t: Tensor) -> Tensor:
     return t
 
 
-def gather_flat(t: Tensor) -> Tensor:
-    """Every rank's flat ``t`` (equal sizes), concatenated rank-major."""
+@dataclass
+class Gathered:
+    """Every rank's rows, concatenated rank-major, and where this rank's begin."""
+
+    rows: Tensor  #: all ranks' rows, rank 0's first
+    offset: int  #: the index of this rank's first row in ``rows``
+    count: int  #: this rank's number of rows
+
+
+def gather_rows(t: Tensor) -> Gathered:
+    """Every rank's ``t`` (the same trailing shape, any number of rows: an epoch's last batch may give ranks one sample
+    more, or none), concatenated rank-major. The row counts travel first (one small all-gather, and a host sync to read
+    them); the rows follow padded to the longest."""
     n = world_size()
     if n == 1:
-        return t
-    out = t.new_empty(n * t.numel())
-    dist.all_gather_into_tensor(out, t.contiguous())
-    return out
+        return Gathered(t, 0, len(t))
+    counts_t = torch.tensor([len(t)], dtype=torch.int64, device=t.device)
+    all_counts = counts_t.new_empty(n)
+    dist.all_gather_into_tensor(all_counts, counts_t)
+    counts = all_counts.tolist()
+    longest = max(counts)
+    padded = t.new_zeros((longest, *t.shape[1:]))
+    padded[: len(t)] = t
+    out = t.new_empty((n * longest, *t.shape[1:]))
+    dist.all_gather_into_tensor(out, padded)
+    rows = torch.cat([out[r * longest : r * longest + c] for r, c in enumerate(counts)])
+    return Gathered(rows, sum(counts[: rank()]), len(t))

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .base import NO_CLOSURE, EnergyOptimizer, GFConfigError, GFStepError
-from .distributed import gather_flat, global_max_, global_sum_, rank, world_size
+from .distributed import gather_rows, global_max_, global_sum_, rank, world_size
 from .jacobian import Group, conjugate_gradients, gram_dense, jdjt_operator
 from .settings import check_choice, check_count, check_positive
 
@@ -109,8 +109,10 @@ class IEQ(EnergyOptimizer):
 
     Under ``torch.distributed`` (DDP) with ``distributed="global"`` (the default) every rank gathers the global residual
     and solves the global batch's system, exactly the one-process step: ``gram_fn`` must then return ``J Jᵀ`` of the global
-    batch, in rank-major order (the LightningModule gives ``net.jacobian_gram`` the inputs gathered from every rank). Each
-    rank then applies its own ``J_rᵀ qⁿ⁺¹_r`` and the shares are summed (one all-reduce), so the replicas take one step.
+    batch, in rank-major order (the LightningModule gives ``net.jacobian_gram`` the inputs gathered from every rank). The
+    ranks' residuals may differ in length (an epoch's last batch); their lengths are gathered first, one host sync a
+    step. Each rank then applies its own ``J_rᵀ qⁿ⁺¹_r`` and the shares are summed (one all-reduce), so the replicas take
+    one step.
     ``distributed="block"`` solves each rank's own system instead — a block-diagonal approximation of ``J Jᵀ``, a
     different algorithm, cheaper by the cross-rank blocks; it works with every path, the generic ones included.
 
@@ -228,13 +230,13 @@ class IEQ(EnergyOptimizer):
                 "closed form from gathered inputs); the generic path has no cross-rank Jacobian: use "
                 "distributed='block' for a per-rank block solve (a different algorithm)"
             )
-        rhs = gather_flat(q_flat) if global_solve else q_flat
+        gathered = gather_rows(q_flat) if global_solve else None
+        rhs = gathered.rows if global_solve else q_flat
         sol = self._solve_system(q, rhs, groups, gram_fn)
         sd = self._scalar_dtype
         failed, iters, residual = sol.failed, sol.cg_iters, sol.cg_residual
         if global_solve:  # every rank solved the same global system
-            n = q_flat.numel()
-            q_new = sol.q_new[rank() * n : (rank() + 1) * n]
+            q_new = sol.q_new[gathered.offset : gathered.offset + gathered.count]
             before, after = (torch.linalg.vector_norm(v, dtype=sd) for v in (rhs, sol.q_new))
         else:  # one process, or block: the norms of the global batch, a failure on any rank, the slowest rank's CG
             q_new = sol.q_new
