@@ -174,10 +174,10 @@ def test_plain_ddp_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_an_odd_held_out_set_counts_each_sample_once(tmp_path: Path) -> None:
-    """exp3 with 1003 samples: 802 to train (even: training is the same on two processes) and 201 held out, an odd number. Two processes evaluate each held-out sample exactly once (no
-    padding: rank 0 takes 101, rank 1 takes 100), so val/loss, val/mse and val/rel_err equal the one-process values.
-    Breakage: padding the evaluation like training (the first held-out sample counted twice) moves val/loss (here by
-    2e-4, relative) and fails."""
+    """exp3 with 1003 samples: 802 to train and 201 held out, an odd number, in one batch. Two processes evaluate each
+    held-out sample exactly once (no padding: rank 0 takes 101, rank 1 takes 100), so val/loss, val/mse and val/rel_err
+    equal the one-process values. Breakage: padding the evaluation as DistributedSampler pads (the first held-out sample
+    counted twice) moves val/loss (here by 2e-4, relative) and fails."""
     common = ["--config", str(CONFIGS / "exp3_sgd.yaml"), "--data.init_args.n_samples=1003", "--trainer.max_epochs=1",
               *QUIET, "--trainer.logger=false", "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"]
     one = cli_main(["fit", *common, f"--trainer.default_root_dir={tmp_path / 'one'}"])
