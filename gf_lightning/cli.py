@@ -2,24 +2,75 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
+import os
 import sys
 
 import torch
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from . import components
 from .checkpointing import AtomicModelCheckpoint, FiniteCheckpointGuard, check_ckpt_path, with_safe_checkpoint_io
 from .data.base import TensorDataModule
 from .errors import CheckpointWriteError, GFConfigError, GFStepError, NonFiniteError
 from .module import GradientFlowModule
+from .optim import OPTIMIZERS
 from .resume import check_resume, run_settings
-from .run_folder import claim_logger_versions
+from .dashboard import TensorBoardDashboard
+from .run_folder import claim_logger_versions, run_name, tensorboard_logger
 from .validation import check_config_files, check_output_folders, check_trainer, one_line
+
+#: the command, as ``--help`` names it
+PROG = "python -m gf_lightning"
+
+#: the top of ``python -m gf_lightning --help``
+DESCRIPTION = f"""\
+gf_lightning: energy-stable gradient-flow optimizers (SAV, ExpSAV, IEQ, IEQ
+adaptive) beside SGD and Adam, trained with PyTorch Lightning.
+
+examples:
+  {PROG} fit --config configs/exp3_expsav.yaml
+      train experiment 3 with ExpSAV (configs/ has every experiment and method)
+  {PROG} fit --config configs/exp3_sgd.yaml --model.optimizer=SAV
+      the same run with SAV: the settings it shares with the config's optimizer
+      (lr) are kept, the others are SAV's defaults
+  {PROG} fit --model.optimizer.help SAV
+      SAV's settings, each set as --model.optimizer.variant=relax
+  {PROG} test --config configs/exp3_expsav.yaml --ckpt_path CKPT
+      the test metrics of a trained run (CKPT: its checkpoints/last.ckpt)
+
+'{PROG} fit --help' lists every setting."""
+
+#: ``--help``'s choices for the network and the optimizer, in place of jsonargparse's list of every importable subclass
+#: (about 660 lines of ``torch.nn.Module``s); any other class path is accepted all the same
+CHOICES = {
+    "model.net": f", choose by name: {', '.join(components.__all__)} (gf_lightning.components), or any torch.nn.Module "
+                 "by its class path",
+    "model.optimizer": f", choose by name: {', '.join(cls.__name__ for cls in OPTIMIZERS.values())} (gf_lightning.optim), "
+                       "SGD, Adam, AdamW, … (torch.optim), or any torch.optim.Optimizer by its class path",
+}
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with the network's and the optimizer's choices as :data:`CHOICES` lists them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action)
+        known = action.extra_help() if action.dest in CHOICES and hasattr(action, "extra_help") else ""
+        return text.replace(known, CHOICES[action.dest]) if known else text
+
+
+class TopHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The top-level help: :data:`DESCRIPTION` as written (its examples one to a line)."""
 
 
 class OneLineParser(LightningArgumentParser):
-    """A parser whose errors are one line on stderr and exit 2, without the usage dump (``--help`` still has it)."""
+    """A parser whose errors are one line on stderr and exit 2, without the usage dump (``--help`` still has it); its help
+    is :class:`HelpFormatter`'s, and ``--print_config`` prints only a configuration that ``fit`` accepts (:meth:`dump`)."""
 
     #: the arguments of the parse under way: a nested parser names ``lr`` where the command line said
     #: ``--model.optimizer.init_args.lr``, and the message names the latter
@@ -27,6 +78,8 @@ class OneLineParser(LightningArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)  # a misspelled key is refused, not taken for a longer one it begins
+        kwargs.setdefault("prog", PROG)  # not "__main__.py"; a subcommand's parser is named after it ("… fit")
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
@@ -41,13 +94,48 @@ class OneLineParser(LightningArgumentParser):
             cfg = super().parse_args(args, *rest, **kwargs)
             subcommand = cfg.get("subcommand")
             section = cfg.get(subcommand) if subcommand else cfg
-            printing = any(a.startswith("--print_config") for a in OneLineParser._args)  # a config for another machine
-            if section is not None and section.get("trainer") is not None and not printing:
+            # a printed config may be for another machine: its trainer and folders are not checked here
+            if section is not None and section.get("trainer") is not None and not _printing():
                 check_trainer(section.get("trainer"))
                 check_output_folders(section)
         except GFConfigError as err:
             _refuse(str(err))
         return cfg
+
+    def dump(self, namespace: Namespace, *args, **kwargs) -> str:  # type: ignore[override]
+        """The configuration as text; for ``--print_config``, only one that ``fit`` would accept: jsonargparse prints it
+        while parsing, before anything builds the model, whose constructor checks the optimizer's settings, so the model's
+        settings are checked here first (:func:`_check_model_settings`), with the line ``fit`` would print."""
+        if _printing():
+            _check_model_settings(namespace)
+        return super().dump(namespace, *args, **kwargs)
+
+
+def _printing() -> bool:
+    """Whether the parse under way prints its configuration (``--print_config``) rather than running it."""
+    return any(a.startswith("--print_config") for a in OneLineParser._args)
+
+
+@functools.cache
+def _model_settings_parser() -> ArgumentParser:
+    """The model's settings but the network, typed as the command line types them (:func:`_check_model_settings`)."""
+    parser = ArgumentParser()
+    parser.add_class_arguments(GradientFlowModule, "model", skip={"net"}, instantiate=False)
+    return parser
+
+
+def _check_model_settings(config: Namespace) -> None:
+    """Build the model of a parsed configuration (a subcommand's) as ``fit`` does, on a one-parameter stand-in for the
+    network: what ``GradientFlowModule`` refuses (an optimizer setting such as ``variant`` or ``lr``, the task) raises the
+    same ``GFConfigError``. Builds no network and draws no random numbers."""
+    model = config.get("model") if isinstance(config, Namespace) else None
+    if not isinstance(model, Namespace):
+        return
+    settings = model.clone(with_meta=False)
+    settings.pop("net", None)
+    built = _model_settings_parser().instantiate(Namespace(model=settings)).model
+    stand_in = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1))])
+    GradientFlowModule(stand_in, **vars(built))
 
 
 def _known_keys(parser) -> set[str]:
@@ -85,6 +173,12 @@ class GFLightningCLI(LightningCLI):
         parser.add_argument("--resume_with_changes", type=bool, default=False,
                             help="with --ckpt_path: continue the run with settings that differ from the checkpoint's "
                                  "(the new values are used and recorded); without it such a resume is refused")
+        parser.add_argument("--experiment", type=str | None, default=None,
+                            help="the experiment the run belongs to: its logs go to lightning_logs/<experiment>/<run_name>/"
+                                 "version_N (default: the data module's class, lower case; the configs set exp1 … exp4)")
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="the run's name within its experiment (default: the method, with its variant when not "
+                                 "the default: sav, expsav-relax, ieq_adaptive)")
 
     def before_fit(self) -> None:
         """Store the run's settings in its checkpoints; on ``--ckpt_path``, refuse what cannot continue this run."""
@@ -118,6 +212,11 @@ class GFLightningCLI(LightningCLI):
         # every checkpoint written beside its target and renamed into place, never with NaN/Inf, with a checksum
         plugins = with_safe_checkpoint_io(kwargs.pop("plugins", trainer_cfg.get("plugins")))
         callbacks.append(FiniteCheckpointGuard())
+        # the default logger, named after the run (lightning_logs/<experiment>/<run>/version_N), and its dashboard
+        name = run_name(self.config.get(str(self.subcommand), self.config))
+        if trainer_cfg.get("logger") in (None, True):
+            trainer_cfg = {**trainer_cfg, "logger": tensorboard_logger(trainer_cfg.get("default_root_dir") or os.getcwd(), name)}
+        callbacks.append(TensorBoardDashboard(name.experiment, name.run))
         trainer = self._instantiate_trainer({**trainer_cfg, **kwargs, "plugins": plugins}, callbacks)
         claim_logger_versions(trainer.loggers)  # each run its own version_N, even when several start at once
         return trainer
@@ -141,6 +240,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI 
             GradientFlowModule,
             TensorDataModule,
             parser_class=OneLineParser,
+            parser_kwargs={"description": DESCRIPTION, "formatter_class": TopHelpFormatter},
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},

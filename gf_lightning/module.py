@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MeanSquaredError, Metric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .checkpointing import last_good_checkpoint
@@ -68,9 +71,10 @@ class GradientFlowModule(L.LightningModule):
         check_finite_every_n_steps: how often the training loss is checked for NaN/Inf (a host sync each time);
             the parameters are checked before every validation and checkpoint regardless.
 
-    Metrics (TensorBoard groups them by prefix): ``train/loss``, ``val/loss``, ``val/mse`` and ``val/rel_err``
-    (regression) or ``val/acc`` (classification), per epoch; every ``log_every_n_steps`` the optimizer's
-    ``energy/…`` and ``optim/…`` scalars.
+    Metrics (TensorBoard groups them by prefix), all against the optimizer step: ``train/loss``, ``val/loss`` (the mean
+    squared error for regression, the cross-entropy for classification) and ``val/rel_err`` (regression:
+    ``Σ(f − y)² / Σy²``, which a network predicting zero scores 1) or ``val/acc`` (classification), per epoch; every
+    ``log_every_n_steps`` optimizer steps the optimizer's ``energy/…`` and ``optim/…`` scalars.
     """
 
     def __init__(
@@ -96,7 +100,6 @@ class GradientFlowModule(L.LightningModule):
         self._epoch_loss: Tensor | None = None  # Σ batch loss × batch size over the epoch, and the sample count
         self._epoch_count = 0
         self.eval_loss = MeanMetric()
-        self.eval_mse = MeanSquaredError()
         self.eval_rel = RelativeError()
         self.eval_acc: Metric | None = None
 
@@ -115,6 +118,10 @@ class GradientFlowModule(L.LightningModule):
 
     # -- set-up --------------------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        # the energy/… scalars are logged every log_every_n_steps optimizer steps, inside training_step: Lightning's warning
+        # that an epoch has fewer training_step calls than that (one, at data.steps_per_call 32) does not apply
+        warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval",
+                                category=PossibleUserWarning)
         dm = self.trainer.datamodule if self.trainer is not None else None
         if dm is not None and hasattr(dm, "dims"):
             if self.task is None:
@@ -229,11 +236,8 @@ class GradientFlowModule(L.LightningModule):
         if self.loggers and every and self.global_step % every == 0:  # after every log_every_n_steps-th step
             stats = getattr(opt.optimizer, "stats", None)
             if stats:
-                # straight to the loggers: self.log would build a result entry per key and step, which costs more
-                # than the optimizer step itself here; loggers write on rank 0 only
-                metrics = {name: float(value) for name, value in stats.items()}
-                for logger in self.loggers:
-                    logger.log_metrics(metrics, step=self.global_step)
+                # (self.log would build a result entry per key and step, which costs more than the step itself here)
+                self._write({name: float(value) for name, value in stats.items()})
 
     def on_train_epoch_start(self) -> None:
         self._epoch_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -256,8 +260,20 @@ class GradientFlowModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._check_finite()
         loss_sum, count = self._global_epoch_sums()  # each sample once, whatever the ranks' shares
+        mean = loss_sum / max(count, 1)
         # the same value on every rank; sync_dist only says so to Lightning
-        self.log("train/loss", loss_sum / max(count, 1), on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/loss", mean, on_step=False, on_epoch=True, sync_dist=True, logger=False)
+        self._write({"train/loss": mean})
+
+    def _write(self, metrics: dict[str, float]) -> None:
+        """Write scalars to the loggers at the optimizer step, the one x-axis of every scalar of the run. (Lightning's own
+        step for epoch metrics counts ``training_step`` calls, one an epoch at ``data.steps_per_call`` 32.) Metrics go
+        through ``self.log(..., logger=False)`` too, for the progress bar, callbacks and ``callback_metrics``; loggers
+        write on rank 0 only."""
+        if self.trainer.sanity_checking:
+            return
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     # -- checkpoints: the run's settings travel with its state (gf_lightning.resume) ---------------------------------------
     #: set by the CLI: the settings that define this run, stored in every checkpoint
@@ -287,23 +303,23 @@ class GradientFlowModule(L.LightningModule):
             return
         out = self.net(x)
         self.eval_loss.update(self.loss(out, y), weight=x.shape[0])
-        metrics: dict[str, Metric] = {f"{prefix}/loss": self.eval_loss}
+        # metric objects: Lightning computes them once per epoch, synchronised across ranks, and resets them
+        # while fitting, _write_eval writes them to the loggers at the optimizer step; in validate and test, Lightning
+        # does, and returns and prints them
+        to_logger = not self._fitting
+        self.log(f"{prefix}/loss", self.eval_loss, on_step=False, on_epoch=True, prog_bar=prefix == "val", logger=to_logger)
         if self.task == "classification":
             self.eval_acc.update(out, y)
-            metrics[f"{prefix}/acc"] = self.eval_acc
-        else:
-            self.eval_mse.update(out, y)
+            self.log(f"{prefix}/acc", self.eval_acc, on_step=False, on_epoch=True, logger=to_logger)
+        else:  # (the loss is the mean squared error)
             self.eval_rel.update(out, y)
-            metrics[f"{prefix}/mse"] = self.eval_mse
-            metrics[f"{prefix}/rel_err"] = self.eval_rel
-        # metric objects: Lightning computes them once per epoch, synchronised across ranks, and resets them
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=prefix == "val")
+            self.log(f"{prefix}/rel_err", self.eval_rel, on_step=False, on_epoch=True, logger=to_logger)
 
     def _fresh_eval_metrics(self) -> None:
         # validate/test run under inference_mode, and metric state reset there becomes inference tensors that a later
         # fit's validation (under no_grad) could not update: recreate it as normal tensors
         with torch.inference_mode(False):
-            for metric in (self.eval_loss, self.eval_mse, self.eval_rel, self.eval_acc):
+            for metric in (self.eval_loss, self.eval_rel, self.eval_acc):
                 if metric is not None:
                     metric.reset()
 
@@ -311,6 +327,23 @@ class GradientFlowModule(L.LightningModule):
         self._fresh_eval_metrics()
         if not self.trainer.sanity_checking:
             self._check_finite()
+
+    def on_validation_epoch_end(self) -> None:
+        self._write_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._write_eval("test")
+
+    @property
+    def _fitting(self) -> bool:
+        return self.trainer.state.fn == TrainerFn.FITTING
+
+    def _write_eval(self, prefix: str) -> None:
+        """While fitting, the evaluation's metrics, synchronised across ranks, to the loggers (see :meth:`_write`)."""
+        if not self._fitting or self.trainer.sanity_checking or not self.loggers or not self.eval_loss.update_called:
+            return
+        quality = (f"{prefix}/acc", self.eval_acc) if self.task == "classification" else (f"{prefix}/rel_err", self.eval_rel)
+        self._write({f"{prefix}/loss": float(self.eval_loss.compute()), quality[0]: float(quality[1].compute())})
 
     def on_test_epoch_start(self) -> None:
         self._fresh_eval_metrics()

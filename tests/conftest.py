@@ -34,6 +34,18 @@ SMALL_EXP1 = ["--data.init_args.n_samples=640", "--model.net.init_args.m=64", *Q
 DDP_FORK = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_fork"]
 
 
+def version_dirs(root) -> list[Path]:
+    """Every run folder under ``root`` (``lightning_logs/<experiment>/<run>/version_N``), oldest run first."""
+    dirs = Path(root).glob("lightning_logs/*/*/version_*")
+    return sorted(dirs, key=lambda d: (d.stat().st_mtime_ns, int(d.name.removeprefix("version_"))))
+
+
+def run_dir(root) -> Path:
+    """The one run folder under ``root``."""
+    (folder,) = version_dirs(root)
+    return folder
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a ``python -m gf_lightning`` subprocess that may name ``helpers.…`` callbacks."""
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)

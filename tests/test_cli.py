@@ -7,6 +7,7 @@ import copy
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS, QUIET
+from conftest import CONFIGS, QUIET, ROOT
 from gf_lightning.cli import cli_main
+from gf_lightning.optim import SAV, ExpSAV
 
 EXP1_SGD = str(CONFIGS / "exp1_sgd.yaml")
+EXP1_SAV = str(CONFIGS / "exp1_sav.yaml")
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
 
@@ -54,10 +57,10 @@ def test_fit_in_process(tmp_path):
     cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, "--trainer.max_epochs=2")])
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * math.ceil(400 / 256)
     metrics = cli.trainer.callback_metrics
-    for name in ("train/loss", "val/loss", "val/mse", "val/rel_err"):
+    for name in ("train/loss", "val/loss", "val/rel_err"):
         assert torch.isfinite(metrics[name]), name
     log_dir = Path(cli.trainer.log_dir)
-    assert log_dir == tmp_path / "lightning_logs" / "version_0"
+    assert log_dir == tmp_path / "lightning_logs" / "exp1" / "sgd" / "version_0"
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2 and saved["data"]["init_args"]["n_samples"] == 500
     assert (log_dir / "checkpoints" / "last.ckpt").is_file()  # the forced ModelCheckpoint (save_last)
@@ -73,7 +76,7 @@ def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, one_thread):
         [sys.executable, "-m", "gf_lightning", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log_dir = tmp_path / "lightning_logs" / "version_0"
+    log_dir = tmp_path / "lightning_logs" / "exp1" / "sgd" / "version_0"
     scalars = _scalars(log_dir)
     assert len(scalars.get("train/loss", [])) == 2, sorted(scalars)
     assert len(scalars.get("val/loss", [])) == 2, sorted(scalars)
@@ -85,9 +88,9 @@ def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, one_thread):
     # the same command again, in the same root (in-process: the second start-up would cost another ~10 s)
     cli = cli_main(args)
     assert cli.trainer.current_epoch == 2
-    assert Path(cli.trainer.log_dir) == tmp_path / "lightning_logs" / "version_1"
-    assert (tmp_path / "lightning_logs" / "version_1" / "config.yaml").is_file()
-    assert len(_scalars(tmp_path / "lightning_logs" / "version_1").get("val/loss", [])) == 2
+    assert Path(cli.trainer.log_dir) == log_dir.parent / "version_1"
+    assert (log_dir.parent / "version_1" / "config.yaml").is_file()
+    assert len(_scalars(log_dir.parent / "version_1").get("val/loss", [])) == 2
 
 
 def test_print_config(capsys):
@@ -104,13 +107,12 @@ def test_print_config(capsys):
 def test_validate_and_test_subcommands(tmp_path):
     cli = cli_main(["validate", "--config", EXP1_SGD, *_small(tmp_path)])
     val = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    assert {"val/loss", "val/mse", "val/rel_err"} <= set(val) and math.isfinite(val["val/mse"])
-    assert val["val/loss"] == pytest.approx(val["val/mse"])
+    assert {"val/loss", "val/rel_err"} <= set(val) and math.isfinite(val["val/loss"])  # the loss: the MSE
     cli = cli_main(["test", "--config", EXP1_SGD, *_small(tmp_path)])
     test = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    assert {"test/loss", "test/mse", "test/rel_err"} <= set(test)
+    assert {"test/loss", "test/rel_err"} <= set(test)
     # the same seed, the same untrained network, the same held-out split: the same number
-    assert test["test/mse"] == pytest.approx(val["val/mse"], rel=1e-6)
+    assert test["test/loss"] == pytest.approx(val["val/loss"], rel=1e-6)
 
 
 def test_validate_then_fit_on_one_module(tmp_path):
@@ -119,9 +121,10 @@ def test_validate_then_fit_on_one_module(tmp_path):
     ``trainer.validate`` runs under ``torch.inference_mode``; metric state reset there becomes inference tensors, which
     fit's validation (under ``no_grad``) may not update in place."""
     cli = cli_main(["--config", EXP1_SGD, *_small(tmp_path)], run=False)
-    before = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]["val/mse"]
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    before = float(cli.trainer.callback_metrics["val/loss"])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    after = float(cli.trainer.callback_metrics["val/mse"])
+    after = float(cli.trainer.callback_metrics["val/loss"])
     assert math.isfinite(after) and after != before
 
 
@@ -140,7 +143,7 @@ def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
     last batch of a call, fails the comparison."""
     common = ["--config", EXP1_SGD, f"--trainer.default_root_dir={tmp_path}", *QUIET, "--trainer.logger=false"]
     start_cli = cli_main(["validate", *common])
-    start = float(start_cli.trainer.callback_metrics["val/mse"])
+    start = float(start_cli.trainer.callback_metrics["val/loss"])
     cli = cli_main([*common, "--trainer.max_epochs=20", "--trainer.num_sanity_val_steps=0"], run=False)
     assert torch.equal(start_cli.model.net.W, cli.model.net.W)  # the start was measured on this very network
     hand = copy.deepcopy(cli.model.net)
@@ -159,7 +162,7 @@ def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
     for a, b in zip(cli.model.net.parameters(), hand.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
-    end = float(cli.trainer.callback_metrics["val/mse"])
+    end = float(cli.trainer.callback_metrics["val/loss"])
     t = cli.datamodule.tensors
     constant = float((t["y_test"] - t["y_train"].mean()).square().mean())
     print(f"exp1 SGD 20 epochs: held-out MSE {start:.4g} -> {end:.4g} (factor {start / end:.3g}); constant predictor {constant:.4g}")
@@ -178,3 +181,122 @@ def test_trainer_switches_turn_off_the_forced_callbacks(tmp_path, setting):
         assert not list(tmp_path.rglob("*.ckpt"))
     else:
         assert cli.trainer.progress_bar_callback is None
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# the help, and choosing a method on the command line
+# --------------------------------------------------------------------------------------------------------------------------
+def _help(capsys, monkeypatch, *args: str) -> str:
+    """``python -m gf_lightning *args --help``, 80 columns wide."""
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as info:
+        cli_main([*args, "--help"])
+    assert info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def _entry(help_text: str, option: str) -> str:
+    """The lines of ``help_text`` that describe ``option``, from its line to the next option's."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {option} "))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("  -")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def test_top_level_help_names_the_project_and_shows_examples(capsys, monkeypatch):
+    """``python -m gf_lightning --help`` names the command and the project, and shows how to train from a config, switch
+    the method, list a method's settings and test; its ``fit`` examples parse, and the settings it points to are spelled
+    as the method's help spells them. Breakage: LightningCLI's own top ("usage: __main__.py", "Lightning Trainer command
+    line tool", no examples), or an example that no longer runs."""
+    out = _help(capsys, monkeypatch)
+    assert out.startswith("usage: python -m gf_lightning ") and "energy-stable gradient-flow optimizers" in out
+    for shown in ("python -m gf_lightning fit --config configs/exp3_expsav.yaml", "--model.optimizer=SAV",
+                  "python -m gf_lightning fit --model.optimizer.help SAV", "python -m gf_lightning test --config"):
+        assert shown in out, shown
+    examples = [line.split()[3:] for line in out.splitlines() if line.startswith("  python -m gf_lightning fit ")]
+    assert len(examples) == 3
+    for args in examples:
+        args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+        printing = not any(a.endswith(".help") for a in args)  # a run's config is printed, a method's help is shown
+        with pytest.raises(SystemExit) as info:
+            cli_main([*args, "--print_config"] if printing else args)
+        assert info.value.code in (0, None), args
+        if not printing:  # the spelling the top shows (--model.optimizer.variant=relax)
+            assert "--model.optimizer.variant VARIANT" in capsys.readouterr().out
+
+
+def test_fit_help_lists_the_project_choices_not_every_module(capsys, monkeypatch):
+    """``fit --help`` lists the networks and optimizers a user picks by name (the project's; torch's SGD and Adam), not
+    every importable ``nn.Module`` (about 660 of its 1 380 lines) or ``Optimizer``. Breakage: jsonargparse's full list
+    of known subclasses back in the help."""
+    out = _help(capsys, monkeypatch, "fit")
+    net, optimizer = _entry(out, "--model.net"), _entry(out, "--model.optimizer")
+    assert "TwoLayerNet" in net and len(net.splitlines()) <= 8, net
+    for name in ("SAV", "ExpSAV", "IEQAdaptive", "IEQ", "SGD", "Adam"):
+        assert re.search(rf"\b{name}\b", optimizer), (name, optimizer)
+    flat = "".join(out.split())  # the help breaks long class paths across lines
+    for unlisted in ("torch.nn.Conv2d", "torch.nn.Linear", "gf_lightning.GradientFlowModule", "torch.optim.Adafactor"):
+        assert unlisted not in flat, unlisted
+    assert len(out.splitlines()) < 900
+
+
+def test_a_net_the_help_does_not_list_still_trains(tmp_path):
+    """Any ``nn.Module`` by its class path trains, here ``torch.nn.Linear``, which ``fit --help`` does not list.
+    Breakage: the help trimmed by narrowing the network's type, which would refuse every network but the project's."""
+    net = ["--model.net=torch.nn.Linear", "--model.net.in_features=40", "--model.net.out_features=1"]
+    cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, *net)])
+    assert type(cli.model.net) is torch.nn.Linear and cli.trainer.current_epoch == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "switch", "cls", "settings"),
+    [
+        (EXP1_SGD, ["--model.optimizer=SAV"], SAV, {"lr": 0.01, "C": 100.0, "lam": 4.0, "variant": "seed", "eta": 0.99}),
+        (EXP1_SAV, ["--model.optimizer=ExpSAV", "--model.optimizer.variant=relax"], ExpSAV,
+         {"lr": 0.5, "C": 100.0, "lam": 4.0, "variant": "relax"}),
+        (EXP1_SAV, ["--model.optimizer=Adam"], torch.optim.Adam, {"lr": 0.5, "betas": (0.9, 0.999), "eps": 1e-8}),
+    ],
+    ids=["sgd-to-sav", "sav-to-expsav-relax", "sav-to-adam"],
+)
+def test_optimizer_by_name_switches_the_method(tmp_path, config, switch, cls, settings):
+    """``--model.optimizer=NAME`` (README, ``--help``) builds that class; the settings it shares with the config's optimizer
+    keep the config's values (``lr``; ``C`` and ``lam`` from SAV to ExpSAV), the others are the class's defaults, as the
+    README says. Breakage: a name that no longer resolves (a second class of that name, a narrowed type), or defaults
+    that do not apply."""
+    cli = cli_main(["--config", config, *_small(tmp_path, "--trainer.logger=false", *switch)], run=False)
+    opt = cli.model.optimizer(cli.model.parameters())
+    group = opt.param_groups[0]
+    assert type(opt) is cls
+    assert {key: tuple(group[key]) if key == "betas" else group[key] for key in settings} == settings
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--model.optimizer.init_args.variant=bogus"], ["--model.optimizer.variant=bogus"],
+     ["--model.optimizer=SGD", "--model.optimizer.lr=-1"], ["--model.task=foo"]],
+    ids=["variant", "variant-short", "sgd-lr", "task"],
+)
+def test_print_config_refuses_what_fit_refuses(tmp_path, capsys, bad):
+    """``--print_config`` with a model setting that ``fit`` refuses (the optimizer's are checked where the model is
+    built, which printing never reached) prints no config, exits 2, and says on one line what ``fit`` says.
+    Breakage: a printed config that no run accepts."""
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", EXP1_SAV, *bad, "--print_config"])
+    out, printed = capsys.readouterr()
+    assert info.value.code == 2 and out == ""
+    assert len(printed.strip().splitlines()) == 1 and printed.startswith("gf_lightning: error: model.")
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", EXP1_SAV, *bad, f"--trainer.default_root_dir={tmp_path}"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == printed.strip()
+
+
+def test_print_config_without_a_network_still_prints(capsys):
+    """``fit --print_config`` without a config prints a template to fill in (``net: null``): the check of the model's
+    settings builds a stand-in for the network. Breakage: a check that builds the configured network, or refuses its
+    absence."""
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--print_config"])
+    assert info.value.code in (0, None)
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["net"] is None and cfg["model"]["optimizer"] == "gf_lightning.module._default_optimizer"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, DDP_FORK, METHODS, QUIET, SMALL_EXP1, subprocess_env
+from conftest import CONFIGS, DDP_FORK, METHODS, QUIET, SMALL_EXP1, run_dir, subprocess_env, version_dirs
 from gf_lightning.cli import cli_main
 from helpers import Step, callback_arg, read_record, read_scalars
 
@@ -23,8 +23,7 @@ def fit_args(method: str, root: Path, epochs: int, *extra: str) -> list[str]:
 
 def last_ckpt(root: Path) -> Path:
     """``last.ckpt`` of the newest run under ``root`` (a resumed run logs to a new ``version_N``)."""
-    paths = root.glob("lightning_logs/version_*/checkpoints/last.ckpt")
-    return max(paths, key=lambda p: int(p.parent.parent.name.removeprefix("version_")))
+    return version_dirs(root)[-1] / "checkpoints" / "last.ckpt"
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -121,10 +120,11 @@ def test_resume_from_inside_an_epoch_is_exact(processes: int, steps_per_call: in
               "--checkpoint.every_n_train_steps=2", "--checkpoint.save_top_k=-1", "--checkpoint.filename=step{step:03d}",
               *(DDP_FORK if processes == 2 else [])]
     runs = {}
-    for name, extra in (("straight", []), ("resumed", [f"--ckpt_path={tmp_path / 'straight'}/lightning_logs/version_0/checkpoints/step006.ckpt"])):
+    for name in ("straight", "resumed"):
         root = tmp_path / name
+        extra = [f"--ckpt_path={run_dir(tmp_path / 'straight') / 'checkpoints' / 'step006.ckpt'}"] if name == "resumed" else []
         cli_main([*common, f"--trainer.default_root_dir={root}", *extra, callback_arg("RecordTraining", folder=str(root / "record"))])
-        ckpt = torch.load(root / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+        ckpt = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=False)
         runs[name] = ckpt, read_record(root / "record"), read_scalars(root)["train/loss"]
     (straight, straight_steps, straight_loss), (resumed, resumed_steps, resumed_loss) = runs["straight"], runs["resumed"]
     assert straight["global_step"] == resumed["global_step"] == 8

@@ -214,3 +214,34 @@ def test_freeze_and_stall_definitions():
     assert run.flag.startswith("stalled")
     run.status, run.epochs_done = "nan", 3
     assert run.flag == "**NaN** in epoch 4"
+
+
+def test_energy_figure_marks_a_freeze_and_leaves_minus_infinity_out(tmp_path):
+    """ExpSAV frozen from the second logged step, log r − log C then −1e13 … −∞ (exp1, exp4): the panel is drawn without
+    them, the freeze is found where the effective step collapsed, and the caption says so; a run that recovers is not
+    frozen."""
+    from PIL import Image
+
+    run = reproduce.RunResult(1, "expsav", "", "", 1, energy_steps=[10, 20, 30, 40], energy_true=[1.0, 1.0, 1.0, 1.0],
+                              energy=[0.9, -1e13, -1.7e38, -math.inf], effective_lr=[0.1, 1e-12, 0.0, 0.0],
+                              nominal_lr=0.1, violations=0.0, log_every=10)
+    assert reproduce.frozen_from(run) == 1 and run.frozen
+    reproduce.plot_energy([run], tmp_path / "energy.png")
+    with Image.open(tmp_path / "energy.png") as img:
+        img.verify()
+    assert "ExpSAV at step 20 (modified energy then −∞)" in reproduce.energy_caption([run])
+    run.energy, run.effective_lr = [0.9, 0.5, 0.4, 0.3], [0.1, 1e-12, 1e-12, 0.1]  # a restart form that recovers
+    assert reproduce.frozen_from(run) is None and "Frozen" not in reproduce.energy_caption([run])
+
+
+def test_coinciding_loss_curves_are_found_from_the_data():
+    def run(method, factor):
+        return reproduce.RunResult(3, method, "", "", 3, train_loss=[factor * v for v in (1.0, 0.5, 0.25)],
+                                   test_loss=[factor * v for v in (2.0, 1.0, 0.5)])
+
+    sgd, expsav, sav, adam = run("sgd", 1.0), run("expsav", 1 + 1e-7), run("sav", 1.02), run("adam", 0.5)
+    ((group, worst),) = reproduce.coinciding([sgd, adam, sav, expsav])
+    assert group == [sgd, sav, expsav] and worst == pytest.approx(0.02 / 1.02)
+    caption = reproduce.loss_caption([sgd, adam, sav, expsav])
+    assert "SGD, SAV and ExpSAV lie on one curve" in caption and "SGD and ExpSAV by 1.0e-07" in caption
+    assert reproduce.loss_caption([sgd, adam]) == ""

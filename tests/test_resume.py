@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, QUIET
+from conftest import CONFIGS, QUIET, run_dir
 
 from gf_lightning.checkpointing import DIGEST_KEY, state_digest
 from gf_lightning.cli import cli_main
@@ -25,7 +25,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     for method in ("sav", "sgd"):
         root = tmp_path_factory.mktemp(method)
         cli_main(fit_args(f"exp3_{method}", root, "--trainer.max_epochs=1"))
-        out[method] = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+        out[method] = run_dir(root) / "checkpoints" / "last.ckpt"
     return out
 
 
@@ -68,7 +68,7 @@ def test_opting_in_uses_the_new_settings_everywhere_and_records_them(checkpoints
                             "--resume_with_changes=true", *new))
     groups = cli.trainer.optimizers[0].param_groups
     assert groups[0]["lr"] == 0.05 and groups[0]["lam"] == 0.0
-    folder = tmp_path / "a" / "lightning_logs" / "version_0"
+    folder = run_dir(tmp_path / "a")
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["model"]["optimizer"]["init_args"]["lr"] == 0.05 and config["model"]["optimizer"]["init_args"]["lam"] == 0
     saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)

@@ -41,7 +41,7 @@ def test_runs_started_together_keep_their_own_config_and_events(tmp_path: Path) 
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
-    folders = sorted((tmp_path / "lightning_logs").iterdir())
+    folders = sorted((tmp_path / "lightning_logs" / "exp3" / "sgd").iterdir())
     assert [f.name for f in folders] == ["version_0", "version_1", "version_2"]
     seen = set()
     for folder in folders:

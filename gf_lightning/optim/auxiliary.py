@@ -111,7 +111,7 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         raise NotImplementedError
 
     def _record(self, log_r: float, loss: float) -> dict[str, float]:
-        """The method's own logged scalars: the auxiliary variable and the modified energy."""
+        """The method's modified energy, ``energy/modified``, from its auxiliary variable."""
         raise NotImplementedError
 
     @property

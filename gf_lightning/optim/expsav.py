@@ -64,4 +64,4 @@ class ExpSAV(AuxiliaryVariableOptimizer):
         return log_r
 
     def _record(self, log_r: float, loss: float) -> dict[str, float]:
-        return {"energy/log_r": log_r, "energy/modified": log_r - math.log(self.setting("C"))}
+        return {"energy/modified": log_r - math.log(self.setting("C"))}

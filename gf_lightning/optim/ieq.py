@@ -30,6 +30,7 @@ class Solve:
     """The step's solve: this rank's share of ``qⁿ⁺¹`` and the norms of the whole (global) batch."""
 
     q_new: Tensor  #: this rank's share of ``qⁿ⁺¹``, flat
+    entries: Tensor  #: ``N``, the entries of the whole (global) batch's residual, 0-dim, in the state dtype
     norm_before: Tensor  #: ``‖qⁿ‖``, 0-dim, in the state dtype
     norm_after: Tensor  #: ``‖qⁿ⁺¹‖`` — ``‖qⁿ‖`` for a skipped step, whose weights did not move
     failed: Tensor  #: 0-dim: the factorisation failed (on some rank)
@@ -41,6 +42,7 @@ class Solve:
 class IEQStep:
     """The record of one step, from which ``stats`` is computed when asked."""
 
+    entries: Tensor
     norm_before: Tensor
     norm_after: Tensor
     cg_iters: int | None
@@ -100,11 +102,12 @@ class IEQ(EnergyOptimizer):
     very large ``Δt·‖J‖²`` (``≳ 1/ε``) the Cholesky factorisation can fail; the step is then skipped — no move, so the
     energy stays ``½‖qⁿ‖²`` and is logged so — and counted in ``optim/solve_failures``, with no host sync.
 
-    Logged (``self.stats``, 0-dim device tensors, of the whole global batch under DDP in either mode):
-    ``energy/q_norm_before`` ``‖qⁿ‖``, ``energy/q_norm`` ``‖qⁿ⁺¹‖``, ``energy/true`` ``½‖qⁿ‖²``, ``energy/modified``
-    ``½‖qⁿ⁺¹‖²``, ``energy/violations`` (steps with ``‖qⁿ⁺¹‖ > ‖qⁿ‖`` beyond rounding, ``(1 + 8ε√N)``; never expected),
-    ``optim/effective_lr`` (group 0's ``lr``), ``optim/solve_failures``, and ``optim/cg_iters`` and ``optim/cg_residual``
-    on the CG path (the slowest rank's, in block mode). State (``global_state``): ``step``, ``violations``,
+    Logged (``self.stats``, 0-dim device tensors, of the whole global batch under DDP in either mode): the energy
+    ``½‖q‖²`` per entry of the residual, doubled — the mean squared residual, in the units of the loss (the MSE for
+    regression), as the other methods log theirs: ``energy/true`` ``‖qⁿ‖²/N`` and ``energy/modified`` ``‖qⁿ⁺¹‖²/N``;
+    ``energy/violations`` (steps with ``‖qⁿ⁺¹‖ > ‖qⁿ‖`` beyond rounding, ``(1 + 8ε√N)``; never expected),
+    ``optim/effective_lr`` (group 0's ``lr``), ``optim/solve_failures`` once there is one, and ``optim/cg_iters`` and
+    ``optim/cg_residual`` on the CG path (the slowest rank's, in block mode). State (``global_state``): ``step``, ``violations``,
     ``solve_failures``.
 
     Under ``torch.distributed`` (DDP) with ``distributed="global"`` (the default) every rank gathers the global residual
@@ -174,11 +177,11 @@ class IEQ(EnergyOptimizer):
         state = self.global_state
         for key in ("step", "violations", "solve_failures"):
             state.setdefault(key, self._scalar(0.0))
-        slack = 1.0 + 8.0 * torch.finfo(solve.q_new.dtype).eps * (q.numel() * world_size()) ** 0.5
+        slack = 1.0 + 8.0 * torch.finfo(solve.q_new.dtype).eps * solve.entries.sqrt()
         state["step"] += 1
         state["violations"].add_(solve.norm_after > solve.norm_before * slack)
         state["solve_failures"].add_(solve.failed)
-        self._last = IEQStep(solve.norm_before, solve.norm_after, solve.cg_iters, solve.cg_residual)
+        self._last = IEQStep(solve.entries, solve.norm_before, solve.norm_after, solve.cg_iters, solve.cg_residual)
         return q.detach()
 
     def _residual(self, closure: Callable[[], Tensor] | None) -> Tensor:
@@ -238,14 +241,16 @@ class IEQ(EnergyOptimizer):
         if global_solve:  # every rank solved the same global system
             q_new = sol.q_new[gathered.offset : gathered.offset + gathered.count]
             before, after = (torch.linalg.vector_norm(v, dtype=sd) for v in (rhs, sol.q_new))
+            entries = torch.tensor(float(rhs.numel()), dtype=sd, device=rhs.device)
         else:  # one process, or block: the norms of the global batch, a failure on any rank, the slowest rank's CG
             q_new = sol.q_new
-            squares = global_sum_(torch.stack([q_flat.square().sum(dtype=sd), q_new.square().sum(dtype=sd), failed.to(sd)]))
-            before, after, failed = squares[0].sqrt(), squares[1].sqrt(), squares[2] > 0
+            size = torch.tensor(float(q_flat.numel()), dtype=sd, device=q_flat.device)
+            sums = global_sum_(torch.stack([q_flat.square().sum(dtype=sd), q_new.square().sum(dtype=sd), failed.to(sd), size]))
+            before, after, failed, entries = sums[0].sqrt(), sums[1].sqrt(), sums[2] > 0, sums[3]
             if iters is not None and world_size() > 1:
                 worst = global_max_(torch.tensor([float(iters), residual], dtype=torch.float64))
                 iters, residual = int(worst[0]), float(worst[1])
-        solve = Solve(q_new, before, torch.where(failed, before, after), failed, iters, residual)
+        solve = Solve(q_new, entries, before, torch.where(failed, before, after), failed, iters, residual)
         self._warn_if_short(solve, self._cg_tol(q_flat))
         return solve
 
@@ -312,14 +317,14 @@ class IEQ(EnergyOptimizer):
     def _stats_of(self, record: IEQStep) -> dict[str, Tensor]:
         state = self.global_state
         out = {
-            "energy/q_norm_before": record.norm_before,
-            "energy/q_norm": record.norm_after,
-            "energy/true": 0.5 * record.norm_before.square(),
-            "energy/modified": 0.5 * record.norm_after.square(),
+            # the scheme's energy ½‖q‖² per entry, ×2: the mean squared residual, in the loss's units (the MSE for regression)
+            "energy/true": record.norm_before.square() / record.entries.clamp(min=1.0),
+            "energy/modified": record.norm_after.square() / record.entries.clamp(min=1.0),
             "energy/violations": state["violations"].clone(),
-            "optim/solve_failures": state["solve_failures"].clone(),
             "optim/effective_lr": self._scalar(self.param_groups[0]["lr"]),
         }
+        if state["solve_failures"] > 0:  # (a host sync, when the stats are read)
+            out["optim/solve_failures"] = state["solve_failures"].clone()
         if record.cg_iters is not None:
             out["optim/cg_iters"] = self._scalar(float(record.cg_iters))
             out["optim/cg_residual"] = self._scalar(record.cg_residual)

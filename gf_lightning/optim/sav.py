@@ -71,5 +71,4 @@ class SAV(AuxiliaryVariableOptimizer):
         return math.log(2.0) + math.log(loss + self.setting("C"))
 
     def _record(self, log_r: float, loss: float) -> dict[str, float]:
-        r = exp0(log_r)
-        return {"energy/r": r, "energy/modified": r * r - self.setting("C")}
+        return {"energy/modified": exp0(2.0 * log_r) - self.setting("C")}  # r² − C

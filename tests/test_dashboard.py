@@ -1,0 +1,107 @@
+"""What TensorBoard shows, read back with TensorBoard's own reader: run folders named after experiment and method, one
+step axis for loss and energy, the custom-scalars layout, the hyperparameters with their metrics, and no duplicate or
+meaningless tag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import CONFIGS, QUIET, version_dirs
+from gf_lightning.cli import cli_main
+
+#: exp3 with 64 hidden units, 2 epochs of 4 optimizer steps (one training_step call each, at steps_per_call 32)
+SMALL = ["--model.net.init_args.m=64", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1", *QUIET,
+         "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"]
+STEPS = 8
+ENERGY = {"energy/true", "energy/modified", "energy/violations", "optim/effective_lr"}
+EVAL = {"train/loss", "val/loss", "val/rel_err"}
+
+# run → (config, extra arguments, the run's folder under lightning_logs/, its method, its scalar tags — exactly)
+RUNS = {
+    "sgd": ("exp3_sgd", [], "exp3/sgd", "SGD", EVAL),
+    "sav": ("exp3_sav", [], "exp3/sav", "SAV", EVAL | ENERGY | {"energy/restart_rises"}),
+    "expsav-relax": ("exp3_expsav", ["--model.optimizer.init_args.variant=relax"], "exp3/expsav-relax", "ExpSAV",
+                     EVAL | ENERGY | {"optim/xi"}),
+    "ieq": ("exp3_ieq", [], "exp3/ieq", "IEQ", EVAL | ENERGY),
+    "ieq_adaptive-named": ("exp3_ieq_adaptive", ["--run_name=mine", "--experiment=study"], "study/mine", "IEQAdaptive",
+                           EVAL | ENERGY),
+    "mnist-sav": ("exp4_sav_large_step", ["--data.init_args.n_train=1024", "--data.init_args.n_test=256"],
+                  "exp4/sav_large_step", "SAV", {"train/loss", "val/loss", "val/acc", "energy/restart_rises"} | ENERGY),
+}
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory, mnist_dir):
+    """All runs into one root, as a user runs the experiments side by side; ``sgd`` twice."""
+    root = tmp_path_factory.mktemp("logs")
+    for name, (config, extra, _, _, _) in [*RUNS.items(), ("sgd", RUNS["sgd"])]:
+        data = [f"--data.init_args.data_dir={mnist_dir}"] if config.startswith("exp4") else []
+        cli_main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={root}", *SMALL,
+                  *data, *extra])
+    return root
+
+
+def events(folder: Path) -> EventAccumulator:
+    (path,) = folder.glob("events.out.tfevents*")
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_runs_are_named_after_experiment_and_method(logs: Path) -> None:
+    """Breakage: Lightning's default ``lightning_logs/version_N``, under which six methods are six numbers."""
+    folders = {str(d.relative_to(logs / "lightning_logs")) for d in version_dirs(logs)}
+    expected = {f"{path}/version_0" for _, _, path, _, _ in RUNS.values()} | {"exp3/sgd/version_1"}
+    assert folders == expected
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_scalars_share_one_step_axis_and_say_one_thing_each(run: str, logs: Path) -> None:
+    """Each run's tags are exactly its table's (no ``energy/r``, ``energy/log_r`` or ``energy/q_norm`` repeating the
+    modified energy, no ``val/mse`` repeating the loss, no ``optim/solve_failures`` that is always 0, no ``hp_metric``), and
+    the epoch metrics stand at the optimizer step, the energy's axis: ``train/loss`` and ``val/…`` at steps 4 and 8,
+    ``energy/…`` at 1 … 8. Breakage: Lightning's own step for epoch metrics, which counts training_step calls (1 an
+    epoch here) and adds an ``epoch`` tag (tried: fails)."""
+    _, _, path, _, tags = RUNS[run]
+    acc = events(logs / "lightning_logs" / path / "version_0")
+    assert set(acc.Tags()["scalars"]) == tags
+    for tag in tags:
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert steps == ([4, 8] if tag.split("/")[0] in ("train", "val") else list(range(1, STEPS + 1))), tag
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_layout_and_hyperparameters(run: str, logs: Path) -> None:
+    """The custom-scalars layout puts train beside val loss and modified beside true energy, each chart naming tags the
+    run has (energy charts aside, for SGD); the HParams tab gets the run's method, experiment, ``lr`` and batch size, with
+    its final losses, its quality measure and (energy methods) its violation count as metrics; ``hparams.yaml`` holds the
+    same. Breakage: Lightning's default, an empty ``hparams.yaml`` and no HParams session."""
+    config, _, path, method, tags = RUNS[run]
+    folder = logs / "lightning_logs" / path / "version_0"
+    acc = events(folder)
+    (event,) = acc.Tensors("custom_scalars__config__")  # the layout travels as a string tensor
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["loss: train and val"] == [r"^train/loss$", r"^val/loss$"]
+    assert charts["energy: modified and true"] == [r"^energy/modified$", r"^energy/true$"]
+    if "energy/true" in tags:
+        assert all(pattern.strip("^$") in tags for patterns in charts.values() for pattern in patterns)
+
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    hparams = {key: value.string_value or value.number_value for key, value in start.hparams.items()}
+    experiment, name = path.split("/")
+    assert hparams["method"] == method and hparams["experiment"] == experiment and hparams["run"] == name
+    assert hparams["batch_size"] == 256 and hparams["lr"] > 0
+    info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = {m.name.tag for m in info.metric_infos}
+    quality = "val/acc" if config.startswith("exp4") else "val/rel_err"
+    assert metrics == {"val/loss", quality, "train/loss"} | ({"energy/violations"} if "energy/true" in tags else set())
+    assert metrics <= tags  # TensorBoard shows each metric's last logged value
+    saved = (folder / "hparams.yaml").read_text()
+    assert f"method: {method}" in saved and "batch_size: 256" in saved
