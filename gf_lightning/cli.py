@@ -15,12 +15,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from . import components
 from .checkpointing import AtomicModelCheckpoint, FiniteCheckpointGuard, check_ckpt_path, with_safe_checkpoint_io
+from .dashboard import TensorBoardDashboard
 from .data.base import TensorDataModule
 from .errors import CheckpointWriteError, GFConfigError, GFStepError, NonFiniteError
 from .module import GradientFlowModule
 from .optim import OPTIMIZERS
 from .resume import check_resume, run_settings
-from .dashboard import TensorBoardDashboard
 from .run_folder import claim_logger_versions, run_name, tensorboard_logger
 from .validation import check_config_files, check_output_folders, check_trainer, one_line
 

@@ -5,19 +5,20 @@
 - a custom-scalars layout (TensorBoard's *Custom Scalars* tab): train and val loss in one chart, the modified and the
   true energy in one chart, and the effective step;
 - the run's hyperparameters (the *HParams* tab and ``hparams.yaml``): experiment, run, method, variant, ``lr``, ``C``,
-  ``lam``, batch size, seed — with the run's final ``val/loss``, ``val/acc`` or ``val/rel_err``, ``train/loss`` and, for
+  ``lam``, ``eta``, ``eps``, IEQ's solver, batch size, seed, number of parameters (NaN or "—" where the method has no such
+  setting) — with the run's final ``val/loss``, ``val/acc`` or ``val/rel_err``, ``train/loss`` and, for
   the energy methods, ``energy/violations`` as its metrics (TensorBoard reads their last values from the run's scalars).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-from .optim.base import EnergyOptimizer
 
 #: the custom-scalars layout: category → chart title → ("Multiline", [tag regexes])
 LAYOUT = {
@@ -28,38 +29,36 @@ LAYOUT = {
     }
 }
 
-#: the optimizer settings shown as hyperparameters, where the optimizer has them
-OPTIMIZER_SETTINGS = ("lr", "C", "lam", "variant", "eta", "eps", "momentum", "weight_decay", "solver")
+#: the optimizer settings shown as hyperparameters, with what a run whose optimizer has no such setting shows. Every run
+#: writes every one: TensorBoard's HParams tab takes its columns from one run's list, so lists that differ lose columns
+OPTIMIZER_SETTINGS = {"lr": math.nan, "C": math.nan, "lam": math.nan, "variant": "—", "eta": math.nan, "eps": math.nan,
+                      "solver": "—"}
 
 
 def run_hparams(trainer: L.Trainer, experiment: str, run: str) -> dict[str, Any]:
     """The run's hyperparameters, as TensorBoard takes them (numbers, strings, booleans)."""
-    out: dict[str, Any] = {"experiment": experiment, "run": run}
+    out: dict[str, Any] = {"experiment": experiment, "run": run, "method": "—", **OPTIMIZER_SETTINGS}
     if trainer.optimizers:
         optimizer = trainer.optimizers[0]
         out["method"] = type(optimizer).__name__
         group = optimizer.param_groups[0]
-        for key in OPTIMIZER_SETTINGS:
-            if isinstance(group.get(key), (int, float, str, bool)):
-                out[key] = group[key]
+        for key, absent in OPTIMIZER_SETTINGS.items():
+            value = group.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(absent, float):
+                out[key] = float(value)
+            elif isinstance(value, str) and isinstance(absent, str):
+                out[key] = value
     datamodule = trainer.datamodule
-    if datamodule is not None and isinstance(getattr(datamodule, "batch_size", None), int):
-        out["batch_size"] = datamodule.batch_size
-    module = trainer.lightning_module
-    out["params"] = sum(p.numel() for p in module.parameters())
-    seed = getattr(datamodule, "seed", None)
-    if isinstance(seed, int):
-        out["seed"] = seed
+    batch_size, seed = getattr(datamodule, "batch_size", None), getattr(datamodule, "seed", None)
+    out["batch_size"] = batch_size if isinstance(batch_size, int) else math.nan
+    out["seed"] = seed if isinstance(seed, int) else math.nan
+    out["params"] = sum(p.numel() for p in trainer.lightning_module.parameters())
     return out
 
 
-def run_metrics(trainer: L.Trainer) -> list[str]:
-    """The tags the HParams tab shows for the run: its final losses, its quality measure, its energy violations."""
-    task = getattr(trainer.lightning_module, "task", None)
-    metrics = ["val/loss", "val/acc" if task == "classification" else "val/rel_err", "train/loss"]
-    if trainer.optimizers and isinstance(trainer.optimizers[0], EnergyOptimizer):
-        metrics.append("energy/violations")
-    return metrics
+#: the tags the HParams tab shows as every run's metrics: its final losses, its quality measure (regression or
+#: classification), its energy violations. The same for every run, for the reason above; a run without one shows none.
+RUN_METRICS = ("val/loss", "val/rel_err", "val/acc", "train/loss", "energy/violations")
 
 
 class TensorBoardDashboard(L.Callback):
@@ -78,9 +77,8 @@ class TensorBoardDashboard(L.Callback):
         if not trainer.is_global_zero or not loggers:
             return
         params = run_hparams(trainer, self.experiment, self.run)
-        metrics = run_metrics(trainer)
         # the metrics' names only: TensorBoard reads their values from the run's own scalars as they come
-        summaries = hparams(params, {tag: 0.0 for tag in metrics})
+        summaries = hparams(params, {tag: 0.0 for tag in RUN_METRICS})
         for logger in loggers:
             logger.log_hyperparams(params, metrics={})  # hparams.yaml; an empty dict: no hp_metric placeholder
             logger.experiment.add_custom_scalars(LAYOUT)
