@@ -14,7 +14,6 @@ files are, how batches are handed to a call or evaluated (:data:`FREE`), how lon
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -5,17 +5,13 @@ whole Δt range, skipped and truncated solves, frozen parameters, the two-proces
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
 from gf_lightning.components.nets import TwoLayerNet
-from gf_lightning.optim import ieq as ieq_module
 from gf_lightning.optim import jacobian as jacobian_module
-from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.optim.ieq import IEQ
 
 F64 = torch.float64

@@ -6,9 +6,12 @@
 
 The package, one concern a file: ``settings`` (validation), ``logspace`` (arithmetic in logarithms, the relaxation),
 ``distributed`` (cross-rank reduction), ``jacobian`` (Jacobian operators and conjugate gradients), ``base`` (global
-state, settings, closure, ``stats``), ``auxiliary`` (the scalar-auxiliary-variable step), and one file per method.
+state, settings, closure, ``stats``), ``auxiliary`` (the scalar-auxiliary-variable step), and one file per method
+(``aegd`` holds AEGD and its momentum form AEGDM, whose element-wise energy is not the scalar core's).
 """
 
+from .adaptive_sav import AdaptiveSAV
+from .aegd import AEGD, AEGDM
 from .auxiliary import AuxiliaryVariableOptimizer
 from .base import EnergyOptimizer, GFConfigError, GFStepError
 from .expsav import ExpSAV
@@ -18,9 +21,12 @@ from .sav import SAV
 
 __all__ = [
     "SAV",
+    "AdaptiveSAV",
     "ExpSAV",
     "IEQAdaptive",
     "IEQ",
+    "AEGD",
+    "AEGDM",
     "EnergyOptimizer",
     "AuxiliaryVariableOptimizer",
     "GFConfigError",
@@ -29,4 +35,12 @@ __all__ = [
 ]
 
 #: name → class, for scripts and error messages
-OPTIMIZERS = {"sav": SAV, "expsav": ExpSAV, "ieq_adaptive": IEQAdaptive, "ieq": IEQ}
+OPTIMIZERS = {
+    "sav": SAV,
+    "expsav": ExpSAV,
+    "ieq_adaptive": IEQAdaptive,
+    "ieq": IEQ,
+    "adaptive_sav": AdaptiveSAV,
+    "aegd": AEGD,
+    "aegdm": AEGDM,
+}

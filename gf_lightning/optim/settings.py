@@ -37,6 +37,34 @@ def check_count(name: str, value: Any) -> int:
     return value
 
 
+def check_momentum(name: str, value: Any) -> float:
+    """``momentum ∈ [0, 1)``: at 1 the buffer would never forget, and above it grows without bound."""
+    if not _is_number(value) or not 0 <= value < 1:
+        raise GFConfigError(f"{name} must be a finite number in [0, 1); got {value!r}")
+    return float(value)
+
+
+def check_unit(name: str, value: Any) -> float:
+    """A number in ``[0, 1]`` (``dampening``)."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise GFConfigError(f"{name} must be a finite number in [0, 1]; got {value!r}")
+    return float(value)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise GFConfigError(f"{name} must be true or false; got {value!r}")
+    return value
+
+
+def check_betas(name: str, value: Any) -> tuple[float, float]:
+    """``(β1, β2)``: two finite numbers in ``[0, 1)``, as ``torch.optim.Adam`` takes them."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_number(b) and 0 <= b < 1 for b in value)
+    if not ok:
+        raise GFConfigError(f"{name} must be two numbers in [0, 1); got {value!r}")
+    return float(value[0]), float(value[1])
+
+
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise GFConfigError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
