@@ -39,16 +39,22 @@ from gf_lightning.errors import GFConfigError, GFStepError, NonFiniteError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 METHODS = ("sgd", "adam", "sav", "expsav", "ieq", "ieq_adaptive")
-ENERGY_METHODS = ("sav", "expsav", "ieq_adaptive", "ieq")
-LABELS = {"sgd": "SGD", "adam": "Adam", "sav": "SAV", "expsav": "ExpSAV", "ieq": "IEQ (full)", "ieq_adaptive": "IEQ adaptive"}
+#: the methods the seed does not have (configs/exp<N>_<name>.yaml in every experiment; run them with --methods)
+NEW_METHODS = ("asav", "aressav", "arelsav", "aegd", "aegdm")
+ENERGY_METHODS = ("sav", "expsav", "ieq_adaptive", "ieq", *NEW_METHODS)
+LABELS = {"sgd": "SGD", "adam": "Adam", "sav": "SAV", "expsav": "ExpSAV", "ieq": "IEQ (full)", "ieq_adaptive": "IEQ adaptive",
+          "asav": "A-SAV", "aressav": "A-ResSAV", "arelsav": "A-RelSAV", "aegd": "AEGD", "aegdm": "AEGDM"}
 COLORS = {"sgd": "tab:gray", "adam": "tab:brown", "sav": "tab:blue", "expsav": "tab:orange", "ieq": "tab:green",
-          "ieq_adaptive": "tab:red"}
+          "ieq_adaptive": "tab:red", "asav": "tab:purple", "aressav": "tab:pink", "arelsav": "tab:olive",
+          "aegd": "tab:cyan", "aegdm": "navy"}
 #: a marker and a dash pattern per method, so that curves that coincide (small steps: SGD ≈ SAV ≈ ExpSAV) stay visible
 STYLES = {"sgd": ("o", (0, (4, 2))), "adam": ("s", "-"), "sav": ("^", "-"), "expsav": ("v", (0, (1, 1))), "ieq": ("D", "-"),
-          "ieq_adaptive": ("x", (0, (6, 2, 1, 2)))}
+          "ieq_adaptive": ("x", (0, (6, 2, 1, 2))), "asav": ("P", "-"), "aressav": ("*", (0, (3, 1))),
+          "arelsav": ("h", (0, (1, 2))), "aegd": ("<", "-"), "aegdm": (">", (0, (5, 2)))}
 #: what ``energy/modified`` is, per method
 ENERGY_MEANING = {"sav": "r² − C", "expsav": "log r − log C", "ieq_adaptive": "½q²",
-                  "ieq": "‖q‖²/N after the step (the MSE's units)"}
+                  "ieq": "‖q‖²/N after the step (the MSE's units)", "asav": "r² − C", "aressav": "r² − C",
+                  "arelsav": "r² − C", "aegd": "mean of rᵢ² − c over coordinates", "aegdm": "mean of rᵢ² − c over coordinates"}
 EXPERIMENTS = {
     1: "y = sin(p·x) + cos(q·x), x ~ U(0,1)^40, 8000/2000, m = 1000",
     2: "y = Σ cᵢxᵢ², x ~ U(0,5)^40, 8000/2000, m = 1000",
@@ -89,7 +95,7 @@ TIME_CLAIMS = {
 
 def base(method: str) -> str:
     """The method a run name stands for: ``expsav`` for ``expsav_restart`` (a config ``exp4_expsav_restart.yaml``)."""
-    return max((m for m in METHODS if method == m or method.startswith(m + "_")), key=len, default=method)
+    return max((m for m in (*METHODS, *NEW_METHODS) if method == m or method.startswith(m + "_")), key=len, default=method)
 
 
 def label(method: str) -> str:
@@ -877,7 +883,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", choices=["1", "2", "3", "4", "all"], required=True)
     p.add_argument("--methods", nargs="+", default=list(METHODS),
-                   help=f"default: every config that exists for the experiment among {', '.join(METHODS)}; NAME runs "
+                   help=f"default: every config that exists for the experiment among {', '.join(METHODS)} (the seed's; "
+                        f"beyond it: {', '.join(NEW_METHODS)}); NAME runs "
                         "configs/exp<N>_NAME.yaml, so a variant config such as exp4_expsav_restart.yaml runs as expsav_restart")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies each config's max_epochs (min 1 epoch)")
     p.add_argument("--accelerator", default="cpu", help="--trainer.accelerator (default cpu)")

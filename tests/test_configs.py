@@ -39,6 +39,9 @@ OPTIMIZERS = {
     "expsav": "gf_lightning.optim.ExpSAV",
     "ieq": "gf_lightning.optim.IEQ",
     "ieq_adaptive": "gf_lightning.optim.IEQAdaptive",
+    "adaptive_sav": "gf_lightning.optim.AdaptiveSAV",
+    "aegd": "gf_lightning.optim.AEGD",
+    "aegdm": "gf_lightning.optim.AEGDM",
 }
 # (experiment, method) → (batch, {hyperparameter: value}); ε = 1e-8 is the seed's only stated IEQ-adaptive ε (exp1)
 EPS = {"eps": 1e-8}
@@ -81,12 +84,26 @@ BEYOND_SEED = {
     ("exp4", "ieq_small_step"): ("ieq", {"lr": 0.02}, ["IEQ (full) at Δt = 0.02", "IEQ (full) at Δt = 0.02"]),
 }
 EPOCH_OVERRIDES = {("exp2", "ieq"): 50}
+# Methods the seed does not have, in every experiment with the seed's SAV batch and epochs: config name → (method, the
+# settings its header states: the paper's Fig. 4 setting for the adaptive SAV family, the authors' defaults for AEGD(M))
+PAPER_FIG4 = {"lr": 1.0, "C": 100, "lam": 4}
+NEW_METHODS = {
+    "asav": ("adaptive_sav", {**PAPER_FIG4, "variant": "vanilla"}),
+    "aressav": ("adaptive_sav", {**PAPER_FIG4, "variant": "restart"}),
+    "arelsav": ("adaptive_sav", {**PAPER_FIG4, "variant": "relax"}),
+    "aegd": ("aegd", {"lr": 0.1, "c": 1.0}),
+    "aegdm": ("aegdm", {"lr": 0.01, "c": 1.0, "momentum": 0.9}),
+}
+NEW = {(exp, name) for exp in EXPERIMENTS for name in NEW_METHODS}
 
 
 def expected(key: tuple[str, str]) -> tuple[str, int, dict]:
     """``(method, batch, hyperparameters)`` a config must carry: its SPEC §3 row, or that row with the documented change."""
     if key in TABLE:
         return key[1], *TABLE[key]
+    if key in NEW:
+        method, hyper = NEW_METHODS[key[1]]
+        return method, TABLE[key[0], "sav"][0], dict(hyper)
     base, change, _ = BEYOND_SEED[key]
     method = base or key[1]
     batch, hyper = TABLE[key[0], method] if base else (change["batch"], {})
@@ -121,8 +138,8 @@ def test_configs_exist():
 def test_every_experiment_config_is_in_the_table():
     """A config the tables do not know (a typo in a name, a new method) should be looked at, not silently pass."""
     found = {_key(p) for p in EXPERIMENT_CONFIGS}
-    assert found - set(TABLE) - set(BEYOND_SEED) == set()
-    assert (set(TABLE) | set(BEYOND_SEED)) - found == set(), "table rows without a config"
+    assert found - set(TABLE) - set(BEYOND_SEED) - NEW == set()
+    assert (set(TABLE) | set(BEYOND_SEED) | NEW) - found == set(), "table rows without a config"
 
 
 @pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=_ids(EXPERIMENT_CONFIGS))
@@ -155,6 +172,9 @@ def test_experiment_config_has_its_documented_settings(path, tmp_path):
         for words in in_header:
             assert words in header, f"{path.name}: the header no longer says {words!r}"
         assert "Not run in the seed" in header or "Not the seed's setting" in header
+    if key in NEW:
+        header = " ".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
+        assert "Not in the seed" in header and "as the seed's SAV run" in header, path.name
     assert cfg.trainer.max_epochs == EPOCH_OVERRIDES.get(key, epochs)
     assert cfg.model.optimizer.class_path == OPTIMIZERS[method]
     assert cfg.data.init_args.batch_size == batch
