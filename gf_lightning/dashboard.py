@@ -5,9 +5,9 @@
 - a custom-scalars layout (TensorBoard's *Custom Scalars* tab): train and val loss in one chart, the modified and the
   true energy in one chart, and the effective step;
 - the run's hyperparameters (the *HParams* tab and ``hparams.yaml``): experiment, run, method, variant, ``lr``, ``C``,
-  ``lam``, ``eta``, ``eps``, IEQ's solver, batch size, seed, number of parameters (NaN or "—" where the method has no such
-  setting) — with the run's final ``val/loss``, ``val/acc`` or ``val/rel_err``, ``train/loss`` and, for
-  the energy methods, ``energy/violations`` as its metrics (TensorBoard reads their last values from the run's scalars).
+  ``c``, ``lam``, ``eta``, ``eps``, ``momentum``, IEQ's solver, batch size, seed, number of parameters (NaN or "—" where
+  the method has no such setting) — with the run's final ``val/loss``, ``val/acc`` or ``val/rel_err``, ``train/loss``
+  and ``energy/violations`` as its metrics (TensorBoard reads their last values from the run's scalars).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ LAYOUT = {
 
 #: the optimizer settings shown as hyperparameters, with what a run whose optimizer has no such setting shows. Every run
 #: writes every one: TensorBoard's HParams tab takes its columns from one run's list, so lists that differ lose columns
-OPTIMIZER_SETTINGS = {"lr": math.nan, "C": math.nan, "lam": math.nan, "variant": "—", "eta": math.nan, "eps": math.nan,
-                      "solver": "—"}
+OPTIMIZER_SETTINGS = {"lr": math.nan, "C": math.nan, "c": math.nan, "lam": math.nan, "variant": "—", "eta": math.nan,
+                      "eps": math.nan, "momentum": math.nan, "solver": "—"}
 
 
 def run_hparams(trainer: L.Trainer, experiment: str, run: str) -> dict[str, Any]:

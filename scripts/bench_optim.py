@@ -14,7 +14,8 @@ methods side by side: every round takes one step of each method in turn (round r
 drift in the machine's load hits every method alike; the table gives the median step time and the median over rounds of the
 ratio to that round's SGD step. float32, the default number of threads unless ``--threads``.
 
-Target (issue): SAV, ExpSAV and IEQAdaptive in their seed form within 1.10× of SGD.
+Targets (issues): SAV, ExpSAV and IEQAdaptive in their seed form within 1.10× of SGD; A-SAV, AEGD and AEGDM no slower
+than Adam (the table's last column).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from gf_lightning.components.nets import TwoLayerNet
-from gf_lightning.optim import SAV, ExpSAV, IEQAdaptive
+from gf_lightning.optim import AEGD, AEGDM, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive
 
 SHAPES = {  # name: (d, m, k, B, loss)
     "exp1": (40, 1000, 1, 256, "mse"),
@@ -43,9 +44,16 @@ METHODS: dict[str, Callable] = {  # name: params -> optimizer (the seed's exp1 s
     "IEQAdaptive": lambda p: IEQAdaptive(p, lr=0.1),
     "SAV relax": lambda p: SAV(p, lr=0.5, C=100.0, lam=4.0, variant="relax"),
     "ExpSAV relax": lambda p: ExpSAV(p, lr=0.1, C=1.0, lam=1.0, variant="relax"),
+    # beyond the seed (their configs' settings): compared with Adam, whose step-size strategy the first two share
+    "A-SAV": lambda p: AdaptiveSAV(p, lr=1.0, C=100.0, lam=4.0, variant="vanilla"),
+    "A-RelSAV": lambda p: AdaptiveSAV(p, lr=1.0, C=100.0, lam=4.0, variant="relax"),
+    "AEGD": lambda p: AEGD(p, lr=0.1),
+    "AEGDM": lambda p: AEGDM(p, lr=0.01, momentum=0.9),
 }
 TARGETED = ("SAV", "ExpSAV", "IEQAdaptive")
 TARGET = 1.10
+#: the methods whose target is Adam's step (issue): no slower than Adam; A-RelSAV evaluates the loss twice, as SAV relax
+ADAM_TARGETED = ("A-SAV", "AEGD", "AEGDM")
 
 
 def make_problem(shape: str, seed: int = 0) -> tuple[Tensor, Tensor, Callable, dict]:
@@ -102,16 +110,22 @@ def report(shape: str, times: dict[str, list[float]], what: str = "full step") -
     sgd = times["SGD"]
     print(f"\n{shape}: TwoLayerNet({d}, {m}, {k}), {n} parameters, B = {B}, {loss}, {len(sgd)} rounds, "
           f"{torch.get_num_threads()} threads, {what}")
-    print(f"  {'method':<14}{'median ms':>10}{'p10 ms':>9}{'p90 ms':>9}{'× SGD':>8}")
+    adam = times.get("Adam")
+    print(f"  {'method':<14}{'median ms':>10}{'p10 ms':>9}{'p90 ms':>9}{'× SGD':>8}{'× Adam':>8}")
     ok = True
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=10)
         ratio = statistics.median(t / s for t, s in zip(ts, sgd))
+        to_adam = statistics.median(t / a for t, a in zip(ts, adam)) if adam else float("nan")
         flag = ""
         if name in TARGETED and what.startswith("full"):
-            flag = "  ok" if ratio <= TARGET else f"  > {TARGET:.2f}×"
+            flag = "  ok" if ratio <= TARGET else f"  > {TARGET:.2f}× SGD"
             ok &= ratio <= TARGET
-        print(f"  {name:<14}{1e3 * statistics.median(ts):>10.3f}{1e3 * q[0]:>9.3f}{1e3 * q[-1]:>9.3f}{ratio:>8.3f}{flag}")
+        elif name in ADAM_TARGETED and adam and what.startswith("full"):
+            flag = "  ok" if to_adam <= 1.0 else "  > Adam"
+            ok &= to_adam <= 1.0
+        print(f"  {name:<14}{1e3 * statistics.median(ts):>10.3f}{1e3 * q[0]:>9.3f}{1e3 * q[-1]:>9.3f}{ratio:>8.3f}"
+              f"{to_adam:>8.3f}{flag}")
     return ok
 
 
@@ -155,7 +169,8 @@ def main() -> None:
         times = bench(shape, methods, rounds, warmup=max(5, rounds // 10), update_only=args.update_only)
         ok &= report(shape, times, "update only" if args.update_only else "full step (closure + update)")
     if not args.update_only:
-        print(f"\ntarget: {', '.join(TARGETED)} within {TARGET:.2f}× of SGD: {'met' if ok else 'MISSED'}")
+        print(f"\ntargets: {', '.join(TARGETED)} within {TARGET:.2f}× of SGD; {', '.join(ADAM_TARGETED)} no slower than Adam: "
+              f"{'met' if ok else 'MISSED'}")
 
 
 if __name__ == "__main__":

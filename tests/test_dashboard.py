@@ -100,8 +100,8 @@ def test_layout_and_hyperparameters(run: str, logs: Path) -> None:
     assert hparams["method"] == method and hparams["experiment"] == experiment and hparams["run"] == name
     assert hparams["batch_size"] == 256 and hparams["lr"] > 0
     # every run lists the same hyperparameters and metrics: TensorBoard takes the tab's columns from one run's lists
-    assert set(hparams) == {"experiment", "run", "method", "variant", "lr", "C", "lam", "eta", "eps", "solver",
-                            "batch_size", "seed", "params"}
+    assert set(hparams) == {"experiment", "run", "method", "variant", "lr", "C", "c", "lam", "eta", "eps", "momentum",
+                            "solver", "batch_size", "seed", "params"}
     info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metrics = {m.name.tag for m in info.metric_infos}
     assert metrics == {"val/loss", "val/rel_err", "val/acc", "train/loss", "energy/violations"}

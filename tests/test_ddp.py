@@ -53,6 +53,10 @@ CASES = {
     "ieq-block": ("ieq", [BLOCK], "—", FORK),
     "ieq-block-cg": ("ieq", [BLOCK, "--model.optimizer.init_args.solver=cg"], "ieq-block", FORK),
     "ieq-block-generic": ("ieq", [BLOCK, "--model.net.class_path=helpers.TwoLayerNetWithoutGram"], "ieq-block", FORK),
+    # beyond the seed: the adaptive SAV family (its relax form) and AEGD, AEGDM (an energy per coordinate)
+    "arelsav": ("arelsav", [], "one", FORK),
+    "aegd": ("aegd", [], "one", FORK),
+    "aegdm": ("aegdm", [], "one", FORK),
     # 769 samples to train: each epoch's last batch is one sample, and rank 1 holds none of it
     "sgd-empty-rank": ("sgd", [EMPTY_RANK], "one", FORK),
     "expsav-relax-empty-rank": ("expsav", [VARIANT + "relax", EMPTY_RANK], "one", FORK),

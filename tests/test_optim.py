@@ -674,6 +674,22 @@ def test_readme_snippet(capsys):
     assert re.search(r"loss \d+\.\d{4}, modified energy log r − log C -?\d+\.\d{4}", capsys.readouterr().out)
 
 
+def test_readme_adaptive_and_aegd_snippet(capsys):
+    """The README's AdaptiveSAV / AEGD example runs and learns: each final loss below the variance of y (what predicting
+    its mean scores), with a finite modified energy and no violation."""
+    code = readme_snippet("from gf_lightning.optim import AEGD, AdaptiveSAV")
+    assert code is not None, "README.md lost its AdaptiveSAV / AEGD snippet"
+    torch.manual_seed(0)
+    namespace: dict = {"__name__": "readme_snippet"}
+    exec(compile(code, "README.md:adaptive-snippet", "exec"), namespace)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["AdaptiveSAV", "AEGD"]
+    variance = torch.var(namespace["y"], unbiased=False).item()
+    for line in lines:
+        loss = float(re.search(r"loss (\d+\.\d+)", line).group(1))
+        assert loss < variance and re.search(r"modified energy -?\d+\.\d{4}", line), line
+
+
 def test_readme_ieq_snippet(capsys):
     code = readme_snippet("from gf_lightning.optim import IEQ")
     assert code is not None, "README.md lost its IEQ snippet"

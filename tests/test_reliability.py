@@ -40,8 +40,10 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 # (method, where the process is killed): at the start of epoch 3 (epochs 0-2 done and checkpointed), or after the first of
 # the two training_step calls of epoch 3 (one call = one mini-batch here; Adam and IEQ take batch 64: 8 calls an epoch).
-# Mid-epoch for the methods whose state is more than the weights and a step count.
-KILLS = [*((m, "epoch_start") for m in METHODS), *((m, "mid_epoch") for m in ("adam", "expsav", "ieq_adaptive"))]
+# Mid-epoch for the methods whose state is more than the weights and a step count (A-RelSAV: a first moment per
+# coordinate and a scalar second moment; AEGDM: an energy and a momentum per coordinate).
+KILLS = [*((m, "epoch_start") for m in METHODS),
+         *((m, "mid_epoch") for m in ("adam", "expsav", "ieq_adaptive", "arelsav", "aegdm"))]
 
 
 @pytest.fixture(scope="module")
