@@ -7,7 +7,7 @@ the conventions of the other energy methods.
    never rises for ``vanilla`` and ``relax``, each move and ``r`` match ``m``, ``v`` kept by the test from the gradients
    the closure saw, SAV's energy identity holds with ``m̂`` and ``Δt̂``, nothing is counted as a violation and everything
    stays finite;
-3. state round trips continue bit for bit (and every convention of ``test_conventions.py``, run on AdaptiveSAV); a step
+3. state round trips continue bit for bit (every convention of ``test_conventions.py`` runs on AdaptiveSAV in its table); a step
    that raises changes nothing;
 4. two processes (gloo, DDP, half the batch each) equal one process on the whole batch;
 5. bad settings are refused with one line that names them;
@@ -362,31 +362,6 @@ def test_resume_from_a_saved_file_continues_bit_for_bit(case):
             assert got.dtype == value.dtype and torch.equal(got, value), key
     assert fresh_opt.global_state["step"].item() == 14
     assert fresh_opt.param_groups[0]["variant"] == case.kwargs["variant"]  # the loaded settings, not the constructor's
-
-
-CONVENTIONS = [
-    ("test_load_state_dict_continues_bit_for_bit_with_the_loaded_settings", {}),
-    ("test_copies_continue_identically", {"how": "deepcopy"}),
-    ("test_copies_continue_identically", {"how": "pickle"}),
-    ("test_per_group_lr_and_add_param_group", {}),
-    ("test_zero_grad_clears_the_gradients", {}),
-    ("test_scheduler_that_sets_lr_zero", {}),
-    ("test_empty_first_group", {}),
-    ("test_frozen_parameters_stay_put", {}),
-    ("test_float64_parameters", {}),
-    ("test_closure_may_return_a_float", {}),
-    ("test_energy_never_rises_over_random_step_sizes", {}),
-]
-
-
-@table
-@pytest.mark.parametrize("name,kw", CONVENTIONS, ids=[f"{n.removeprefix('test_')}{''.join(kw.values())}" for n, kw in CONVENTIONS])
-def test_torch_optim_conventions(case, name, kw):
-    """Each test of ``test_conventions.py`` (state round trips that continue bit for bit with the loaded settings,
-    deepcopy and pickle, per-group lr and ``add_param_group``, ``zero_grad``, a scheduler at lr = 0, an empty first group,
-    frozen parameters, float64, a closure that returns a float, random Δt) on each variant of AdaptiveSAV; each test's own
-    docstring names the breakage it catches."""
-    getattr(conventions, name)(case, **kw)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

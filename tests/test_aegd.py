@@ -5,7 +5,7 @@
 2. every coordinate's energy never rises, and everything stays finite, over random problems with Δt from 1e-4 to 1e4;
 3. a ``state_dict`` round trip continues bit for bit; two processes (gloo, DDP) take the steps of one;
 4. bad settings and bad steps are refused with one line;
-5. torch's conventions, through the functions of ``test_conventions.py`` (whose table lists the other methods);
+5. torch's conventions: AEGD and AEGDM are in the table of ``test_conventions.py``;
 6. a run from the command line trains and logs the energy.
 """
 
@@ -484,38 +484,9 @@ def test_bad_steps_are_refused_and_change_nothing(cls):
 # ---------------------------------------------------------------------------------------------------------------------------
 # 5. torch's conventions
 # ---------------------------------------------------------------------------------------------------------------------------
-CONVENTION_CASES = [
-    conventions.Case(AEGD, dict(lr=0.05), dict(lr=0.3, c=3.0, weight_decay=0.01, decoupled_weight_decay=True)),
-    conventions.Case(AEGDM, dict(lr=0.05), dict(lr=0.2, c=2.0, momentum=0.5, dampening=0.1)),
-]
-CONVENTIONS = [
-    "test_load_state_dict_continues_bit_for_bit_with_the_loaded_settings",
-    "test_copies_continue_identically",
-    "test_per_group_lr_and_add_param_group",
-    "test_zero_grad_clears_the_gradients",
-    "test_scheduler_that_sets_lr_zero",
-    "test_empty_first_group",
-    "test_frozen_parameters_stay_put",
-    "test_float64_parameters",
-    "test_closure_may_return_a_float",
-    "test_energy_never_rises_over_random_step_sizes",
-]
-
-
-@pytest.mark.parametrize("check", CONVENTIONS)
-@pytest.mark.parametrize("case", CONVENTION_CASES, ids=["AEGD", "AEGDM"])
-def test_torch_conventions(case, check):
-    """The checks of ``test_conventions.py`` (each docstring there says what it catches), for AEGD and AEGDM: state
-    round trips with the loaded settings, ``deepcopy`` and ``pickle`` (the record of the last step holds the energies),
-    per-group ``lr``, ``zero_grad``, a scheduler at ``lr = 0``, an empty first group, frozen parameters, float64, a closure
-    that returns a float, random step sizes. Breakage seen to fail here: the counters kept with
-    ``param_groups[0]["params"][0]`` instead of the first parameter of any group (IndexError with an empty first group)."""
-    run = getattr(conventions, check)
-    if check == "test_copies_continue_identically":
-        for how in ("deepcopy", "pickle"):
-            run(case, how)
-    else:
-        run(case)
+# AEGD and AEGDM are in the table of ``test_conventions.py`` (state round trips with the loaded settings, deepcopy and
+# pickle, per-group lr, zero_grad, a scheduler at lr = 0, an empty first group, frozen parameters, float64, a closure that
+# returns a float, random step sizes).
 
 
 # ---------------------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from gf_lightning.optim import IEQ, SAV, ExpSAV, IEQAdaptive
+from gf_lightning.optim import AEGD, AEGDM, IEQ, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.cls.__name__}-{self.kwargs.get('variant', self.kwargs.get('solver'))}"
+        detail = self.kwargs.get("variant", self.kwargs.get("solver"))
+        return self.cls.__name__ + (f"-{detail}" if detail else "")
 
     @property
     def residual(self) -> bool:
@@ -47,6 +48,11 @@ CASES = (
        for v in IEQAdaptive.variants]
     + [Case(IEQ, dict(lr=0.05, solver=s), dict(lr=0.2, solver="cg" if s == "cholesky" else "cholesky", cg_max_iter=3))
        for s in IEQ.solvers]
+    + [Case(AdaptiveSAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=7.0, lam=0.5, betas=(0.5, 0.9), eps=1e-3, eta=0.5,
+                                                         variant="restart" if v != "restart" else "vanilla"))
+       for v in AdaptiveSAV.variants]
+    + [Case(AEGD, dict(lr=0.05), dict(lr=0.3, c=3.0, weight_decay=0.01, decoupled_weight_decay=True)),
+       Case(AEGDM, dict(lr=0.05), dict(lr=0.2, c=2.0, momentum=0.5, dampening=0.1))]
 )
 table = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 
