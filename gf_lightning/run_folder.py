@@ -39,8 +39,9 @@ class RunName:
 
 
 def _short(name: str) -> str:
-    """A folder-safe form of a name: lower case, runs of other characters as one ``_``."""
-    return re.sub(r"[^a-z0-9_.-]+", "_", name.lower()).strip("_") or "run"
+    """A folder-safe form of a name: lower case, runs of other characters as one ``_``, no leading dot (``..`` would
+    climb out of ``lightning_logs``)."""
+    return re.sub(r"[^a-z0-9_.-]+", "_", name.lower()).strip("._") or "run"
 
 
 def method_name(optimizer_class_path: str) -> str:

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import CONFIGS, QUIET, subprocess_env
 
-from gf_lightning.run_folder import claim_version
+from gf_lightning.run_folder import claim_version, run_name
 
 
 def _claim(args: tuple[str, object]) -> int:
@@ -50,3 +52,13 @@ def test_runs_started_together_keep_their_own_config_and_events(tmp_path: Path) 
         assert len(list(folder.glob("events.out.tfevents*"))) == 1
         assert (folder / "checkpoints" / "last.ckpt").is_file()
     assert seen == set(lrs)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../../x y", "/etc", "a/../../b", "..\\..", "~root", ""])
+def test_a_run_name_never_leaves_its_experiment_folder(name: str, tmp_path: Path) -> None:
+    """``--experiment`` and ``--run_name`` become one folder each under ``lightning_logs``, whatever they hold.
+    Breakage: keeping dots and slashes (``..`` climbs out of ``lightning_logs``: tried, fails)."""
+    named = run_name({"experiment": name, "run_name": name})
+    logs = (tmp_path / "lightning_logs").resolve()
+    folder = (logs / named.path).resolve()
+    assert folder.parent.parent == logs and folder.name and folder.parent.name
