@@ -160,7 +160,7 @@ def test_claims_are_the_seed_documents():
                 assert reproduce.claim(exp, "time", SEED_NAMES[name]) == value, (exp, name)
 
 
-def test_every_method_started_from_the_same_weights_and_data(exp3):
+def test_every_method_started_from_the_same_weights_and_data(exp3, tmp_path):
     runs = _runs(exp3)
     for key in ("init_weights", "init_data", "init_test_loss", "init_test_metric"):
         values = {run[key] for run in runs.values()}
@@ -168,7 +168,7 @@ def test_every_method_started_from_the_same_weights_and_data(exp3):
     assert "All 6 methods started from the same initial weights and the same data" in (exp3 / "results.md").read_text()
 
     # independently: the seeded model and data the SGD config builds give exactly the recorded initial test loss
-    cli = cli_main(["--config", str(CONFIGS / "exp3_sgd.yaml")], run=False)
+    cli = cli_main(["--config", str(CONFIGS / "exp3_sgd.yaml"), f"--trainer.default_root_dir={tmp_path}"], run=False)
     cli.datamodule.setup("fit")
     data = cli.datamodule.tensors
     with torch.no_grad():
