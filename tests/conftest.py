@@ -10,9 +10,12 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 #: the repository root
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +47,58 @@ def run_dir(root) -> Path:
     """The one run folder under ``root``."""
     (folder,) = version_dirs(root)
     return folder
+
+
+def on_ranks(job: Callable[[int, int], Any], folder: Path, world: int = 2, start_method: str = "fork") -> list[Any]:
+    """``job(rank, world)`` in ``world`` processes joined in one gloo group (a file rendezvous in ``folder``), and what
+    each returned, in rank order. Forked by default: ~1 s against ~15 s for spawned children, which import torch again;
+    but a job that calls LAPACK (a Cholesky) must be spawned, as LAPACK's threads do not survive a fork (it hangs)."""
+    import torch.multiprocessing
+
+    torch.multiprocessing.start_processes(_rank_main, args=(world, job, str(folder)), nprocs=world, join=True,
+                                          start_method=start_method)
+    return [torch.load(Path(folder) / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+def _rank_main(rank: int, world: int, job: Callable[[int, int], Any], folder: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=world)
+    try:
+        torch.save(job(rank, world), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_quadratic(cls: type, problem: tuple, lrs: tuple, steps: int, shifts=None, **kw) -> tuple[list[dict], int]:
+    """A test file's quadratic ``L(w) = ½ wᵀPw + qᵀw + 1 + shiftₙ`` (``problem = (P, Q, W0)``, ``W0`` the two groups'
+    start) through the optimizer ``cls`` in float64: one group per entry of ``lrs`` (one group when ``lrs`` has one
+    entry). Records, after each step, the weights, each parameter's state and the global state (lists and clones), the
+    stats (0-dim tensors); and the closure calls."""
+    P, Q, W0 = problem
+    u, v = (torch.nn.Parameter(torch.tensor(w, dtype=torch.float64)) for w in W0)
+    groups = [{"params": [u, v]}] if len(lrs) == 1 else [{"params": [u], "lr": lrs[0]}, {"params": [v], "lr": lrs[1]}]
+    opt = cls(groups, lr=lrs[0], **kw)
+    Pt, Qt = torch.tensor(P, dtype=torch.float64), torch.tensor(Q, dtype=torch.float64)
+    calls, shift = [0], [0.0]
+
+    def closure():
+        calls[0] += 1
+        opt.zero_grad()
+        x = torch.cat([u, v])
+        loss = 0.5 * x @ Pt @ x + Qt @ x + 1.0 + shift[0]
+        loss.backward()
+        return loss
+
+    out = []
+    for n in range(steps):
+        shift[0] = shifts[n] if shifts else 0.0
+        opt.step(closure)
+        out.append(dict(w=[u.tolist(), v.tolist()],
+                        param_state=[{k: t.tolist() for k, t in opt.state[p].items()} for p in (u, v)],
+                        state={k: t.clone() for k, t in opt.global_state.items()},
+                        stats={k: t.clone() for k, t in opt.stats.items()}))
+    return out, calls[0]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import test_conventions as conventions
 import torch
-from conftest import CONFIGS, QUIET
+from conftest import CONFIGS, QUIET, on_ranks, run_on_quadratic
 
 from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.optim import OPTIMIZERS, SAV, AdaptiveSAV
@@ -97,29 +97,12 @@ def alg5_reference(variant, lrs, steps, C, lam, betas=(0.9, 0.999), eps=1e-8, et
 
 
 def run_library(variant, lrs, steps, shifts=None, **kw):
-    """The same problem through AdaptiveSAV (float64), one group (``lrs`` of one entry) or the groups u and v."""
-    u, v = (torch.nn.Parameter(torch.tensor(w, dtype=F64)) for w in W0)
-    groups = [{"params": [u, v]}] if len(lrs) == 1 else [{"params": [u], "lr": lrs[0]}, {"params": [v], "lr": lrs[1]}]
-    opt = AdaptiveSAV(groups, lr=lrs[0], variant=variant, **kw)
-    Pt, Qt = torch.tensor(P, dtype=F64), torch.tensor(Q, dtype=F64)
-    calls, shift = [0], [0.0]
-
-    def closure():
-        calls[0] += 1
-        opt.zero_grad()
-        x = torch.cat([u, v])
-        loss = 0.5 * x @ Pt @ x + Qt @ x + 1.0 + shift[0]
-        loss.backward()
-        return loss
-
-    out = []
-    for n in range(steps):
-        shift[0] = shifts[n] if shifts else 0.0
-        opt.step(closure)
-        out.append(dict(w=[u.tolist(), v.tolist()], m=[opt.state[u]["exp_avg"].tolist(), opt.state[v]["exp_avg"].tolist()],
-                        state={k: t.clone() for k, t in opt.global_state.items()},
-                        stats={k: float(t) for k, t in opt.stats.items()}))
-    return out, calls[0]
+    """The same problem through AdaptiveSAV (conftest's ``run_on_quadratic``); ``m`` is each parameter's ``exp_avg``."""
+    out, calls = run_on_quadratic(AdaptiveSAV, (P, Q, W0), lrs, steps, shifts, variant=variant, **kw)
+    for o in out:
+        o["m"] = [state["exp_avg"] for state in o.pop("param_state")]
+        o["stats"] = {k: float(t) for k, t in o["stats"].items()}
+    return out, calls
 
 
 STEP_CASES = [  # (variant, lrs, settings): relax cases where 0 < ξ < 1 happens and where ξ = 0 does
@@ -441,20 +424,15 @@ def ddp_run(variant: str, rank: int | None = None, world: int = 1):
     return out
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.save({variant: ddp_run(variant, rank, world) for variant in VARIANTS}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+def _ranks_job(rank: int, world: int) -> dict:
+    return {variant: ddp_run(variant, rank, world) for variant in VARIANTS}
 
 
 def test_two_processes_equal_one(tmp_path):
     """Two gloo processes under DDP, each with half of every batch, take the steps of one process on the whole batch
     (to 1e-12), with the same stats, identical on both ranks. Breakage seen to fail here: the rank's own loss in
     ``r̂ = √(L + C)`` (not averaged over ranks): the ranks' ``r`` and weights part."""
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = on_ranks(_ranks_job, tmp_path, start_method="spawn")
     for variant in VARIANTS:
         for n, (params, stats) in enumerate(ddp_run(variant)):
             for rank in ranks:

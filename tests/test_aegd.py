@@ -20,7 +20,7 @@ import pytest
 import test_conventions as conventions
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, QUIET
+from conftest import CONFIGS, QUIET, on_ranks
 
 from gf_lightning.cli import cli_main
 from gf_lightning.errors import GFConfigError, GFStepError
@@ -360,17 +360,13 @@ def ddp_steps(cls, kw, net, x, y):
     return out
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _ranks_job(rank: int, world: int) -> dict:
     x, y = ddp_data()
     results = {}
     for name, (cls, kw) in DDP_RUNS.items():
         net = torch.nn.parallel.DistributedDataParallel(ddp_net())  # averages the gradients over the ranks
         results[name] = ddp_steps(cls, kw, net, x.chunk(world)[rank], y.chunk(world)[rank])
-    torch.save(results, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    return results
 
 
 def test_two_processes_equal_one(tmp_path):
@@ -378,10 +374,7 @@ def test_two_processes_equal_one(tmp_path):
     (to 1e-12), and the same steps as each other (bit for bit), with the stats of the whole batch. Breakage seen to fail
     here: the loss not averaged over ranks (``global_mean_`` dropped) — each rank scales ``v`` by its own shard's
     ``√(f + c)``, and the replicas part."""
-    # forked (~1 s) rather than spawned (~15 s: each child imports torch again), as the project's DDP runs are
-    torch.multiprocessing.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                                          join=True, start_method="fork")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = on_ranks(_ranks_job, tmp_path)
     x, y = ddp_data()
     for name, (cls, kw) in DDP_RUNS.items():
         one = ddp_steps(cls, kw, ddp_net(), x, y)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from conftest import on_ranks
 from torch.func import functional_call, jacrev
 
 from gf_lightning.components.nets import TwoLayerNet
@@ -267,10 +268,7 @@ def ddp_problem():
     return net, x, y
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _ranks_job(rank: int, world: int) -> dict:
     results = {}
     for mode, path in DDP_RUNS:
         net, x, y = ddp_problem()
@@ -288,8 +286,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
             opt.step(closure, gram_fn=(lambda: net.jacobian_gram(inputs)) if path == "closed" else None)
             steps.append(([p.detach().clone() for p in net.parameters()], {k: float(v) for k, v in opt.stats.items()}))
         results[mode, path] = steps
-    torch.save(results, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    return results
 
 
 def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
@@ -298,8 +295,7 @@ def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
     moves ``Δt J_rᵀ qⁿ⁺¹_r`` are summed — checked against that computed here by hand — and the logged energies and the
     violation count are those of the global batch, ``‖qⁿ⁺¹‖² = Σ_r ‖qⁿ⁺¹_r‖²``, equal on both ranks. Breakage: the code
     before logged each rank's own share of ``‖qⁿ⁺¹‖`` in block mode."""
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = on_ranks(_ranks_job, tmp_path, start_method="spawn")  # the Cholesky's LAPACK threads hang in a fork
     for mode, path in DDP_RUNS:
         net, x, y = ddp_problem()
         for n, dt in enumerate(DDP_DTS):

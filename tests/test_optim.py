@@ -21,7 +21,7 @@ import re
 import mpmath
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_on_quadratic
 from references import relax_reference, scheme_reference
 
 from gf_lightning.optim import SAV, ExpSAV, IEQAdaptive
@@ -59,29 +59,8 @@ def quadratic(shifts):
 
 
 def run_library(cls, lrs, steps, shifts=None, **kw):
-    """The same problem through the library (float64), one group per entry of ``lrs`` (one group when ``lrs`` has one
-    entry). Records the weights, state and stats after each step, and the closure calls."""
-    u, v = (torch.nn.Parameter(torch.tensor(w, dtype=F64)) for w in W0)
-    groups = [{"params": [u, v]}] if len(lrs) == 1 else [{"params": [u], "lr": lrs[0]}, {"params": [v], "lr": lrs[1]}]
-    opt = cls(groups, lr=lrs[0], **kw)
-    Pt, Qt = torch.tensor(P, dtype=F64), torch.tensor(Q, dtype=F64)
-    calls, shift = [0], [0.0]
-
-    def closure():
-        calls[0] += 1
-        opt.zero_grad()
-        x = torch.cat([u, v])
-        loss = 0.5 * x @ Pt @ x + Qt @ x + 1.0 + shift[0]
-        loss.backward()
-        return loss
-
-    out = []
-    for n in range(steps):
-        shift[0] = shifts[n] if shifts else 0.0
-        opt.step(closure)
-        out.append(dict(w=[u.tolist(), v.tolist()], state={k: v.clone() for k, v in opt.global_state.items()},
-                        stats={k: v.clone() for k, v in opt.stats.items()}))
-    return out, calls[0]
+    """The same problem through the library (conftest's ``run_on_quadratic``)."""
+    return run_on_quadratic(cls, (P, Q, W0), lrs, steps, shifts, **kw)
 
 
 STEP_CASES = [  # (method, variant, lrs, kwargs): Δt large enough for relax to overshoot, so that 0 < ξ < 1 happens
