@@ -135,6 +135,7 @@ def _check_model_settings(config: Namespace) -> None:
     settings.pop("net", None)
     built = _model_settings_parser().instantiate(Namespace(model=settings)).model
     stand_in = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1))])
+    stand_in.m = 1  # a width, for model.particle_time: the real network's is checked when it is built
     GradientFlowModule(stand_in, **vars(built))
 
 

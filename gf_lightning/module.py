@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
@@ -16,8 +15,10 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .checkpointing import last_good_checkpoint
+from .components.objectives import DEFAULT_OBJECTIVES, Objective
 from .data.batching import Batch
 from .errors import GFConfigError, NonFiniteError
+from .metrics import RatioOfSums, RelativeError, RelativeL2Error
 from .optim.base import EnergyOptimizer
 from .optim.distributed import gather_rows
 from .resume import CHECKPOINT_KEY as RUN_CHECKPOINT_KEY
@@ -41,24 +42,6 @@ def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01)
 
 
-class RelativeError(Metric):
-    """``Σ (f − y)² / Σ y²`` over an epoch (the meaningful error for exp3, whose targets are tiny)."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("sse", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("ssy", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        self.sse += (preds - target).double().square().sum()
-        self.ssy += target.double().square().sum()
-
-    def compute(self) -> Tensor:
-        return self.sse / self.ssy
-
-
 class GradientFlowModule(L.LightningModule):
     """Trains ``net`` with the injected optimizer: SGD, Adam, or one of :mod:`gf_lightning.optim`.
 
@@ -66,13 +49,19 @@ class GradientFlowModule(L.LightningModule):
         net: the network (a plain ``nn.Module``; :class:`~gf_lightning.components.TwoLayerNet` in the configs).
         optimizer: a callable that builds the optimizer from the parameters; in YAML
             ``{class_path: gf_lightning.optim.ExpSAV, init_args: {lr: 0.1, C: 1.0}}``.
-        task: ``"regression"`` (mean squared error) or ``"classification"`` (cross-entropy; IEQ uses the one-hot
-            residual). ``None`` takes the data module's task.
+        objective: the training objective (:mod:`gf_lightning.components.objectives`): the loss and IEQ's residual form.
+            ``None``: the task's default, :class:`~gf_lightning.components.MeanSquaredError` for regression,
+            :class:`~gf_lightning.components.CrossEntropy` for classification.
+        task: ``"regression"`` or ``"classification"``; ``None`` takes the objective's, or the data module's.
+        particle_time: time is the paper's particle time (Ma, Mao & Shen 2024): the optimizers see ``m ∇L`` in place of
+            ``∇L`` (``m`` the network's width, ``net.m``), while ``L`` itself — the SAV family's ``r = √(L + C)`` — is
+            unchanged. SGD at ``lr`` then steps as SGD at ``m·lr``. IEQ (full) gets the residual ``√m · q``, which is its
+            flow at ``m·Δt``; its logged energies are then ``m`` times the loss.
         check_finite_every_n_steps: how often the training loss is checked for NaN/Inf (a host sync each time);
             the parameters are checked before every validation and checkpoint regardless.
 
-    Metrics (TensorBoard groups them by prefix), all against the optimizer step: ``train/loss``, ``val/loss`` (the mean
-    squared error for regression, the cross-entropy for classification) and ``val/rel_err`` (regression:
+    Metrics (TensorBoard groups them by prefix), all against the optimizer step: ``train/loss`` (the objective, averaged
+    over the epoch's batches by their sizes), ``val/loss`` (the objective on the held-out batches) and ``val/rel_err`` (regression:
     ``Σ(f − y)² / Σy²``, which a network predicting zero scores 1) or ``val/acc`` (classification), per epoch; every
     ``log_every_n_steps`` optimizer steps the optimizer's ``energy/…`` and ``optim/…`` scalars.
     """
@@ -81,26 +70,45 @@ class GradientFlowModule(L.LightningModule):
         self,
         net: nn.Module,
         optimizer: OptimizerCallable = _default_optimizer,
+        objective: Objective | None = None,
         task: str | None = None,
+        particle_time: bool = False,
         check_finite_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
         if task not in (None, "regression", "classification"):
             raise GFConfigError(f"model.task must be 'regression' or 'classification' (or null: from the data); got {task!r}")
+        if objective is not None and not isinstance(objective, Objective):
+            raise GFConfigError(
+                f"model.objective must be a gf_lightning.components objective (MeanSquaredError, RelativeError, "
+                f"CrossEntropy, or a subclass of Objective); got {type(objective).__name__}"
+            )
+        if objective is not None and task is not None and objective.task != task:
+            raise GFConfigError(f"model.task is {task!r} but model.objective ({objective!r}) is a {objective.task} objective")
+        if not isinstance(particle_time, bool):
+            raise GFConfigError(f"model.particle_time must be true or false; got {particle_time!r}")
+        if particle_time and not isinstance(getattr(net, "m", None), int):
+            raise GFConfigError(
+                f"model.particle_time needs a network with a hidden width m (TwoLayerNet); {type(net).__name__} has none"
+            )
         if not isinstance(check_finite_every_n_steps, int) or check_finite_every_n_steps < 1:
             raise GFConfigError(f"model.check_finite_every_n_steps must be an integer >= 1; got {check_finite_every_n_steps!r}")
-        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["net", "optimizer", "objective"], logger=False)
         self.automatic_optimization = False
         self.net = net
         self.optimizer = optimizer
-        self.task = task
+        self.objective = objective
+        self.task = task or (objective.task if objective is not None else None)
+        self.particle_time = particle_time
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self._optimizer_class = self._validate_optimizer()
         self._residual = getattr(self._optimizer_class, "closure_returns", "loss") == "residual"
         self._epoch_loss: Tensor | None = None  # Σ batch loss × batch size over the epoch, and the sample count
         self._epoch_count = 0
-        self.eval_loss = MeanMetric()
+        self.eval_loss = MeanMetric()  # an objective that is a mean of per-sample terms
+        self.eval_ratio = RatioOfSums()  # one that is a ratio of sums (RelativeError)
         self.eval_rel = RelativeError()
+        self.eval_rel_l2 = RelativeL2Error()  # objectives with a solution (BurgersPINN): ‖u − u*‖ / ‖u*‖
         self.eval_acc: Metric | None = None
 
     def _validate_optimizer(self) -> type:
@@ -124,6 +132,12 @@ class GradientFlowModule(L.LightningModule):
                                 category=PossibleUserWarning)
         dm = self.trainer.datamodule if self.trainer is not None else None
         if dm is not None and hasattr(dm, "dims"):
+            if self.objective is not None and self.objective.task != dm.task:
+                raise GFConfigError(
+                    f"model.objective ({self.objective!r}) is a {self.objective.task} objective but the data "
+                    f"({type(dm).__name__}) are {dm.task}; allowed: "
+                    + ("MeanSquaredError, RelativeError" if dm.task == "regression" else "CrossEntropy")
+                )
             if self.task is None:
                 self.task = dm.task
             elif self.task != dm.task:
@@ -138,6 +152,12 @@ class GradientFlowModule(L.LightningModule):
             if hasattr(dm, "tensors"):  # any network, with or without .d/.k: one forward of two inputs
                 check_net_accepts(self.net, dm.tensors["x_train"], k, type(dm).__name__)
         self.task = self.task or "regression"
+        if self.objective is None:
+            self.objective = DEFAULT_OBJECTIVES[self.task]()
+        elif self.objective.task != self.task:
+            raise GFConfigError(
+                f"model.objective ({self.objective!r}) is a {self.objective.task} objective but the data are {self.task}"
+            )
         if self.task == "classification" and self.eval_acc is None:
             self.eval_acc = MulticlassAccuracy(num_classes=getattr(self.net, "k", 10), average="micro")
 
@@ -167,22 +187,16 @@ class GradientFlowModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def loss(self, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-        """Cross-entropy, or the squared error averaged over the outputs; ``reduction`` over the samples."""
-        if self.task == "classification":
-            return F.cross_entropy(out, y, reduction=reduction)
-        per_sample = math.prod(y.shape[1:])
-        return F.mse_loss(out, y) if reduction == "mean" else F.mse_loss(out, y, reduction="sum") / per_sample
+    @property
+    def gradient_scale(self) -> float:
+        """What the gradient the optimizers see is multiplied by: the width ``m`` in particle time, else 1."""
+        return float(self.net.m) if self.particle_time else 1.0
 
     def _shard_loss(self, out: Tensor, y: Tensor, total: int) -> Tensor:
-        """This rank's term of the global batch's mean loss: ``W / total · Σ`` its samples' losses (the plain mean when
-        every rank holds ``total / W`` samples). DDP averages the ranks' gradients and the optimizers average the ranks'
-        losses, so both are then the global batch's, whatever each rank's share — one sample more, or none, in an epoch's
-        last batch."""
-        world = self.trainer.world_size
-        if len(y) * world == total:
-            return self.loss(out, y)
-        return self.loss(out, y, reduction="sum") * (world / total)
+        """This rank's term of the global batch's loss (:meth:`Objective.shard_loss`). DDP averages the ranks' gradients
+        and the optimizers average the ranks' losses, so both are then the global batch's, whatever each rank's share —
+        one sample more, or none, in an epoch's last batch."""
+        return self.objective.shard_loss(out, y, total)
 
     def training_step(self, batch: Batch | tuple | list, batch_idx: int) -> None:
         """One optimizer step per mini-batch: ``batch`` is one :class:`~gf_lightning.data.Batch` (or ``(x, y)``), or a
@@ -199,23 +213,26 @@ class GradientFlowModule(L.LightningModule):
             self._step(opt, x, y, total)
 
     def _step(self, opt, x: Tensor, y: Tensor, total: int) -> None:
+        objective, scale = self.objective, self.gradient_scale
         if self._residual:
-            target = F.one_hot(y, self.net.k).to(x.dtype) if self.task == "classification" else y
             forward: dict[str, Tensor] = {}
+            # particle time: √m q is the residual whose flow runs m times faster (see the class's docstring)
+            q_scale = objective.residual_scale(y) * math.sqrt(scale) if scale != 1.0 else objective.residual_scale(y)
 
             def closure() -> Tensor:
                 opt.zero_grad()
-                forward["out"] = out = self.net(x)
-                return out - target
+                forward["out"] = out = objective.predict(self.net, x)
+                return objective.residual(out, y, q_scale)
 
             gram, gram_fn = getattr(self.net, "jacobian_gram", None), None
-            if gram is not None:
+            if gram is not None and type(objective).predict is Objective.predict:  # q is an affine map of net(x)
                 inputs = x
                 if self.trainer.world_size > 1 and opt.optimizer.defaults.get("distributed") == "global":
                     inputs = gather_rows(x).rows  # the global batch, rank-major, as the optimizer gathers q
 
                 def gram_fn() -> Tensor:
-                    return gram(inputs)
+                    g = gram(inputs)
+                    return g if isinstance(q_scale, float) and q_scale == 1.0 else g * q_scale**2
 
             opt.step(closure=closure, gram_fn=gram_fn)
             loss = self._shard_loss(forward["out"].detach(), y, total)
@@ -223,8 +240,9 @@ class GradientFlowModule(L.LightningModule):
 
             def closure() -> Tensor:
                 opt.zero_grad()
-                loss = self._shard_loss(self.net(x), y, total)
-                self.manual_backward(loss)
+                loss = self._shard_loss(objective.predict(self.net, x), y, total)
+                # particle time: the optimizer sees m ∇L beside L itself
+                self.manual_backward(loss * scale if scale != 1.0 else loss)
                 return loss
 
             loss = opt.step(closure=closure).detach()
@@ -301,25 +319,41 @@ class GradientFlowModule(L.LightningModule):
         x, y = batch
         if len(x) == 0:  # this rank's part of the held-out set's last batch, under DDP: nothing to count
             return
-        out = self.net(x)
-        self.eval_loss.update(self.loss(out, y), weight=x.shape[0])
+        out = self.objective.predict(self.net, x)
         # metric objects: Lightning computes them once per epoch, synchronised across ranks, and resets them
         # while fitting, _write_eval writes them to the loggers at the optimizer step; in validate and test, Lightning
         # does, and returns and prints them
         to_logger = not self._fitting
-        self.log(f"{prefix}/loss", self.eval_loss, on_step=False, on_epoch=True, prog_bar=prefix == "val", logger=to_logger)
+        loss_metric = self._eval_loss_metric
+        if self.objective.per_sample:
+            loss_metric.update(self.objective.loss(out, y), weight=x.shape[0])
+        else:
+            loss_metric.update(**vars(self.objective.ratio(out, y)))
+        self.log(f"{prefix}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=prefix == "val", logger=to_logger)
         if self.task == "classification":
             self.eval_acc.update(out, y)
             self.log(f"{prefix}/acc", self.eval_acc, on_step=False, on_epoch=True, logger=to_logger)
-        else:  # (the loss is the mean squared error)
+        elif self._solution is None:  # (the loss is the mean squared error)
             self.eval_rel.update(out, y)
             self.log(f"{prefix}/rel_err", self.eval_rel, on_step=False, on_epoch=True, logger=to_logger)
+        else:  # a PDE's objective: its predicted solution against the exact one, at the rows that have one
+            u, u_exact = self._solution(out, y)
+            self.eval_rel.update(u, u_exact)
+            self.eval_rel_l2.update(u, u_exact)
+            self.log(f"{prefix}/rel_err", self.eval_rel, on_step=False, on_epoch=True, logger=to_logger)
+            self.log(f"{prefix}/rel_l2", self.eval_rel_l2, on_step=False, on_epoch=True, logger=to_logger)
+
+    @property
+    def _solution(self):
+        """The objective's ``solution(pred, y) -> (u, u*)`` when it has one (:class:`~gf_lightning.components.BurgersPINN`),
+        else ``None``: ``val/rel_err`` is then ``Σ(u − u*)²/Σu*²`` over those rows and ``val/rel_l2`` its square root."""
+        return getattr(self.objective, "solution", None)
 
     def _fresh_eval_metrics(self) -> None:
         # validate/test run under inference_mode, and metric state reset there becomes inference tensors that a later
         # fit's validation (under no_grad) could not update: recreate it as normal tensors
         with torch.inference_mode(False):
-            for metric in (self.eval_loss, self.eval_rel, self.eval_acc):
+            for metric in (self.eval_loss, self.eval_ratio, self.eval_rel, self.eval_rel_l2, self.eval_acc):
                 if metric is not None:
                     metric.reset()
 
@@ -340,10 +374,18 @@ class GradientFlowModule(L.LightningModule):
 
     def _write_eval(self, prefix: str) -> None:
         """While fitting, the evaluation's metrics, synchronised across ranks, to the loggers (see :meth:`_write`)."""
-        if not self._fitting or self.trainer.sanity_checking or not self.loggers or not self.eval_loss.update_called:
+        loss_metric = self._eval_loss_metric
+        if not self._fitting or self.trainer.sanity_checking or not self.loggers or not loss_metric.update_called:
             return
         quality = (f"{prefix}/acc", self.eval_acc) if self.task == "classification" else (f"{prefix}/rel_err", self.eval_rel)
-        self._write({f"{prefix}/loss": float(self.eval_loss.compute()), quality[0]: float(quality[1].compute())})
+        metrics = {f"{prefix}/loss": float(loss_metric.compute()), quality[0]: float(quality[1].compute())}
+        if self.task != "classification" and self._solution is not None:
+            metrics[f"{prefix}/rel_l2"] = float(self.eval_rel_l2.compute())
+        self._write(metrics)
+
+    @property
+    def _eval_loss_metric(self) -> Metric:
+        return self.eval_loss if self.objective.per_sample else self.eval_ratio
 
     def on_test_epoch_start(self) -> None:
         self._fresh_eval_metrics()

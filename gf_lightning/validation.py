@@ -33,6 +33,7 @@ _TORCH_SETTINGS = {
     "alpha": (lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
     "rho": (lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
     "lr_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "initial_accumulator_value": (lambda v: v >= 0, "a finite number >= 0"),  # Adagrad
 }
 
 
@@ -333,7 +334,8 @@ def _allowed_types(text: str) -> list[str]:
         if literal:
             words.extend(v.strip() for v in literal.split(",") if v.strip())
         elif cls:
-            word = _TYPE_WORDS.get(cls, f"a {cls.rsplit('.', 1)[-1]}")
+            name = cls.rsplit('.', 1)[-1]
+            word = _TYPE_WORDS.get(cls, f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}")
             if word not in words:
                 words.append(word)
     return words

@@ -124,6 +124,8 @@ LIBRARY = {
     "module: Adam eps = 0 (torch allows it)": (lambda: GradientFlowModule(TwoLayerNet(3, 4, 1),
                                                                         lambda ps: torch.optim.Adam(ps, eps=0.0)),
                                                GFConfigError, ["model.optimizer.init_args.eps", "> 0"]),
+    "module: particle time without a width": (lambda: GradientFlowModule(torch.nn.Linear(3, 1), particle_time=True),
+                                               GFConfigError, ["model.particle_time", "hidden width m", "Linear"]),
     "IEQ closed form, two lrs": (ieq_step(gram=lambda net, x: net.jacobian_gram(x), groups=lambda net: [
         {"params": [net.W], "lr": 0.1}, {"params": [net.a], "lr": 0.2}]), GFConfigError, ["gram_fn", "lr", "0.1", "0.2"]),
 }
@@ -214,6 +216,15 @@ def _make_writable_again() -> None:
 #: argument is that folder
 CLI = {
     "unknown optimizer": ("exp1_sgd", ["--model.optimizer.class_path=torch.optim.Nope"], ["torch.optim.Nope"]),
+    "objective not an Objective": ("exp1_sgd", ["--model.objective=torch.nn.MSELoss"],
+                                   ["model.objective=torch.nn.MSELoss", "allowed: an Objective"]),
+    "objective of the other task": ("exp1_sgd", ["--model.objective=gf_lightning.components.CrossEntropy"],
+                                    ["model.objective", "classification objective", "SinCosRegression", "RelativeError"]),
+    "standardize not a bool": ("exp1_sgd", ["--data.init_args.standardize=maybe"],
+                               ["data.init_args.standardize=maybe", "true or false"]),
+    "standardize one sample": ("exp1_sgd", ["--data.init_args.standardize=true", "--data.init_args.n_samples=2",
+                                            "--data.init_args.train_fraction=0.5", "--data.init_args.batch_size=1"],
+                               ["data.standardize", "1 training samples"]),
     "sgd lr <= 0": ("exp1_sgd", ["--model.optimizer.init_args.lr=-1"], ["model.optimizer", "-1"]),
     "an optimizer setting": ("exp1_sav", ["--model.optimizer.init_args.C=-5"],
                              ["model.optimizer.init_args.C must be a finite number > 0; got -5"]),

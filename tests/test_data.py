@@ -129,6 +129,31 @@ def test_seed_none_takes_the_run_seed():
     assert torch.equal(a["x_train"], b["x_train"])
 
 
+@pytest.mark.parametrize("cls", [SinCosRegression, QuadraticRegression, GaussianRegression])
+def test_standardize_uses_the_training_split_statistics(cls):
+    """``standardize: true`` (Ma, Mao & Shen 2024): the training inputs get per-feature mean 0 and standard deviation 1,
+    the held-out inputs the *training* split's shift and scale, and the targets stay the raw inputs' (the same draw).
+    Catches: the held-out split z-scored with its own statistics (a leak: tried, its mean becomes exactly 0), targets
+    computed from the standardized inputs."""
+    raw = cls(n_samples=500, seed=0).build()
+    std = cls(n_samples=500, seed=0, standardize=True).build()
+    x = raw["x_train"].double()
+    mu, sigma = x.mean(dim=0), x.std(dim=0)
+    assert std["x_train"].double().mean(dim=0).abs().max() < 1e-5
+    assert torch.allclose(std["x_train"].double().std(dim=0), torch.ones(x.shape[1], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(std["x_test"].double(), (raw["x_test"].double() - mu) / sigma, atol=1e-4)
+    assert std["x_test"].double().mean(dim=0).abs().max() > 1e-3  # not its own statistics
+    assert torch.equal(std["y_train"], raw["y_train"]) and torch.equal(std["y_test"], raw["y_test"])
+
+
+def test_batch_size_null_is_full_batch():
+    """``batch_size: null``: one step an epoch over the whole training set (the paper's Fig. 1 runs gradient descent)."""
+    dm = SinCosRegression(n_samples=100, batch_size=None, seed=0)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert dm.batch_size == 80 and len(batches) == 1 and len(batches[0][0]) == 80
+
+
 def test_batch_larger_than_training_set_is_refused_at_setup():
     dm = SinCosRegression(n_samples=100, batch_size=81, seed=0)
     with pytest.raises(GFConfigError, match=r"data\.batch_size.*80"):

@@ -100,6 +100,11 @@ def test_kaiming_and_normal_init_std():
     assert net.a.std().item() == pytest.approx(math.sqrt(1 / m), rel=0.1)
     normal = TwoLayerNet(d=d, m=m, k=1, init="normal")
     assert normal.W.std().item() == pytest.approx(1.0, rel=0.05)
+    # the public implementation's: Kaiming's 2/fan-in with the fan-in on the wrong axis (m for W, 1 for a); caught: the
+    # right axes (√(2/41) for W), or a ~ N(0, 2/m)
+    public = TwoLayerNet(d=d, m=m, k=1, init="public")
+    assert public.W.std().item() == pytest.approx(math.sqrt(2 / m), rel=0.05)
+    assert public.a.std().item() == pytest.approx(math.sqrt(2), rel=0.1)
 
 
 def test_init_is_reproducible_under_a_seed():

@@ -1,5 +1,6 @@
-"""Plain ``nn.Module`` networks, apart from the LightningModule that trains them."""
+"""Plain ``nn.Module`` networks and training objectives, apart from the LightningModule that trains them."""
 
 from .nets import TwoLayerNet
+from .objectives import CrossEntropy, MeanSquaredError, Objective, RelativeError
 
-__all__ = ["TwoLayerNet"]
+__all__ = ["CrossEntropy", "MeanSquaredError", "Objective", "RelativeError", "TwoLayerNet"]

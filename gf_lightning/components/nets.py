@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from ..errors import GFConfigError
 
-INITS = ("fan_in", "kaiming", "normal")
+INITS = ("fan_in", "kaiming", "normal", "public")
 
 
 class TwoLayerNet(nn.Module):
@@ -27,7 +27,10 @@ class TwoLayerNet(nn.Module):
         k: output dimension (1 for regression, 10 for MNIST).
         init: ``"fan_in"`` (default): ``W ~ U(±1/√(d+1))``, ``a ~ U(±1/√m)``, PyTorch's ``nn.Linear`` rule with the fan-in of
             each layer on the right axis; ``"kaiming"``: ``W ~ N(0, 2/(d+1))`` (He, for ReLU), ``a ~ N(0, 1/m)``;
-            ``"normal"``: ``W, a ~ N(0, 1)``, the mean-field choice (use it with ``mean_field=True``).
+            ``"normal"``: ``W, a ~ N(0, 1)``, the mean-field choice (use it with ``mean_field=True``; the paper configs do);
+            ``"public"``: ``W ~ N(0, 2/m)``, ``a ~ N(0, 2)``, what the public implementation of the seed's methods draws —
+            Kaiming's rule with the fan-in taken on the wrong axis of each weight (``m`` for ``W``, 1 for ``a``). Offered
+            to compare with it, not as a recommendation: at exp1's shape its outputs start ~47 times larger than ``fan_in``'s.
         mean_field: scale the output by ``s = 1/m``.
     """
 
@@ -55,6 +58,9 @@ class TwoLayerNet(nn.Module):
         elif self.init == "kaiming":
             self.W.normal_(0.0, math.sqrt(2.0 / d1))
             self.a.normal_(0.0, math.sqrt(1.0 / m))
+        elif self.init == "public":
+            self.W.normal_(0.0, math.sqrt(2.0 / m))
+            self.a.normal_(0.0, math.sqrt(2.0))
         else:
             self.W.normal_()
             self.a.normal_()
@@ -103,3 +109,4 @@ class TwoLayerNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d={self.d}, m={self.m}, k={self.k}, init={self.init!r}, mean_field={self.mean_field}"
+

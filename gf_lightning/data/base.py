@@ -17,7 +17,7 @@ class TensorDataModule(L.LightningDataModule):
     The tensors move to the run's device once, so that a step costs no host-to-device copy.
 
     Args:
-        batch_size: the global training batch size.
+        batch_size: the global training batch size; ``None``: the whole training set (full-batch gradient descent).
         eval_batch_size: the batch size for validation and test (the whole held-out set by default).
         seed: seeds the data draw and the batch order; ``None`` takes the run's ``seed_everything`` seed.
         steps_per_call: training mini-batches handed to each ``training_step`` call (one optimizer step each, in the same
@@ -58,6 +58,8 @@ class TensorDataModule(L.LightningDataModule):
             tensors = self.build()
             self._check_data(tensors)
             n_train = len(tensors["x_train"])
+            if self.batch_size is None:
+                self.batch_size = n_train
             if self.batch_size > n_train:
                 raise GFConfigError(
                     f"data.batch_size ({self.batch_size}) is larger than the training set ({n_train} samples); "

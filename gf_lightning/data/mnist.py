@@ -72,7 +72,7 @@ class MNISTDataModule(TensorDataModule):
         download: bool = True,
         n_train: int = 8000,
         n_test: int = 2000,
-        batch_size: int = 256,
+        batch_size: int | None = 256,
         eval_batch_size: int | None = None,
         seed: int | None = None,
         steps_per_call: int = 1,

@@ -19,6 +19,8 @@ class SyntheticRegression(TensorDataModule):
         d: input dimension.
         n_samples: samples in all (train + test).
         train_fraction: the share that trains (the seed: 0.8).
+        standardize: z-score the inputs with the training split's per-feature mean and standard deviation (Ma, Mao & Shen
+            2024; the targets are computed from the raw inputs first). The seed does not.
         batch_size, eval_batch_size, seed, steps_per_call: see :class:`TensorDataModule`.
     """
 
@@ -27,12 +29,16 @@ class SyntheticRegression(TensorDataModule):
         d: int = 40,
         n_samples: int = 10_000,
         train_fraction: float = 0.8,
-        batch_size: int = 256,
+        batch_size: int | None = 256,
         eval_batch_size: int | None = None,
         seed: int | None = None,
         steps_per_call: int = 1,
+        standardize: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call)
+        if not isinstance(standardize, bool):
+            raise GFConfigError(f"data.standardize must be true or false; got {standardize!r}")
+        self.standardize = standardize
         if not isinstance(d, int) or d <= 0:
             raise GFConfigError(f"data.d must be a positive integer; got {d!r}")
         if not isinstance(n_samples, int) or n_samples < 2:
@@ -64,6 +70,15 @@ class SyntheticRegression(TensorDataModule):
         x = self.sample_inputs(self.n_samples, gen).to(torch.float64)
         y = self.target(x, gen).reshape(-1, 1)
         n_train = round(self.train_fraction * self.n_samples)
+        if self.standardize:
+            mean, std = x[:n_train].mean(dim=0), x[:n_train].std(dim=0)
+            if n_train < 2 or not (std > 0).all():
+                raise GFConfigError(
+                    f"data.standardize needs inputs that vary over the training split; {n_train} training samples have "
+                    f"{int((~(std > 0)).sum()) if n_train > 1 else self.d} constant features: use more samples or "
+                    "data.standardize=false"
+                )
+            x = (x - mean) / std
         x, y = x.float(), y.float()
         return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
 
@@ -89,12 +104,13 @@ class QuadraticRegression(SyntheticRegression):
         n_samples: int = 10_000,
         train_fraction: float = 0.8,
         high: float = 5.0,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         eval_batch_size: int | None = None,
         seed: int | None = None,
         steps_per_call: int = 1,
+        standardize: bool = False,
     ) -> None:
-        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed, steps_per_call)
+        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed, steps_per_call, standardize)
         if not high > 0:
             raise GFConfigError(f"data.high must be > 0; got {high!r}")
         self.high = float(high)
@@ -120,12 +136,13 @@ class GaussianRegression(SyntheticRegression):
         n_samples: int = 1000,
         train_fraction: float = 0.8,
         std: float = 0.2,
-        batch_size: int = 256,
+        batch_size: int | None = 256,
         eval_batch_size: int | None = None,
         seed: int | None = None,
         steps_per_call: int = 1,
+        standardize: bool = False,
     ) -> None:
-        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed, steps_per_call)
+        super().__init__(d, n_samples, train_fraction, batch_size, eval_batch_size, seed, steps_per_call, standardize)
         if not std > 0:
             raise GFConfigError(f"data.std must be > 0; got {std!r}")
         self.std = float(std)
