@@ -126,18 +126,11 @@ class PoisonAtEpoch(L.Callback):
 
 
 def read_scalars(root) -> dict[str, list[tuple[int, float]]]:
-    """Every TensorBoard scalar under ``root``, as ``tag → [(step, value), …]`` in step order."""
-    from pathlib import Path
+    """Every TensorBoard scalar under ``root``, as ``tag → [(step, value), …]`` in step order (ties by value): the
+    project's reader, :func:`gf_lightning.study.events.read_scalars`, in the pairs the test files unpack."""
+    from gf_lightning.study.events import read_scalars as read_points
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(root).rglob("events.out.tfevents*")):
-        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {tag: sorted(values) for tag, values in out.items()}
+    return {tag: sorted((p.step, p.value) for p in points) for tag, points in read_points(root).items()}
 
 
 # ------------------------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import yaml
 from conftest import CONFIGS, QUIET, ROOT
 from gf_lightning.cli import cli_main
 from gf_lightning.optim import SAV, ExpSAV
+from gf_lightning.study.events import read_scalars, values
 
 EXP1_SGD = str(CONFIGS / "exp1_sgd.yaml")
 EXP1_SAV = str(CONFIGS / "exp1_sav.yaml")
@@ -43,11 +44,9 @@ def one_thread():
 
 
 def _scalars(log_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    """Each TensorBoard tag of the run in ``log_dir`` with its values, in step order."""
+    scalars = read_scalars(log_dir)
+    return {tag: values(scalars, tag) for tag in scalars}
 
 
 # --------------------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import CONFIGS, QUIET, version_dirs
 from gf_lightning.cli import cli_main
+from gf_lightning.study.events import read_scalars
 
 #: exp3 with 64 hidden units, 2 epochs of 4 optimizer steps (one training_step call each, at steps_per_call 32)
 SMALL = ["--model.net.init_args.m=64", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1", *QUIET,
@@ -47,6 +48,8 @@ def logs(tmp_path_factory, mnist_dir):
 
 
 def events(folder: Path) -> EventAccumulator:
+    """The run's one event file, for what is not a scalar (the layout, the hyperparameters); the scalars:
+    :func:`~gf_lightning.study.events.read_scalars`."""
     (path,) = folder.glob("events.out.tfevents*")
     acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
     acc.Reload()
@@ -68,10 +71,10 @@ def test_scalars_share_one_step_axis_and_say_one_thing_each(run: str, logs: Path
     ``energy/…`` at 1 … 8. Breakage: Lightning's own step for epoch metrics, which counts training_step calls (1 an
     epoch here) and adds an ``epoch`` tag (tried: fails)."""
     _, _, path, _, tags = RUNS[run]
-    acc = events(logs / "lightning_logs" / path / "version_0")
-    assert set(acc.Tags()["scalars"]) == tags
+    scalars = read_scalars(logs / "lightning_logs" / path / "version_0")
+    assert set(scalars) == tags
     for tag in tags:
-        steps = [e.step for e in acc.Scalars(tag)]
+        steps = [p.step for p in scalars[tag]]
         assert steps == ([4, 8] if tag.split("/")[0] in ("train", "val") else list(range(1, STEPS + 1))), tag
 
 

@@ -1,0 +1,219 @@
+"""The figures of Ma, Mao & Shen (2024), measured: each figure's runs as small grids on the paper configs, run by the
+sweep's runner, and drawn as the paper draws them — loss against epochs, one line per method and step.
+
+A figure is a list of :class:`Part`\\ s (one grid each: methods × step sizes × other settings); its runs live under
+``<out>/<figure>/<part>/runs/<point>``, so a second call skips what is done. :func:`measure` runs a figure and writes
+``<out>/<figure>/curves.png`` and ``table.md``; the claims and verdicts are written in ``docs/paper.md`` beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .events import read_scalars, values
+from .grid import Plan, Point, label
+from .sweep import RunRecord, done, execute
+
+#: the paper's three SAV schemes by the project's names: Alg. 2 (vanilla), Alg. 3 (restart = the seed's form), Alg. 4
+PAPER_NAMES = {"sav-vanilla": "SAV", "sav": "ResSAV", "sav-relax": "RelSAV", "sgd": "Euler (SGD)", "adam": "A-Euler (Adam)",
+               "asav": "A-SAV", "aressav": "A-ResSAV", "arelsav": "A-RelSAV", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
+SAV_FAMILY = ["sav-vanilla", "sav", "sav-relax"]
+ADAPTIVE_FAMILY = ["asav", "aressav", "arelsav"]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One grid of a figure's runs."""
+
+    name: str
+    methods: list[str]
+    lr: str  #: the step sizes, ``V1,V2,…``
+    grid: list[str] = field(default_factory=list)  #: more axes, ``KEY=V1,V2,…``
+    method_args: list[str] = field(default_factory=list)
+    note: str = ""  #: added to each run's label
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the paper: its config, the settings every run shares, its parts, and the reduction we made."""
+
+    name: str
+    config: str
+    claim: str
+    parts: list[Part]
+    epochs: int
+    common: list[str] = field(default_factory=list)  #: ``KEY=VALUE`` settings of every run (a one-value grid axis)
+    metric: str = "val/loss"
+    energy: bool = False  #: also draw ``1 − r/r̂`` (Fig. 6)
+
+
+#: the other reading of particle time for the SAV family (docs/paper.md): the flow's time rescaled, Δt → mΔt and λ → λ/m
+#: in parameter time, which makes ⟨∇L, N⟩ = m‖∇L‖² the rate of r² (the spec page's reading makes it ⟨N, N⟩ = m²‖∇L‖²)
+PARAMETER_TIME = "model.particle_time=false"
+RESCALED = "time rescaled (lr·m, λ/m)"
+EX1, EX2, EX3, MNIST = (f"configs/paper/{n}.yaml" for n in ("ex1", "ex2", "ex3", "mnist"))
+FIGURES: dict[str, Figure] = {f.name: f for f in [
+    Figure("fig1", EX1, "SAV and RelSAV losses decay monotonically; Euler (gradient descent) oscillates",
+           [Part("all", ["sgd", "sav-vanilla", "sav-relax"], "0.6", method_args=["C=1", "lam=10"]),
+            Part("rescaled", ["sav-vanilla", "sav-relax"], "600", method_args=["C=1", "lam=0.01"],
+                 grid=[PARAMETER_TIME], note=RESCALED)], epochs=300,
+           common=["data.init_args.d=20", "model.net.init_args.d=20", "data.init_args.n_samples=10000",
+                   "data.init_args.batch_size=null"]),
+    Figure("fig3", EX1, "SAV, ResSAV, RelSAV nearly identical and far better than SGD at 0.01; at lr 1 SAV unchanged "
+           "while Euler does not converge",
+           [Part("sav", SAV_FAMILY, "0.5,1", method_args=["C=100", "lam=4"]), Part("sgd", ["sgd"], "0.01,0.5,1"),
+            Part("rescaled", SAV_FAMILY, "500,1000", method_args=["C=100", "lam=0.004"], grid=[PARAMETER_TIME],
+                 note=RESCALED)],
+           epochs=3),
+    Figure("fig4", EX1, "the A-SAV family converges at lr 1 where Adam at lr 1 does not; slightly better and faster than "
+           "Adam at 0.001",
+           [Part("adaptive", ADAPTIVE_FAMILY, "0.01,1", method_args=["C=100", "lam=4"]),
+            Part("adam", ["adam"], "0.001,1")], epochs=3),
+    Figure("fig5", EX1, "λ = 4 is best for vanilla SAV; λ matters little for ResSAV and RelSAV",
+           [Part("lam", SAV_FAMILY, "0.5", grid=["model.optimizer.init_args.lam=0,1,4,10"], method_args=["C=100"])],
+           epochs=3),
+    Figure("fig6", EX1, "1 − rⁿ/r̂ⁿ ≈ 0.6 for vanilla SAV at λ = 0, ≈ 0 for the others",
+           [Part("ratio", SAV_FAMILY, "0.5", grid=["model.optimizer.init_args.lam=0,4"], method_args=["C=10"]),
+            Part("rescaled", SAV_FAMILY, "500", grid=["model.optimizer.init_args.lam=0,0.004", PARAMETER_TIME],
+                 method_args=["C=10"], note=RESCALED)],
+           epochs=3, energy=True),
+    Figure("fig8", EX2, "Euler diverges at lr 0.4 and 1; the SAV schemes converge there but about one order of magnitude "
+           "less accurate than SGD at 0.01",
+           [Part("sav", SAV_FAMILY, "0.4,1", method_args=["C=1", "lam=4"]), Part("sgd", ["sgd"], "0.01,0.4,1")],
+           epochs=20),
+    Figure("fig9", EX2, "the A-SAV family is about as accurate as Adam at 0.001 and faster early on; Adam at the large lr "
+           "is worse",
+           [Part("adaptive", ADAPTIVE_FAMILY, "0.1,1", method_args=["C=1", "lam=4"]), Part("adam", ["adam"], "0.001,1")],
+           epochs=20),
+    Figure("fig10", EX3, "RelSAV is more stable than Euler at lr 1; A-RelSAV is more accurate and much faster than Adam, "
+           "Adagrad and RMSprop (train ≈ 1e-6, test ≈ 1.5e-3 against ≈ 1e-2)",
+           [Part("large", ["sgd", "sav-relax", "arelsav"], "1", method_args=["C=100", "lam=4"]),
+            Part("baselines", ["adam", "adagrad", "rmsprop"], "0.001")], epochs=2,
+           common=["data.init_args.n_samples=25000"]),
+    Figure("fig11", MNIST, "no obvious difference between the four methods; ≈ 98.2–98.5 % test accuracy after 10 epochs",
+           [Part("all", ["sgd", *SAV_FAMILY], "0.1", method_args=["C=100", "lam=4"])], epochs=10, metric="val/acc"),
+]}
+
+
+@dataclass
+class Run:
+    """One run of a figure, read back."""
+
+    label: str
+    record: RunRecord
+    folder: Path
+
+
+def plans(figure: Figure, out: Path, data_dir: str | None = None) -> list[Plan]:
+    return [Plan.build(figure.config, methods=part.methods, lr=part.lr, grid=[*part.grid, *figure.common],
+                       method_args=part.method_args, out=out / figure.name / part.name, max_epochs=figure.epochs,
+                       data_dir=data_dir if "mnist" in figure.config else None)
+            for part in figure.parts]
+
+
+def _run_label(point: Point, note: str = "") -> str:
+    name = PAPER_NAMES.get(point.method, label(point.method))
+    extra = [f"λ = {v}" for k, v in point.settings if k.endswith(".lam")]
+    return ", ".join([name, f"lr {point.lr:g}", *extra, *([note] if note else [])])
+
+
+def measure(figure: Figure, out: Path, jobs: int = 2, data_dir: str | None = None, run: bool = True) -> list[Run]:
+    """Run (unless done, or ``run`` is false) and read back every run of ``figure``; write its curves and table."""
+    runs = []
+    for part, plan in zip(figure.parts, plans(figure, out, data_dir)):
+        if run:
+            execute(plan, jobs=jobs, hessian=False, echo=lambda line: None)
+        for point in plan.points():
+            record = done(point)
+            if record is not None:
+                runs.append(Run(_run_label(point, part.note), record, plan.runs / point.name))
+    folder = out / figure.name
+    curves(figure, runs, folder / "curves.png")
+    (folder / "table.md").write_text(table(figure, runs))
+    return runs
+
+
+def energy_gap(folder: Path) -> tuple[list[int], list[float]]:
+    """``1 − rⁿ/r̂ⁿ`` at each logged step, with ``r = √(modified + C)`` and ``r̂ = √(true + C)`` (``energy/modified`` is
+    ``r² − C``, ``energy/true`` the batch loss)."""
+    scalars = read_scalars(folder)
+    config = next(folder.rglob("config.yaml"), None)
+    C = 1.0
+    if config is not None:
+        import yaml
+
+        C = float(yaml.safe_load(config.read_text())["model"]["optimizer"]["init_args"]["C"])
+    mod, true = scalars.get("energy/modified", []), {p.step: p.value for p in scalars.get("energy/true", [])}
+    steps, gaps = [], []
+    for p in mod:
+        if p.step in true and true[p.step] + C > 0:
+            steps.append(p.step)
+            gaps.append(1.0 - math.sqrt(max(p.value + C, 0.0) / (true[p.step] + C)))
+    return steps, gaps
+
+
+def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 3 if figure.energy else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 2.4, 4.2), squeeze=False)
+    axes = axes[0]
+    for i, r in enumerate(runs):
+        style = dict(color=f"C{i % 10}", lw=1.3, ls=("-", "--", ":", "-.")[i // 10 % 4])
+        axes[0].plot(range(1, len(r.record.train_loss) + 1), r.record.train_loss, label=r.label, **style)
+        metric = r.record.metric(figure.metric)
+        axes[1].plot(range(1, len(metric) + 1), metric, **style)
+        if figure.energy:
+            steps, gaps = energy_gap(r.folder)
+            axes[2].plot(steps, gaps, **style)
+        if r.record.status == "diverged":
+            axes[0].plot([len(r.record.train_loss) or 1], [r.record.train_loss[-1] if r.record.train_loss else 1.0],
+                         marker="X", ms=9, color=style["color"])
+    axes[0].set_ylabel("training loss (epoch mean)")
+    axes[1].set_ylabel({"val/loss": "test loss", "val/acc": "test accuracy"}.get(figure.metric, figure.metric))
+    for ax in axes[:2]:
+        ax.set_xlabel("epoch" if "batch_size=null" not in " ".join(figure.common) else "step (= epoch, full batch)")
+        if figure.metric != "val/acc" or ax is axes[0]:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    if figure.energy:
+        axes[2].set_xlabel("step")
+        axes[2].set_ylabel("1 − rⁿ / √(L(θⁿ) + C)")
+        axes[2].grid(True, alpha=0.3)
+    fig.legend(loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(f"{figure.name}: {Path(figure.config).name}, {figure.epochs} epochs", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _num(x: float | None, pct: bool = False) -> str:
+    if x is None or x != x:
+        return "—"
+    return f"{100 * x:.2f} %" if pct else f"{x:.3g}"
+
+
+def table(figure: Figure, runs: list[Run]) -> str:
+    pct = figure.metric == "val/acc"
+    best = max if pct else min
+    rows = ["| run | outcome | final training loss | final test | best test | wall (s) |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        metric = r.record.metric(figure.metric)
+        rows.append(f"| {r.label} | {r.record.status} | {_num(r.record.train_loss[-1] if r.record.train_loss else None)} | "
+                    f"{_num(metric[-1] if metric else None, pct)} | {_num(best(metric) if metric else None, pct)} | "
+                    f"{r.record.wall_s:.0f} |")
+    if figure.energy:
+        rows[0] += " mean 1 − r/r̂ over the last epoch |"
+        rows[1] += "---|"
+        for i, r in enumerate(runs):
+            _, gaps = energy_gap(r.folder)
+            tail = gaps[-max(1, len(gaps) // figure.epochs):] if gaps else []
+            rows[i + 2] += f" {_num(sum(tail) / len(tail) if tail else None)} |"
+    return "\n".join(rows) + "\n"
