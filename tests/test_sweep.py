@@ -225,6 +225,24 @@ def test_the_report_gives_mean_and_spread_over_seeds():
     assert summary.fastest.mean == pytest.approx(3.0) and summary.fastest_lr == 0.1
 
 
+def test_a_step_that_ends_worse_on_held_out_data_than_it_started_does_not_train():
+    """Adam at Δt = 1 on exp3 learns the training set and ends with a held-out loss 10⁵ times the untrained network's: it is
+    *worse*, not *trains*, and the largest Δt that trains stops below it. Breakage: judging by the training loss alone."""
+    plan = Plan.build(CONFIGS / "exp3_sgd.yaml", ["adam"], "0.01,1", out="/tmp/x")
+    points = plan.points()
+    finals = {0.01: 0.001, 1.0: 1500.0}
+    records = {p.name: _record(p, "trained", [0.5, finals[p.lr]]) for p in points}
+    initial = {p.name: 0.01 for p in points}  # the untrained network's held-out loss
+    cells = {c.lr: c for c in sweep_report.cells(points, records, "val/loss", target=None, initial=initial)}
+    assert (cells[0.01].status, cells[1.0].status) == ("trained", "worse")
+    assert "worse than at the start" in cells[1.0].outcome
+    (summary,) = sweep_report.summaries(list(cells.values()), "val/loss")
+    assert summary.largest_trained == 0.01
+    better = {c.lr: c for c in sweep_report.cells(points, {p.name: _record(p, "trained", [0.5, 0.05]) for p in points},
+                                                     "val/loss", target=None, initial={p.name: 0.1 for p in points})}
+    assert all(c.status == "trained" for c in better.values())  # better than the start: trains
+
+
 @pytest.mark.parametrize("case", ["trained", "frozen", "diverged", "error"])
 def test_a_finished_run_is_read_back_as_trained_frozen_diverged_or_error(case, tmp_path):
     """The outcome from the folder a run leaves: exit 0 and a training loss 10 % below the initial one: trained; 0.5 %
