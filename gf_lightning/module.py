@@ -56,7 +56,9 @@ class GradientFlowModule(L.LightningModule):
         particle_time: time is the paper's particle time (Ma, Mao & Shen 2024): the optimizers see ``m ∇L`` in place of
             ``∇L`` (``m`` the network's width, ``net.m``), while ``L`` itself — the SAV family's ``r = √(L + C)`` — is
             unchanged. SGD at ``lr`` then steps as SGD at ``m·lr``. IEQ (full) gets the residual ``√m · q``, which is its
-            flow at ``m·Δt``; its logged energies are then ``m`` times the loss.
+            flow at ``m·Δt``; its logged energies are then ``m`` times the loss. For the SAV family this is the literal
+            reading of the paper (``⟨N, N⟩ = m²‖∇L‖²``), under which ``r`` decays ``m`` times too fast; the reading that
+            reproduces its Fig. 1 rescales time instead (``lr → m·lr``, ``lam → lam/m``; docs/paper.md).
         check_finite_every_n_steps: how often the training loss is checked for NaN/Inf (a host sync each time);
             the parameters are checked before every validation and checkpoint regardless.
 
