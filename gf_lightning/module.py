@@ -227,6 +227,7 @@ class GradientFlowModule(L.LightningModule):
                 return objective.residual(out, y, q_scale)
 
             gram, gram_fn = getattr(self.net, "jacobian_gram", None), None
+            operator, jacobian_fn = getattr(self.net, "jacobian_operator", None), None
             if gram is not None and type(objective).predict is Objective.predict:  # q is an affine map of net(x)
                 inputs = x
                 if self.trainer.world_size > 1 and opt.optimizer.defaults.get("distributed") == "global":
@@ -236,7 +237,12 @@ class GradientFlowModule(L.LightningModule):
                     g = gram(inputs)
                     return g if isinstance(q_scale, float) and q_scale == 1.0 else g * q_scale**2
 
-            opt.step(closure=closure, gram_fn=gram_fn)
+                if operator is not None:
+
+                    def jacobian_fn():
+                        return operator(inputs, scale=q_scale)
+
+            opt.step(closure=closure, gram_fn=gram_fn, jacobian_fn=jacobian_fn)
             loss = self._shard_loss(forward["out"].detach(), y, total)
         else:
 

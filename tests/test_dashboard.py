@@ -28,7 +28,7 @@ RUNS = {
     "sav": ("exp3_sav", [], "exp3/sav", "SAV", EVAL | ENERGY | {"energy/restart_rises"}),
     "expsav-relax": ("exp3_expsav", ["--model.optimizer.init_args.variant=relax"], "exp3/expsav-relax", "ExpSAV",
                      EVAL | ENERGY | {"optim/xi"}),
-    "ieq": ("exp3_ieq", [], "exp3/ieq", "IEQ", EVAL | ENERGY),
+    "ieq": ("exp3_ieq", [], "exp3/ieq", "IEQ", EVAL | ENERGY | {"optim/solver"}),
     "ieq_adaptive-named": ("exp3_ieq_adaptive", ["--run_name=mine", "--experiment=study"], "study/mine", "IEQAdaptive",
                            EVAL | ENERGY),
     "mnist-sav": ("exp4_sav_large_step", ["--data.init_args.n_train=1024", "--data.init_args.n_test=256"],

@@ -46,12 +46,14 @@ def reference_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: list[f
     return new, q_new
 
 
-def run_step(net, x, y, opt: IEQ, closed: bool = False) -> torch.Tensor:
+def run_step(net, x, y, opt: IEQ, closed: bool = False, operator: bool = False) -> torch.Tensor:
+    """One step; ``closed``: with the closed-form Gram, ``operator``: with the closed-form Jacobian operator."""
     def closure():
         opt.zero_grad()
         return net(x) - y
 
-    return opt.step(closure, gram_fn=(lambda: net.jacobian_gram(x)) if closed else None)
+    return opt.step(closure, gram_fn=(lambda: net.jacobian_gram(x)) if closed else None,
+                    jacobian_fn=(lambda: net.jacobian_operator(x)) if operator else None)
 
 
 def two_layer(B=6, d=4, m=9, k=1, seed=0, **kw):
@@ -81,7 +83,22 @@ def max_diff(a, b) -> float:
     return max(float((u.detach() - v.detach()).abs().max()) for u, v in zip(a, b))
 
 
-PATHS = ["closed", "cholesky", "cholesky-jvp", "cg"]
+#: closed form + Cholesky, generic + Cholesky (J held, or not), generic CG, CG with the closed-form operator and its
+#: structured preconditioner, generic CG with a Nyström preconditioner; every CG at a tolerance of 1e-12
+PATHS = ["closed", "cholesky", "cholesky-jvp", "cg", "cg-closed", "cg-nystrom"]
+#: the paths that need the two-layer net's closed form
+CLOSED_PATHS = ("closed", "cg-closed")
+
+
+def make_opt(params, path: str, lr: float = 0.3) -> IEQ:
+    """An IEQ that takes ``path`` (``cholesky-jvp`` also needs ``MAX_JACOBIAN_BYTES`` patched to 0)."""
+    cg = path.startswith("cg")
+    return IEQ(params, lr=lr, solver="cg" if cg else "cholesky", cg_max_iter=500, cg_tol=1e-12,
+               preconditioner="nystrom" if path == "cg-nystrom" else "auto", precond_rank=3)
+
+
+def step_on(net, x, y, opt: IEQ, path: str) -> torch.Tensor:
+    return run_step(net, x, y, opt, closed=path == "closed", operator=path == "cg-closed")
 
 
 @pytest.fixture
@@ -91,7 +108,7 @@ def path_opt(monkeypatch):
     def make(params, path, lr=0.3):
         if path == "cholesky-jvp":
             monkeypatch.setattr(jacobian_module, "MAX_JACOBIAN_BYTES", 0)
-        return IEQ(params, lr=lr, solver="cg" if path == "cg" else "cholesky", cg_max_iter=500)
+        return make_opt(params, path, lr)
 
     return make
 
@@ -124,13 +141,14 @@ def test_step_equals_dense_reference(path, k, path_opt):
     net, x, y = two_layer(B=5, d=4, m=7, k=k)
     expected, q_new = reference_step(net, x, y, [0.3, 0.3])
     opt = path_opt(net.parameters(), path)
-    q = run_step(net, x, y, opt, closed=path == "closed")
+    q = step_on(net, x, y, opt, path)
     assert max_diff(net.parameters(), expected) <= 1e-10
     assert q.shape == y.shape and not q.requires_grad
     # the energy per entry, doubled: the mean squared residual ‖q‖²/N, the MSE loss's units
     assert float(opt.stats["energy/modified"]) == pytest.approx(float(q_new.norm()) ** 2 / q.numel(), rel=1e-10)
     assert float(opt.stats["energy/true"]) == pytest.approx(float(torch.nn.functional.mse_loss(q, torch.zeros_like(q))), rel=1e-12)
-    assert ("optim/cg_iters" in opt.stats) == (path == "cg")
+    assert ("optim/cg_iters" in opt.stats) == path.startswith("cg")
+    assert float(opt.stats["optim/solver"]) == float(path.startswith("cg"))
 
 
 def test_generic_equals_closed_form():
@@ -145,7 +163,7 @@ def test_generic_equals_closed_form():
 
 
 @pytest.mark.parametrize("make", [mlp3, cnn], ids=["mlp3", "cnn"])
-@pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg"])
+@pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg", "cg-nystrom"])
 def test_generic_other_networks(make, path, path_opt):
     net, x, y = make()
     expected, _ = reference_step(net, x, y, [0.05] * len(list(net.parameters())))
@@ -162,7 +180,8 @@ def test_generic_other_networks(make, path, path_opt):
 # -- energy stability, and exactness over the whole Δt range -------------------------------------------------------------------
 def test_steps_equal_the_exact_solve_over_random_cases():
     """Random networks (the two-layer net in every init and scale, and a tanh MLP), Δt from 1e-4 to 1e4, three steps each
-    on every path (closed form, dense generic, dense generic without J, CG): every step equals the exact solve
+    on every path (closed form, dense generic, dense generic without J, generic CG, CG with the closed-form operator and
+    its structured preconditioner, CG with a Nyström preconditioner; CG at a tolerance of 1e-12): every step equals the exact solve
     ``(I + Δt J Jᵀ)⁻¹ qⁿ`` by ``torch.linalg.solve`` and moves the weights by ``Δt Jᵀ qⁿ⁺¹``, so a wrong Gram or an early CG
     stop fails here even though ``‖(I + Δt G)⁻¹ q‖ ≤ ‖q‖`` would hold for any PSD ``G``. Breakage checked: the Gram without
     the ``x̃ x̃ᵀ`` factor, and CG capped at 3 iterations (both fail)."""
@@ -184,15 +203,15 @@ def test_steps_equal_the_exact_solve_over_random_cases():
             net = TwoLayerNet(d, m, k, init=("fan_in", "kaiming", "normal")[i % 3], mean_field=i % 2 == 0).to(F64)
             x = 3.0 * torch.randn(B, d, dtype=F64, generator=gen)
             y = torch.randn(B, k, dtype=F64, generator=gen)
-        paths = PATHS if isinstance(net, TwoLayerNet) else PATHS[1:]
+        paths = PATHS if isinstance(net, TwoLayerNet) else [p for p in PATHS if p not in CLOSED_PATHS]
         path = paths[i % len(paths)]
         with pytest.MonkeyPatch.context() as mp:
             if path == "cholesky-jvp":
                 mp.setattr(jacobian_module, "MAX_JACOBIAN_BYTES", 0)
-            opt = IEQ(net.parameters(), lr=dt, solver="cg" if path == "cg" else "cholesky", cg_max_iter=500)
+            opt = make_opt(net.parameters(), path, lr=dt)
             for step in range(3):
                 expected, q_new = reference_step(net, x, y, [dt] * len(list(net.parameters())))
-                run_step(net, x, y, opt, closed=path == "closed")
+                step_on(net, x, y, opt, path)
                 before, after = ((float(opt.stats[k]) * y.numel()) ** 0.5 for k in ("energy/true", "energy/modified"))
                 assert after <= before * (1.0 + 1e-13), (i, dt, path, step, before, after)
                 scale = max(float(p.abs().max()) for p in expected) + 1.0
@@ -258,7 +277,8 @@ def test_closed_form_gram_leaves_out_frozen_parameters(frozen):
 
 # -- two processes: the global solve and the block solve --------------------------------------------------------------------
 DDP_DTS = (0.3, 30.0, 3e3)
-DDP_RUNS = [("global", "closed"), ("block", "closed"), ("block", "cholesky"), ("block", "cg")]
+DDP_RUNS = [("global", "closed"), ("global", "cg-closed"), ("block", "closed"), ("block", "cholesky"), ("block", "cg"),
+            ("block", "cg-closed")]
 
 
 def ddp_problem():
@@ -273,7 +293,8 @@ def _ranks_job(rank: int, world: int) -> dict:
     for mode, path in DDP_RUNS:
         net, x, y = ddp_problem()
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
-        opt = IEQ(net.parameters(), lr=DDP_DTS[0], distributed=mode, solver="cg" if path == "cg" else "cholesky")
+        opt = IEQ(net.parameters(), lr=DDP_DTS[0], distributed=mode, solver="cg" if path.startswith("cg") else "cholesky",
+                  cg_tol=1e-12, cg_max_iter=500)
         steps = []
         for dt in DDP_DTS:
             opt.param_groups[0]["lr"] = dt
@@ -283,7 +304,8 @@ def _ranks_job(rank: int, world: int) -> dict:
                 opt.zero_grad()
                 return net(xs) - ys
 
-            opt.step(closure, gram_fn=(lambda: net.jacobian_gram(inputs)) if path == "closed" else None)
+            opt.step(closure, gram_fn=(lambda: net.jacobian_gram(inputs)) if path == "closed" else None,
+                     jacobian_fn=(lambda: net.jacobian_operator(inputs)) if path == "cg-closed" else None)
             steps.append(([p.detach().clone() for p in net.parameters()], {k: float(v) for k, v in opt.stats.items()}))
         results[mode, path] = steps
     return results
@@ -291,7 +313,8 @@ def _ranks_job(rank: int, world: int) -> dict:
 
 def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
     """Two gloo processes, each with half of the batch. ``distributed="global"``: every step equals the one-process
-    step on the whole batch. ``"block"``: each rank solves its own block, ``qⁿ⁺¹_r = (I + Δt J_r J_rᵀ)⁻¹ qⁿ_r``, and the
+    step on the whole batch, by the closed-form Cholesky and by CG with the closed-form operator of the gathered batch
+    (which the generic CG has no global form for). ``"block"``: each rank solves its own block, ``qⁿ⁺¹_r = (I + Δt J_r J_rᵀ)⁻¹ qⁿ_r``, and the
     moves ``Δt J_rᵀ qⁿ⁺¹_r`` are summed — checked against that computed here by hand — and the logged energies and the
     violation count are those of the global batch, ``‖qⁿ⁺¹‖² = Σ_r ‖qⁿ⁺¹_r‖²``, equal on both ranks. Breakage: the code
     before logged each rank's own share of ``‖qⁿ⁺¹‖`` in block mode."""
@@ -328,7 +351,7 @@ def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
 
 
 # -- per-group step sizes --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg"])
+@pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg", "cg-nystrom"])
 def test_per_group_lr_matches_hand_computation(path, path_opt):
     net, x, y = mlp3(seed=3)
     lrs = [0.2, 0.2, 1.5, 1.5, 0.01, 0.01]  # weight and bias of each Linear
@@ -346,7 +369,7 @@ def test_auto_falls_to_cg_above_max_dense():
     net, x, y = two_layer(B=6, k=3)
     expected, _ = reference_step(net, x, y, [0.3, 0.3])
     calls = []
-    opt = IEQ(net.parameters(), lr=0.3, max_dense=17)  # N = 18
+    opt = IEQ(net.parameters(), lr=0.3, max_dense=17, cg_tol=1e-12)  # N = 18
 
     def gram():
         calls.append(1)

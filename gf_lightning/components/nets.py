@@ -10,10 +10,15 @@ with ``s = 1`` (the seed's network) or ``s = 1/m`` (the mean-field scale of Ma, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
 from ..errors import GFConfigError
+
+if TYPE_CHECKING:
+    from ..optim.krylov import TwoLayerJacobian
 
 INITS = ("fan_in", "kaiming", "normal", "public")
 
@@ -107,6 +112,15 @@ class TwoLayerNet(nn.Module):
             gram = gram * self.scale**2
         return gram
 
+    # -- the Jacobian as an operator (IEQ's Krylov solve) -----------------------------------------------------------------
+    def jacobian_operator(self, x: Tensor, scale: float | Tensor = 1.0) -> TwoLayerJacobian:
+        """The Jacobian of ``q = scale · (f(x) − y)`` as IEQ's Krylov solve uses it (``IEQ.step(jacobian_fn=…)``): products
+        with ``J Jᵀ`` without forming it, a preconditioner, and the costs ``solver="auto"`` weighs
+        (:class:`gf_lightning.optim.krylov.TwoLayerJacobian`). ``J`` is in the parameters that require grad, as in
+        :meth:`jacobian_gram`; nothing is computed until the solve asks."""
+        from ..optim.krylov import TwoLayerJacobian
+
+        return TwoLayerJacobian(self, x, scale)
+
     def extra_repr(self) -> str:
         return f"d={self.d}, m={self.m}, k={self.k}, init={self.init!r}, mean_field={self.mean_field}"
-

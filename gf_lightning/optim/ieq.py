@@ -1,28 +1,41 @@
-"""IEQ with the full Jacobian: the invariant energy quadratization step of SPEC §2, solved exactly."""
+"""IEQ with the full Jacobian: the invariant energy quadratization step of SPEC §2, by a Cholesky or a Krylov solve."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .base import NO_CLOSURE, EnergyOptimizer, GFConfigError, GFStepError
 from .distributed import gather_rows, global_max_, global_sum_, rank, world_size
-from .jacobian import Group, conjugate_gradients, gram_dense, jdjt_operator
+from .jacobian import Group, gram_dense, jdjt_operator
+from .krylov import conjugate_gradients, keep_guarantee, nystrom_costs, nystrom_preconditioner
 from .settings import check_choice, check_count, check_positive
+
+#: ``solver="auto"``: the CG iterations assumed before any CG solve has been measured
+PRIOR_CG_ITERS = 20
+#: ``solver="auto"``: what one CG iteration costs beyond its multiply-adds (~20 small kernels and the host sync of its
+#: stopping test: ~60 µs at ~30 G multiply-adds/s on one CPU thread), in multiply-adds
+CG_ITER_OVERHEAD = 2e6
+#: ``solver="auto"``: weight of the newest CG iteration count in the running estimate
+CG_ITERS_WEIGHT = 0.25
 
 
 @dataclass
 class Solution:
     """``qⁿ⁺¹`` for one right-hand side, as the dense or the CG path found it."""
 
-    q_new: Tensor  #: flat; zero where the factorisation failed (no move)
-    failed: Tensor  #: 0-dim bool: the Cholesky factorisation failed
+    q_new: Tensor  #: flat; zero where the solve failed (no move)
+    failed: Tensor  #: 0-dim bool: the Cholesky factorisation failed, or CG's iterate was not finite
+    solver: str = "cholesky"  #: ``"cholesky"`` or ``"cg"``
     cg_iters: int | None = None  #: CG only
     cg_residual: float | None = None  #: CG only: ``‖qⁿ − (I + J D Jᵀ) qⁿ⁺¹‖ / ‖qⁿ‖``
+    rescaled: Tensor | None = None  #: CG only, 0-dim bool: the final check scaled the iterate back to ``‖qⁿ‖``
 
 
 @dataclass
@@ -30,10 +43,12 @@ class Solve:
     """The step's solve: this rank's share of ``qⁿ⁺¹`` and the norms of the whole (global) batch."""
 
     q_new: Tensor  #: this rank's share of ``qⁿ⁺¹``, flat
-    entries: Tensor  #: ``N``, the entries of the whole (global) batch's residual, 0-dim, in the state dtype
+    entries: float | Tensor  #: ``N``, the entries of the whole (global) batch's residual (a 0-dim tensor in block mode)
     norm_before: Tensor  #: ``‖qⁿ‖``, 0-dim, in the state dtype
     norm_after: Tensor  #: ``‖qⁿ⁺¹‖`` — ``‖qⁿ‖`` for a skipped step, whose weights did not move
-    failed: Tensor  #: 0-dim: the factorisation failed (on some rank)
+    failed: Tensor  #: 0-dim: the solve failed (on some rank)
+    rescaled: Tensor | None  #: 0-dim: the CG safeguard scaled the iterate back (on some rank); ``None``: no CG
+    cg: bool  #: CG solved (on some rank, in block mode)
     cg_iters: int | None
     cg_residual: float | None
 
@@ -42,9 +57,10 @@ class Solve:
 class IEQStep:
     """The record of one step, from which ``stats`` is computed when asked."""
 
-    entries: Tensor
+    entries: float | Tensor
     norm_before: Tensor
     norm_after: Tensor
+    cg: bool
     cg_iters: int | None
     cg_residual: float | None
 
@@ -58,7 +74,7 @@ class IEQ(EnergyOptimizer):
         for n = 0, 1, …
             qⁿ   = f(X_B; wⁿ) − Y_B ∈ R^N,  N = B·k        (one-hot Y for classification; recomputed every batch)
             J    = ∂qⁿ/∂w ∈ R^{N×n}
-            qⁿ⁺¹ = (I + Δt J Jᵀ)⁻¹ qⁿ                      (Cholesky, or conjugate gradients)
+            qⁿ⁺¹ = (I + Δt J Jᵀ)⁻¹ qⁿ                      (Cholesky, or preconditioned conjugate gradients)
             wⁿ⁺¹ = wⁿ − Δt Jᵀ qⁿ⁺¹
 
     ``I + Δt J Jᵀ`` is symmetric with eigenvalues ``≥ 1``, so ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` for every ``Δt > 0``. The energy is
@@ -72,71 +88,108 @@ class IEQ(EnergyOptimizer):
 
     Closure protocol: ``closure()`` zeroes the gradients, runs the forward and **returns the residual**
     ``q = f(X_B) − Y_B`` (any shape, with its autograd graph to the parameters); it does not call ``backward``. The step
-    calls it under ``torch.enable_grad()``, solves, then runs one backward pass with ``grad_tensors = qⁿ⁺¹``, which leaves
-    ``p.grad = Jᵀ qⁿ⁺¹`` in every parameter (the step clears ``p.grad`` first), and moves ``p ← p − Δt_g p.grad``. It returns
-    ``qⁿ`` detached.
+    calls it under ``torch.enable_grad()``, solves, then runs one backward pass with ``grad_tensors = qⁿ⁺¹`` (in one process
+    with ``jacobian_fn``: the operator's closed-form ``Jᵀ qⁿ⁺¹`` instead), which leaves ``p.grad = Jᵀ qⁿ⁺¹`` in every
+    parameter (the step clears ``p.grad`` first), and moves ``p ← p − Δt_g p.grad``. It returns ``qⁿ`` detached. Two
+    optional arguments give ``J`` in closed form (``J`` must be the Jacobian of ``q`` in exactly the
+    optimizer's parameters that require grad, rows in ``q.reshape(-1)`` order; one ``Δt`` only: groups with different
+    ``lr`` are an error with either):
 
-    Which path is taken (``N = q.numel()``):
+    - ``gram_fn()`` returns ``J Jᵀ`` (``N × N``; :meth:`TwoLayerNet.jacobian_gram` for ``q = net(x) − y``), which the
+      Cholesky path overwrites with ``I + Δt J Jᵀ`` and its factor (return a fresh tensor);
+    - ``jacobian_fn()`` returns an operator (:meth:`TwoLayerNet.jacobian_operator`, a
+      :class:`~gf_lightning.optim.krylov.TwoLayerJacobian`: ``rows``, ``gram(v)`` = ``J Jᵀ v``, ``preconditioner(Δt)``,
+      ``costs()``, and optionally ``dense()`` = ``J Jᵀ`` and ``vjp(v)`` = ``Jᵀ v`` by parameter) for the CG path, for
+      ``"auto"``'s choice, and — with ``dense()`` — for the Cholesky path in place of ``gram_fn``. It is built lazily:
+      nothing is computed until the solve asks, from the weights as they are before the move.
 
-    - **closed form** (``gram_fn`` given; ``solver="cholesky"``, or ``"auto"`` with ``N ≤ max_dense``): ``gram_fn()``
-      returns ``J Jᵀ`` (``N × N``, rows in ``q.reshape(-1)`` order; :meth:`TwoLayerNet.jacobian_gram` for
-      ``q = net(x) − y``, which leaves out the columns of frozen parameters), which the step overwrites with
-      ``I + Δt J Jᵀ`` and its Cholesky factor (return a fresh tensor). ``J`` must be the Jacobian in exactly the
-      optimizer's parameters that require grad: those are the ones the step moves.
-      One ``Δt`` only: groups with different ``lr`` are an error. Cost ``O(B²k²m + B²d)`` for the Gram plus ``O((Bk)³/3)``
-      for the Cholesky, on top of one forward and one backward.
-    - **dense generic** (no ``gram_fn``; ``solver="cholesky"``, or ``"auto"`` with ``N ≤ max_dense``): ``J D Jᵀ`` from the
-      residual's graph, then Cholesky. When ``J`` fits in :data:`MAX_JACOBIAN_BYTES` its rows come from batched backward
-      passes (``N`` backward, plus an ``O(N²n)`` product); else each block of columns ``J D Jᵀ E`` comes from a batched
-      backward (``DJᵀE``) and a batched double backward (``J·``) (``2N`` backward, memory ``O(block·n)``). Either is
-      ``O(N·backward)``: exact, for any ``nn.Module``, and far slower than the closed form at the MNIST shape.
-    - **CG** (``solver="cg"``, or ``"auto"`` with ``N > max_dense``): matrix-free conjugate gradients from ``x⁰ = 0`` on
-      ``(I + J D Jᵀ) x = qⁿ``, each product one backward (``Jᵀv``) and one double backward (``J·``): ``O(iters·2 backward)``,
-      never an ``N × N`` matrix. It stops at ``‖r‖ ≤ max(cg_tol, 10 ε)·‖qⁿ‖`` (``ε`` the residual's machine epsilon) or after
-      ``cg_max_iter`` iterations, with one host sync per iteration for that test. CG iterates from zero grow in norm toward
-      the solution (Steihaug 1983, Thm 2.1), so an early stop still has ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` — but it is not the IEQ step:
-      a stop at the cap warns once (on rank zero) with the residual reached, logged as ``optim/cg_residual``. ``gram_fn`` is
-      not used on this path.
+    The paths (``N = q.numel()``):
+
+    - **closed form** (``gram_fn`` or ``jacobian_fn``; ``solver="cholesky"``, or ``"auto"``'s choice): ``J Jᵀ`` from the
+      operator's ``dense()`` if given, else from ``gram_fn``, then Cholesky. Cost ``O(B²k²m + B²d)`` for the Gram plus
+      ``O((Bk)³/3)`` for the factorisation (at MNIST's shape, 2560 rows: ~130 ms on one thread, 65× an SGD step).
+    - **dense generic** (no ``gram_fn``; ``solver="cholesky"``, or ``"auto"`` with ``N ≤ max_dense`` and no
+      ``jacobian_fn``): ``J D Jᵀ`` from the residual's graph, then Cholesky. When ``J`` fits in :data:`MAX_JACOBIAN_BYTES`
+      its rows come from batched backward passes (``N`` backward, plus an ``O(N²n)`` product); else each block of columns
+      ``J D Jᵀ E`` comes from a batched backward (``DJᵀE``) and a batched double backward (``J·``) (``2N`` backward, memory
+      ``O(block·n)``). Exact, for any ``nn.Module``, and far slower than the closed form at the MNIST shape.
+    - **CG** (``solver="cg"``, or ``"auto"``'s choice): preconditioned conjugate gradients from ``x⁰ = 0`` on
+      ``(I + J D Jᵀ) x = qⁿ``, never an ``N × N`` matrix. With ``jacobian_fn`` each product is the closed form
+      (``O(B²m + Bmk)`` for the two-layer net, after an ``O(B²d)`` kernel) and the preconditioner is the operator's
+      structured one; without it each product is one backward (``Jᵀv``) and one double backward (``J·``) through the
+      residual's graph, unpreconditioned unless ``preconditioner="nystrom"``. It stops at
+      ``‖r‖ ≤ max(cg_tol, 10 ε)·‖qⁿ‖`` (``ε`` the residual's machine epsilon) or after ``cg_max_iter`` iterations, with one
+      host sync per iteration for that test. **Every iterate keeps** ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖``, whatever the iteration count, the
+      ``Δt`` and the (symmetric positive definite) preconditioner: CG from zero returns the ``A``-orthogonal projection of
+      the exact step onto its Krylov space, which satisfies the exact step's energy law
+      ``‖qⁿ⁺¹‖² + ‖D^½Jᵀqⁿ⁺¹‖² = ⟨qⁿ, qⁿ⁺¹⟩`` and so ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖_{A⁻¹} ≤ ‖qⁿ‖`` (proof in
+      :mod:`gf_lightning.optim.krylov`). A final check scales the iterate back should rounding have pushed it past ``‖qⁿ‖``
+      (counted in ``optim/cg_safeguards``).
+      A solve stopped short is not the exact IEQ step, only a stable one: a stop at the cap warns once (on rank zero) with
+      the residual reached, logged as ``optim/cg_residual``. ``gram_fn`` is not used on this path.
+    - ``solver="auto"``: CG when ``N > max_dense`` (never an ``N × N`` matrix); below it, Cholesky unless ``jacobian_fn``
+      is given, in which case the operator's multiply-add counts decide: the dense solve's (the Gram and ``N³/3``) against
+      CG's set-up plus the expected iterations times a product's (plus :data:`CG_ITER_OVERHEAD`), the iterations being
+      those measured on this run's CG solves (a running mean, kept in the state; :data:`PRIOR_CG_ITERS` before the first).
+      Counts rather than wall-clock times keep the choice, and so the run, reproducible and independent of the machine's
+      load. At MNIST's shape CG wins by ~20× (it would need ~600 iterations to lose); at exp1's (``N = 64``,
+      ``m = 1000``) a CG product costs half the dense solve, and Cholesky is taken. The choice is logged every step as
+      ``optim/solver`` (0 Cholesky, 1 CG), the iterations as ``optim/cg_iters``.
 
     The solve runs in the residual's dtype (float32 for a 16-bit residual: there is no 16-bit Cholesky). With float32 and a
     very large ``Δt·‖J‖²`` (``≳ 1/ε``) the Cholesky factorisation can fail; the step is then skipped — no move, so the
-    energy stays ``½‖qⁿ‖²`` and is logged so — and counted in ``optim/solve_failures``, with no host sync.
+    energy stays ``½‖qⁿ‖²`` and is logged so — and counted in ``optim/solve_failures``, with no host sync. A CG iterate that
+    is not finite is skipped and counted the same way.
 
     Logged (``self.stats``, 0-dim device tensors, of the whole global batch under DDP in either mode): the energy
     ``½‖q‖²`` per entry of the residual, doubled — the mean squared residual, in the units of the loss (the MSE for
     regression), as the other methods log theirs: ``energy/true`` ``‖qⁿ‖²/N`` and ``energy/modified`` ``‖qⁿ⁺¹‖²/N``;
     ``energy/violations`` (steps with ``‖qⁿ⁺¹‖ > ‖qⁿ‖`` beyond rounding, ``(1 + 8ε√N)``; never expected),
-    ``optim/effective_lr`` (group 0's ``lr``), ``optim/solve_failures`` once there is one, and ``optim/cg_iters`` and
-    ``optim/cg_residual`` on the CG path (the slowest rank's, in block mode). State (``global_state``): ``step``, ``violations``,
-    ``solve_failures``.
+    ``optim/effective_lr`` (group 0's ``lr``), ``optim/solver``, ``optim/solve_failures`` and ``optim/cg_safeguards``
+    once there is one, and ``optim/cg_iters`` and ``optim/cg_residual`` on the CG path (the slowest rank's, in block mode).
+    State (``global_state``): ``step``, ``violations``, ``solve_failures``, ``cg_safeguards``, and ``cg_iters_mean`` once
+    CG has run.
 
     Under ``torch.distributed`` (DDP) with ``distributed="global"`` (the default) every rank gathers the global residual
-    and solves the global batch's system, exactly the one-process step: ``gram_fn`` must then return ``J Jᵀ`` of the global
-    batch, in rank-major order (the LightningModule gives ``net.jacobian_gram`` the inputs gathered from every rank). The
-    ranks' residuals may differ in length (an epoch's last batch); their lengths are gathered first, one host sync a
-    step. Each rank then applies its own ``J_rᵀ qⁿ⁺¹_r`` and the shares are summed (one all-reduce), so the replicas take
-    one step.
-    ``distributed="block"`` solves each rank's own system instead — a block-diagonal approximation of ``J Jᵀ``, a
-    different algorithm, cheaper by the cross-rank blocks; it works with every path, the generic ones included.
+    and solves the global batch's system, exactly the one-process step: ``gram_fn`` and ``jacobian_fn`` must then be those
+    of the global batch, in rank-major order (the LightningModule gives the net the inputs gathered from every rank), and
+    one of them is required. The ranks' residuals may differ in length (an epoch's last batch); their lengths are gathered
+    first, one host sync a step. Each rank then applies its own ``J_rᵀ qⁿ⁺¹_r`` and the shares are summed (one all-reduce),
+    so the replicas take one step. ``distributed="block"`` solves each rank's own system instead — a block-diagonal
+    approximation of ``J Jᵀ``, a different algorithm, cheaper by the cross-rank blocks; it works with every path, the
+    generic ones included (with ``solver`` other than ``"cholesky"`` one more small all-reduce and host sync a step gather
+    the slowest rank's CG figures).
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr`` (its time step); the other settings
             are the whole optimizer's.
         lr: the time step ``Δt`` (> 0); seed default 0.1.
         solver: ``"auto"``, ``"cholesky"`` (dense, always) or ``"cg"`` (matrix-free, always).
-        max_dense: largest ``N`` for which ``"auto"`` forms the ``N × N`` system (≥ 1); ``"cholesky"`` above it is an error.
-        cg_tol: relative residual at which CG stops (> 0).
+        max_dense: largest ``N`` for which ``"auto"`` may form the ``N × N`` system (≥ 1); ``"cholesky"`` above it is an
+            error.
+        cg_tol: relative residual at which CG stops (> 0). The default 1e-6 is float32's resolution (the solve never
+            asks for less than ``10 ε``, 1.2e-6 in float32): the step is then the Cholesky step to the precision the
+            float32 Cholesky itself has (its own error, ~κε, is ~1e-5 at MNIST's shape), at ~5 more iterations than
+            1e-4 (17 against 12 at MNIST's shape and Δt = 0.1, +20 % of the step's time). Looser tolerances are stable
+            too, but at exp4's Δt the trajectory amplifies the difference: 50 epochs at 1e-4 ended 0.5 points away from
+            the Cholesky run, at 1e-5 and 1e-6 within 0.25 (BLAS rounding alone: 0.1). Give 1e-12 for the exact step in
+            float64.
         cg_max_iter: most CG iterations per step (≥ 1).
         distributed: under DDP, ``"global"`` (the exact step of the global batch) or ``"block"`` (per-rank blocks).
+        preconditioner: ``"auto"`` (the closed-form operator's structured preconditioner where ``jacobian_fn`` is given,
+            none on the generic path), ``"nystrom"`` (a randomised Nyström preconditioner of rank ``precond_rank`` on
+            either path), or ``"none"``.
+        precond_rank: the Nyström preconditioner's rank (≥ 1).
     """
 
     solvers = ("auto", "cholesky", "cg")
     distributed_modes = ("global", "block")
+    preconditioners = ("auto", "nystrom", "none")
     #: what the closure returns: the residual ``q``, not a loss (the LightningModule reads this)
     closure_returns = "residual"
     per_group_settings = {"lr": check_positive}
-    shared_settings = ("solver", "max_dense", "cg_tol", "cg_max_iter", "distributed")
-    _carried = ("_last", "_cg_warned")
+    shared_settings = ("solver", "max_dense", "cg_tol", "cg_max_iter", "distributed", "preconditioner", "precond_rank")
+    _carried = ("_last", "_cg_warned", "_cg_estimate")
 
     def __init__(
         self,
@@ -144,9 +197,11 @@ class IEQ(EnergyOptimizer):
         lr: float = 0.1,
         solver: str = "auto",
         max_dense: int = 4096,
-        cg_tol: float = 1e-10,
+        cg_tol: float = 1e-6,
         cg_max_iter: int = 200,
         distributed: str = "global",
+        preconditioner: str = "auto",
+        precond_rank: int = 32,
     ) -> None:
         defaults = dict(
             lr=check_positive("lr", lr),
@@ -155,33 +210,51 @@ class IEQ(EnergyOptimizer):
             cg_tol=check_positive("cg_tol", cg_tol),
             cg_max_iter=check_count("cg_max_iter", cg_max_iter),
             distributed=check_choice("distributed", distributed, self.distributed_modes),
+            preconditioner=check_choice("preconditioner", preconditioner, self.preconditioners),
+            precond_rank=check_count("precond_rank", precond_rank),
         )
         self._cg_warned = False
+        self._cg_estimate: float | None = None  # the running mean of CG's iterations, mirrored in global_state
         super().__init__(params, defaults)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        mean = self.global_state.get("cg_iters_mean")
+        self._cg_estimate = None if mean is None else float(mean)
 
     # -- the step --------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: Callable[[], Tensor] | None = None, gram_fn: Callable[[], Tensor] | None = None
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        gram_fn: Callable[[], Tensor] | None = None,
+        jacobian_fn: Callable[[], Any] | None = None,
     ) -> Tensor:
         """Take one step. ``closure`` returns the residual ``q = f(X_B) − Y_B`` with its graph (required); ``gram_fn``, if
-        given, returns ``J Jᵀ`` in closed form. Returns ``qⁿ`` detached."""
+        given, returns ``J Jᵀ`` in closed form, and ``jacobian_fn`` the closed-form Jacobian operator. Returns ``qⁿ``
+        detached."""
         q = self._residual(closure)
         groups = [(g["lr"], [p for p in g["params"] if p.requires_grad]) for g in self.param_groups]
         groups = [(dt, ps) for dt, ps in groups if ps]
         if not groups:
             raise GFStepError(f"{type(self).__name__}.step: no parameter of the optimizer requires grad")
-        solve = self._solve(q, groups, gram_fn)
-        self._move(q, groups, solve.q_new)
+        op = jacobian_fn() if jacobian_fn is not None else None  # (lazy: computes nothing until asked)
+        solve = self._solve(q, groups, gram_fn, op)
+        self._move(q, groups, solve.q_new, op)
 
         state = self.global_state
-        for key in ("step", "violations", "solve_failures"):
-            state.setdefault(key, self._scalar(0.0))
-        slack = 1.0 + 8.0 * torch.finfo(solve.q_new.dtype).eps * solve.entries.sqrt()
+        for key in ("step", "violations", "solve_failures", "cg_safeguards"):
+            if key not in state:
+                state[key] = self._scalar(0.0)
+        eps = torch.finfo(solve.q_new.dtype).eps
+        entries = solve.entries
+        slack = 1.0 + 8.0 * eps * (math.sqrt(entries) if isinstance(entries, float) else entries.sqrt())
         state["step"] += 1
         state["violations"].add_(solve.norm_after > solve.norm_before * slack)
         state["solve_failures"].add_(solve.failed)
-        self._last = IEQStep(solve.entries, solve.norm_before, solve.norm_after, solve.cg_iters, solve.cg_residual)
+        if solve.cg:
+            state["cg_safeguards"].add_(solve.rescaled)
+        self._last = IEQStep(solve.entries, solve.norm_before, solve.norm_after, solve.cg, solve.cg_iters, solve.cg_residual)
         return q.detach()
 
     def _residual(self, closure: Callable[[], Tensor] | None) -> Tensor:
@@ -202,13 +275,17 @@ class IEQ(EnergyOptimizer):
             )
         return q
 
-    def _move(self, q: Tensor, groups: list[Group], q_new: Tensor) -> None:
+    def _move(self, q: Tensor, groups: list[Group], q_new: Tensor, op: Any = None) -> None:
         """``w_g ← w_g − Δt_g J_gᵀ qⁿ⁺¹``: one backward pass gives this rank's ``J_rᵀ qⁿ⁺¹_r`` (``torch.autograd.grad``,
         which leaves ``.grad`` alone and so never triggers DDP's gradient averaging); the ranks' shares are then summed.
-        ``p.grad`` is left holding ``Jᵀ qⁿ⁺¹``."""
+        In one process with the closed-form operator, ``Jᵀ qⁿ⁺¹`` comes from it instead (its cached products: the same
+        multiply-adds without the autograd engine's overhead, a fifth of the step at exp1's shape). ``p.grad`` is left
+        holding ``Jᵀ qⁿ⁺¹``."""
         params = [p for _, ps in groups for p in ps]
-        grads = torch.autograd.grad(q, params, grad_outputs=q_new.to(q.dtype).view_as(q), allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        grads = self._closed_form_move(params, q_new, op) if op is not None and world_size() == 1 else None
+        if grads is None:
+            grads = torch.autograd.grad(q, params, grad_outputs=q_new.to(q.dtype).view_as(q), allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         if world_size() > 1:
             flat = global_sum_(torch.cat([g.reshape(-1) for g in grads]))
             grads = [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in params]), params)]
@@ -217,67 +294,97 @@ class IEQ(EnergyOptimizer):
         for dt, ps in groups:
             torch._foreach_add_(ps, [p.grad for p in ps], alpha=-dt)
 
+    @staticmethod
+    def _closed_form_move(params: list[Tensor], q_new: Tensor, op: Any) -> list[Tensor] | None:
+        """``Jᵀ qⁿ⁺¹`` per parameter from the operator (``vjp``), or ``None`` when it does not cover exactly ``params``."""
+        vjp = getattr(op, "vjp", None)
+        if vjp is None:
+            return None
+        by_param = vjp(q_new)
+        if len(by_param) != len(params) or any(id(p) not in by_param for p in params):
+            return None
+        return [by_param[id(p)].to(p.dtype) for p in params]
+
     # -- the solve ---------------------------------------------------------------------------------------------------------------
-    def _solve(self, q: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None) -> Solve:
+    def _solve(self, q: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None, op: Any) -> Solve:
         """Solve ``(I + J D Jᵀ) qⁿ⁺¹ = qⁿ``: the only place that needs all of ``q`` and ``J``.
 
         Under DDP with ``distributed="global"`` every rank gathers the global ``qⁿ`` and solves the global system, whose
-        ``J Jᵀ`` ``gram_fn`` must return (from the gathered inputs); with ``"block"`` each rank solves its own block and
-        the norms are summed over ranks."""
+        ``J`` ``gram_fn`` or ``jacobian_fn`` must give (from the gathered inputs); with ``"block"`` each rank solves its own
+        block and the norms are summed over ranks."""
         name = type(self).__name__
         q_flat = q.detach().reshape(-1).to(torch.promote_types(q.dtype, torch.float32))  # no Cholesky in 16 bits
         global_solve = world_size() > 1 and self.setting("distributed") == "global"
-        if global_solve and gram_fn is None:
+        if global_solve and gram_fn is None and op is None:
             raise GFConfigError(
-                f"{name} with distributed='global' under DDP needs gram_fn returning J Jᵀ of the global batch (the "
-                "closed form from gathered inputs); the generic path has no cross-rank Jacobian: use "
-                "distributed='block' for a per-rank block solve (a different algorithm)"
+                f"{name} with distributed='global' under DDP needs gram_fn (J Jᵀ) or jacobian_fn (the Jacobian operator) "
+                "of the global batch (the closed form from gathered inputs); the generic path has no cross-rank Jacobian: "
+                "use distributed='block' for a per-rank block solve (a different algorithm)"
             )
         gathered = gather_rows(q_flat) if global_solve else None
         rhs = gathered.rows if global_solve else q_flat
-        sol = self._solve_system(q, rhs, groups, gram_fn)
+        sol = self._solve_system(q, rhs, groups, gram_fn, op)
         sd = self._scalar_dtype
-        failed, iters, residual = sol.failed, sol.cg_iters, sol.cg_residual
-        if global_solve:  # every rank solved the same global system
-            q_new = sol.q_new[gathered.offset : gathered.offset + gathered.count]
-            before, after = (torch.linalg.vector_norm(v, dtype=sd) for v in (rhs, sol.q_new))
-            entries = torch.tensor(float(rhs.numel()), dtype=sd, device=rhs.device)
-        else:  # one process, or block: the norms of the global batch, a failure on any rank, the slowest rank's CG
+        failed, rescaled = sol.failed, sol.rescaled
+        cg, iters, residual = sol.solver == "cg", sol.cg_iters, sol.cg_residual
+        if global_solve or world_size() == 1:  # the whole (global) system, solved here (on every rank, by the same path)
+            q_new = sol.q_new[gathered.offset : gathered.offset + gathered.count] if global_solve else sol.q_new
+            before, after = torch.linalg.vector_norm(torch.stack([rhs, sol.q_new]), dim=1, dtype=sd).unbind()
+            entries: float | Tensor = float(rhs.numel())
+        else:  # block: the norms of the global batch, a failure on any rank, the slowest rank's CG
             q_new = sol.q_new
             size = torch.tensor(float(q_flat.numel()), dtype=sd, device=q_flat.device)
-            sums = global_sum_(torch.stack([q_flat.square().sum(dtype=sd), q_new.square().sum(dtype=sd), failed.to(sd), size]))
-            before, after, failed, entries = sums[0].sqrt(), sums[1].sqrt(), sums[2] > 0, sums[3]
-            if iters is not None and world_size() > 1:
-                worst = global_max_(torch.tensor([float(iters), residual], dtype=torch.float64))
-                iters, residual = int(worst[0]), float(worst[1])
-        solve = Solve(q_new, entries, before, torch.where(failed, before, after), failed, iters, residual)
+            rescaled = torch.zeros((), dtype=torch.bool, device=q.device) if rescaled is None else rescaled
+            sums = global_sum_(torch.stack([q_flat.square().sum(dtype=sd), q_new.square().sum(dtype=sd), failed.to(sd),
+                                            rescaled.to(sd), size]))
+            before, after, failed, rescaled, entries = sums[0].sqrt(), sums[1].sqrt(), sums[2] > 0, sums[3] > 0, sums[4]
+            if self.setting("solver") != "cholesky":
+                # ranks may have taken different paths (their N differs on an epoch's last batch): all take part
+                local = [float(cg), float(iters or 0), float(residual or 0.0)]
+                worst = global_max_(torch.tensor(local, dtype=sd, device=q_flat.device)).tolist()
+                cg = worst[0] > 0
+                iters, residual = (int(worst[1]), worst[2]) if cg else (None, None)
+        if cg and iters is not None:
+            self._note_cg_iters(iters)
+        solve = Solve(q_new, entries, before, torch.where(failed, before, after), failed, rescaled, cg, iters, residual)
         self._warn_if_short(solve, self._cg_tol(q_flat))
         return solve
 
     def _solve_system(
-        self, q: Tensor, rhs: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None
+        self,
+        q: Tensor,
+        rhs: Tensor,
+        groups: list[Group],
+        gram_fn: Callable[[], Tensor] | None,
+        op: Any,
     ) -> Solution:
         """``(I + J D Jᵀ)⁻¹ rhs`` by the path the settings and the size choose."""
         name = type(self).__name__
-        solver, max_dense = self.setting("solver"), self.setting("max_dense")
         n_rows = rhs.numel()
-        if gram_fn is not None and len({dt for dt, _ in groups}) > 1:
+        if (gram_fn is not None or op is not None) and len({dt for dt, _ in groups}) > 1:
+            given = "gram_fn" if gram_fn is not None else "jacobian_fn"
             raise GFConfigError(
-                f"{name}: the closed-form Gram (gram_fn) assumes one time step, but the parameter groups have lr = "
-                f"{[dt for dt, _ in groups]}; give every group the same lr, or call step() without gram_fn"
+                f"{name}: the closed form ({given}) assumes one time step, but the parameter groups have lr = "
+                f"{[dt for dt, _ in groups]}; give every group the same lr, or call step() without gram_fn and jacobian_fn"
             )
-        no_failure = torch.zeros((), dtype=torch.bool, device=q.device)
-        if solver == "cg" or (solver == "auto" and n_rows > max_dense):
-            if n_rows != q.numel():
-                raise GFConfigError(f"{name}: solver='cg' has no global form under DDP; use distributed='block'")
-            result = conjugate_gradients(jdjt_operator(q, groups, rhs.dtype), rhs, self._cg_tol(rhs), self.setting("cg_max_iter"))
-            return Solution(result.x, no_failure, result.iters, result.residual)
-        if n_rows > max_dense:
+        if op is not None and op.rows != n_rows:
+            raise GFStepError(f"{name}.step: jacobian_fn must return the operator of J with {n_rows} rows; got {op.rows}")
+        solver = self._choose(n_rows, gram_fn, op)
+        if solver == "cg":
+            if op is None and n_rows != q.numel():
+                raise GFConfigError(
+                    f"{name}: solver='cg' without jacobian_fn has no global form under DDP; give jacobian_fn (the "
+                    "Jacobian operator of the global batch) or use distributed='block'"
+                )
+            return self._krylov(q, rhs, groups, op)
+        if n_rows > self.setting("max_dense"):
             raise GFConfigError(
-                f"{name}: solver='cholesky' would form a {n_rows} x {n_rows} system, above max_dense={max_dense}; raise "
-                f"max_dense or use solver='auto' or 'cg'"
+                f"{name}: solver='cholesky' would form a {n_rows} x {n_rows} system, above max_dense="
+                f"{self.setting('max_dense')}; raise max_dense or use solver='auto' or 'cg'"
             )
-        if gram_fn is not None:
+        if op is not None and hasattr(op, "dense"):  # the operator's own J Jᵀ, from its cached products
+            system = op.dense().to(rhs.dtype).mul_(groups[0][0])
+        elif gram_fn is not None:
             system = gram_fn()
             if not isinstance(system, Tensor) or system.shape != (n_rows, n_rows):
                 shape = tuple(system.shape) if isinstance(system, Tensor) else type(system).__name__
@@ -294,6 +401,62 @@ class IEQ(EnergyOptimizer):
         q_new = torch.cholesky_solve(rhs.unsqueeze(1), factor).squeeze(1)
         failed = info != 0
         return Solution(q_new.masked_fill_(failed, 0.0), failed)
+
+    def _choose(self, n_rows: int, gram_fn: Callable[[], Tensor] | None, op: Any) -> str:
+        """``"cholesky"`` or ``"cg"``: the setting, or ``"auto"``'s choice (the class's docstring). No host sync."""
+        solver = self.setting("solver")
+        if solver != "auto":
+            return solver
+        if n_rows > self.setting("max_dense"):
+            return "cg"
+        if op is None:
+            return "cholesky"
+        kind = self.setting("preconditioner")
+        costs = op.costs(preconditioned=kind == "auto")
+        setup, per_iter = costs.setup, costs.per_iter
+        if kind == "nystrom":
+            extra_setup, extra_iter = nystrom_costs(n_rows, self.setting("precond_rank"), costs.per_iter)
+            setup, per_iter = setup + extra_setup, per_iter + extra_iter
+        iters = min(self._cg_estimate if self._cg_estimate is not None else PRIOR_CG_ITERS, self.setting("cg_max_iter"))
+        return "cg" if setup + iters * (per_iter + CG_ITER_OVERHEAD) < costs.dense else "cholesky"
+
+    def _krylov(self, q: Tensor, rhs: Tensor, groups: list[Group], op: Any) -> Solution:
+        """Preconditioned CG from zero, then the final check that keeps ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` through rounding."""
+        kind, n_rows = self.setting("preconditioner"), rhs.numel()
+        precond = None
+        if op is not None:  # closed form: one Δt (checked above)
+            dt = groups[0][0]
+
+            def matvec(v: Tensor) -> Tensor:
+                return op.gram(v).mul_(dt)
+
+            matmat = matvec
+            if kind == "auto":
+                precond = op.preconditioner(dt)
+        else:
+            matvec = jdjt_operator(q, groups, rhs.dtype)
+            batched = jdjt_operator(q, groups, rhs.dtype, batched=True) if kind == "nystrom" else None
+
+            def matmat(v: Tensor) -> Tensor:
+                return batched(v.T.contiguous()).T
+
+        if kind == "nystrom":
+            step = int(self.global_state.get("step", 0))
+            precond = nystrom_preconditioner(matmat, n_rows, self.setting("precond_rank"), rhs, seed=step)
+        result = conjugate_gradients(matvec, rhs, self._cg_tol(rhs), self.setting("cg_max_iter"), precond)
+        x, rescaled, failed = keep_guarantee(result.x, rhs)
+        return Solution(x, failed, "cg", result.iters, result.residual, rescaled)
+
+    def _note_cg_iters(self, iters: int) -> None:
+        """Fold a solve's iteration count into the running estimate ``"auto"`` decides with (and the state carries)."""
+        estimate = float(iters) if self._cg_estimate is None else (
+            (1.0 - CG_ITERS_WEIGHT) * self._cg_estimate + CG_ITERS_WEIGHT * iters)
+        self._cg_estimate = estimate
+        state = self.global_state
+        if "cg_iters_mean" in state:
+            state["cg_iters_mean"].fill_(estimate)
+        else:
+            state["cg_iters_mean"] = self._scalar(estimate)
 
     def _cg_tol(self, rhs: Tensor) -> float:
         """CG's relative tolerance: ``cg_tol``, but no finer than the residual's dtype can resolve."""
@@ -316,15 +479,18 @@ class IEQ(EnergyOptimizer):
     # -- stats -------------------------------------------------------------------------------------------------------------------
     def _stats_of(self, record: IEQStep) -> dict[str, Tensor]:
         state = self.global_state
+        entries = max(record.entries, 1.0) if isinstance(record.entries, float) else record.entries.clamp(min=1.0)
         out = {
             # the scheme's energy ½‖q‖² per entry, ×2: the mean squared residual, in the loss's units (the MSE for regression)
-            "energy/true": record.norm_before.square() / record.entries.clamp(min=1.0),
-            "energy/modified": record.norm_after.square() / record.entries.clamp(min=1.0),
+            "energy/true": record.norm_before.square() / entries,
+            "energy/modified": record.norm_after.square() / entries,
             "energy/violations": state["violations"].clone(),
             "optim/effective_lr": self._scalar(self.param_groups[0]["lr"]),
+            "optim/solver": self._scalar(1.0 if record.cg else 0.0),
         }
-        if state["solve_failures"] > 0:  # (a host sync, when the stats are read)
-            out["optim/solve_failures"] = state["solve_failures"].clone()
+        for key in ("solve_failures", "cg_safeguards"):
+            if key in state and state[key] > 0:  # (a host sync, when the stats are read)
+                out[f"optim/{key}"] = state[key].clone()
         if record.cg_iters is not None:
             out["optim/cg_iters"] = self._scalar(float(record.cg_iters))
             out["optim/cg_residual"] = self._scalar(record.cg_residual)

@@ -1,4 +1,4 @@
-"""The Jacobian operators of IEQ's generic path, for any ``nn.Module``, and conjugate gradients on ``I + J D Jᵀ``.
+"""The Jacobian operators of IEQ's generic path, for any ``nn.Module`` (the Krylov solve itself is in :mod:`.krylov`).
 
 ``J = ∂q/∂w`` is never needed as a whole: ``Jᵀv`` is one backward pass through the residual's graph, and ``J·`` the
 double-backward trick. ``D = diag(Δt_g)`` holds each parameter group's step.
@@ -7,7 +7,6 @@ double-backward trick. ``D = diag(Δt_g)`` holds each parameter group's step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -20,40 +19,6 @@ BLOCK_BYTES = 64 * 2**20
 
 #: a parameter group as the solve sees it: its ``Δt_g`` and its parameters that require grad
 Group = tuple[float, list[Tensor]]
-
-
-@dataclass
-class CGResult:
-    """What conjugate gradients returned: the iterate, its iteration count and the relative residual it reached."""
-
-    x: Tensor
-    iters: int
-    residual: float  #: ``‖b − A x‖ / ‖b‖``
-    converged: bool  #: whether it reached its tolerance (else it stopped at the iteration cap)
-
-
-def conjugate_gradients(matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, max_iter: int) -> CGResult:
-    """CG from ``x⁰ = 0`` on ``(I + M) x = b`` for a symmetric positive semi-definite ``M`` (``matvec``): stops at
-    ``‖r‖ ≤ tol·‖b‖`` or after ``max_iter`` iterations, one host sync per iteration for that test. Iterates from zero grow
-    in norm toward the solution (Steihaug 1983, Thm 2.1), and ``‖(I + M)⁻¹ b‖ ≤ ‖b‖``, so every iterate has
-    ``‖x‖ ≤ ‖b‖``."""
-    b_norm = float(torch.linalg.vector_norm(b))
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = torch.dot(r, r)
-    iters = 0
-    while iters < max_iter and float(rs) ** 0.5 > tol * b_norm:
-        ap = p + matvec(p)
-        alpha = rs / torch.dot(p, ap)
-        x.add_(alpha * p)
-        r.sub_(alpha * ap)
-        rs_new = torch.dot(r, r)
-        p = r + (rs_new / rs) * p
-        rs = rs_new
-        iters += 1
-    residual = float(rs) ** 0.5 / b_norm if b_norm > 0 else 0.0
-    return CGResult(x, iters, residual, residual <= tol)
 
 
 def unit_rows(start: int, rows: int, n_rows: int, like: Tensor) -> Tensor:
