@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-hessian", action="store_true", help="skip 2/λ_max of the loss Hessian at the initial weights")
     s.add_argument("--hessian-samples", type=int, default=4096, help="training samples for λ_max (0: all; default 4096)")
     s.add_argument("--hessian-iters", type=int, default=200, help="at most this many power-iteration steps (default 200)")
-    s.add_argument("--metric", choices=["val/loss", "val/rel_err", "val/acc"],
+    s.add_argument("--metric", choices=["val/loss", "val/rel_err", "val/rel_l2", "val/acc"],
                    help="the held-out metric (default: val/acc for classification, val/loss for regression)")
     s.add_argument("--target", type=float, help=f"the metric's target for the time to target (defaults: {targets})")
     return p

@@ -226,7 +226,7 @@ PAPER = {
 
 
 #: paper configs beyond the two-layer network, and the test file that checks each
-PAPER_ELSEWHERE: dict[str, str] = {}
+PAPER_ELSEWHERE = {"burgers": "tests/test_burgers.py"}
 TWO_LAYER_PAPER_CONFIGS = [PAPER_DIR / f"{name}.yaml" for name in PAPER]
 
 

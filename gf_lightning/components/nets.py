@@ -1,10 +1,11 @@
-"""The two-layer network of SPEC §1, as a plain ``nn.Module``.
+"""The networks, as plain ``nn.Module`` s: the two-layer network of SPEC §1,
 
 .. math::
     f(x; w) = s\\, a^\\top \\sigma(W^\\top [x; 1]),\\qquad \\sigma = \\mathrm{ReLU},\\quad
     W \\in \\mathbb{R}^{(d+1)\\times m},\\ a \\in \\mathbb{R}^{m\\times k},
 
-with ``s = 1`` (the seed's network) or ``s = 1/m`` (the mean-field scale of Ma, Mao & Shen 2024).
+with ``s = 1`` (the seed's network) or ``s = 1/m`` (the mean-field scale of Ma, Mao & Shen 2024), and the deeper fully
+connected :class:`MLP` of their physics-informed example.
 """
 
 from __future__ import annotations
@@ -124,3 +125,59 @@ class TwoLayerNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d={self.d}, m={self.m}, k={self.k}, init={self.init!r}, mean_field={self.mean_field}"
+
+
+#: the MLP's activations by name
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "softplus": nn.functional.softplus,
+               "sin": torch.sin}
+MLP_INITS = ("xavier", "torch")
+
+
+class MLP(nn.Module):
+    """A fully connected network ``d → width → … → width → k`` with ``depth`` hidden layers and one activation: the
+    physics-informed network of Ma, Mao & Shen (2024) Example 5 is ``MLP(d=2, k=1, width=32, depth=5)`` with tanh.
+
+    Args:
+        d: input dimension.
+        k: output dimension.
+        width: units per hidden layer.
+        depth: hidden layers (≥ 1).
+        activation: ``"tanh"`` (default), ``"relu"``, ``"sigmoid"``, ``"softplus"`` or ``"sin"``; smooth ones for a PINN,
+            whose loss holds second derivatives in the inputs (ReLU's vanish).
+        init: ``"xavier"`` (default): Glorot-normal weights, zero biases (Raissi et al.'s PINNs); ``"torch"``: ``nn.Linear``'s
+            own uniform rule.
+    """
+
+    def __init__(self, d: int = 2, k: int = 1, width: int = 32, depth: int = 5, activation: str = "tanh",
+                 init: str = "xavier") -> None:
+        super().__init__()
+        for name, value in (("d", d), ("k", k), ("width", width), ("depth", depth)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise GFConfigError(f"model.net.{name} must be a positive integer, got {value!r}")
+        if activation not in ACTIVATIONS:
+            raise GFConfigError(f"model.net.activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+        if init not in MLP_INITS:
+            raise GFConfigError(f"model.net.init must be one of {', '.join(MLP_INITS)}; got {init!r}")
+        self.d, self.k, self.width, self.depth = d, k, width, depth
+        self.activation, self.init = activation, init
+        self._act = ACTIVATIONS[activation]
+        sizes = [d, *([width] * depth), k]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for layer in self.layers:
+            if self.init == "xavier":
+                nn.init.xavier_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            else:
+                layer.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = self._act(layer(x))
+        return self.layers[-1](x)
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}, k={self.k}, width={self.width}, depth={self.depth}, activation={self.activation!r}, init={self.init!r}"

@@ -1,7 +1,9 @@
-"""Data modules: the three synthetic regressions of SPEC §3 and the MNIST subsample, all as in-memory tensors."""
+"""Data modules: the three synthetic regressions of SPEC §3, the MNIST subsample and the Burgers collocation points
+(Ma, Mao & Shen 2024, Example 5), all as in-memory tensors."""
 
 from .base import TensorDataModule
 from .batching import Batch, TensorBatches
+from .burgers import BurgersCollocation, burgers_exact
 from .mnist import MNISTDataModule
 from .regression import GaussianRegression, QuadraticRegression, SinCosRegression, SyntheticRegression
 
@@ -14,4 +16,6 @@ __all__ = [
     "QuadraticRegression",
     "GaussianRegression",
     "MNISTDataModule",
+    "BurgersCollocation",
+    "burgers_exact",
 ]

@@ -47,7 +47,7 @@ DONE = ("trained", "frozen", "diverged")
 #: the CLI's line when the non-finite guard stops a run (gf_lightning.errors.NonFiniteError)
 NON_FINITE = "training went non-finite"
 #: the held-out tags read back, one list each in the record
-VAL_TAGS = ("val/loss", "val/rel_err", "val/acc")
+VAL_TAGS = ("val/loss", "val/rel_err", "val/rel_l2", "val/acc")
 
 
 @dataclass

@@ -34,8 +34,9 @@ from .sweep import FROZEN_DROP, RunRecord
 #: accuracy" (MNIST); the held-out cross-entropy's target is the seed's final loss for SGD (0.25–0.35)
 DEFAULT_METRIC = {"regression": "val/loss", "classification": "val/acc"}
 DEFAULT_TARGET = {"val/loss": {"regression": 1e-4, "classification": 0.3}, "val/rel_err": {"regression": 0.01},
-                  "val/acc": {"classification": 0.90}}
-METRIC_NAMES = {"val/loss": "test loss", "val/rel_err": "test relative error", "val/acc": "test accuracy"}
+                  "val/rel_l2": {"regression": 0.1}, "val/acc": {"classification": 0.90}}
+METRIC_NAMES = {"val/loss": "test loss", "val/rel_err": "test relative error", "val/rel_l2": "relative L² error",
+                "val/acc": "test accuracy"}
 
 
 def higher_is_better(metric: str) -> bool:

@@ -1,0 +1,130 @@
+"""The physics-informed objective of Ma, Mao & Shen (2024), Example 5: the viscous Burgers equation.
+
+A network ``u(x, t)`` is trained on the collocation points of :class:`~gf_lightning.data.BurgersCollocation`, whose ``y``
+carries each row's target and kind (interior, initial, boundary, or solution for the held-out grid). The objective is
+
+.. math::
+    L = \\frac{1}{n_f}\\sum_{\\rm interior} (u_t + u u_x - \\nu u_{xx})^2
+      + \\frac{1}{n_0}\\sum_{\\rm initial} (u + \\sin \\pi x)^2
+      + \\frac{1}{n_b}\\sum_{\\rm boundary} u^2\\ \\Big[ + \\frac{1}{n_s}\\sum_{\\rm solution} (u - u^*)^2 \\Big],
+
+the sum of the mean squared error of each kind of row present in the batch, each with weight 1 (the per-kind means keep
+the 320 initial and boundary points from being drowned by the 12 000 interior ones, as in Raissi, Perdikaris & Karniadakis
+2019, which sum the boundary and the PDE means). The held-out grid holds solution rows only, so ``val/loss`` is the mean
+squared error against the exact solution and ``val/rel_l2`` the relative L² error ``‖u − u*‖ / ‖u*‖``.
+
+IEQ: the residual is the vector of those errors, each scaled by ``√(N / n_kind)`` (``N`` the batch's rows), so that
+``‖q‖² / N`` is the loss. Its Jacobian needs the PDE residual's derivatives in the weights, which no closed form gives:
+the LightningModule sends this objective (it overrides :meth:`predict`) to IEQ's generic path (dense ``J D Jᵀ`` for a few
+thousand rows, conjugate gradients with Jacobian-vector products above ``max_dense``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..data.burgers import INTERIOR, KINDS, NU, SOLUTION
+from ..errors import GFConfigError
+from ..optim.distributed import global_sum_, world_size
+from .objectives import Objective, Ratio
+
+
+class BurgersPINN(Objective):
+    """``u_t + u u_x = ν u_xx`` at the interior rows, ``u = target`` at the others; the per-kind mean squared errors summed.
+
+    ``predict(net, x)`` returns ``(N, 2)``: column 0 the network's ``u(x, t)``, column 1 the PDE residual
+    ``u_t + u u_x − ν u_xx`` from automatic differentiation in the inputs (``create_graph``, so that the loss can be
+    differentiated in the weights). It computes the residual at every row — it does not see the rows' kinds, which travel
+    in ``y`` — and does so in evaluation too (validation runs under ``torch.inference_mode``, which it leaves for the
+    derivatives). The network must treat rows independently (no batch norm): ``∂u/∂x`` comes from ``∂(Σ u)/∂x``.
+
+    Args:
+        nu: the viscosity; the data module's ``nu`` must be the same (both default to the paper's ``0.01/π``).
+    """
+
+    per_sample = False  # a sum of per-kind means
+
+    def __init__(self, nu: float = NU) -> None:
+        if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not (math.isfinite(nu) and nu > 0):
+            raise GFConfigError(f"model.objective.init_args.nu must be a finite number > 0; got {nu!r}")
+        self.nu = float(nu)
+
+    # -- the prediction: u and the PDE residual --------------------------------------------------------------------------
+    def predict(self, net: nn.Module, x: Tensor) -> Tensor:
+        grad_mode = torch.is_grad_enabled()
+        with torch.inference_mode(False), torch.enable_grad():
+            xt = x.detach().clone().requires_grad_(True)  # (a clone: an inference tensor cannot join a graph)
+            u = net(xt)
+            if u.dim() != 2 or u.shape[1] != 1:
+                raise GFConfigError(f"{type(self).__name__} needs a network with one output u(x, t); got shape {tuple(u.shape)}")
+            (du,) = torch.autograd.grad(u.sum(), xt, create_graph=True)
+            u_x, u_t = du[:, :1], du[:, 1:2]
+            (d2u,) = torch.autograd.grad(u_x.sum(), xt, create_graph=grad_mode)
+            u_xx = d2u[:, :1]
+            out = torch.cat([u, u_t + u * u_x - self.nu * u_xx], dim=1)
+        return out if grad_mode else out.detach()
+
+    # -- the loss --------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def errors(pred: Tensor, y: Tensor) -> Tensor:
+        """Each row's error, flat: the PDE residual at interior rows, ``u − target`` at the others."""
+        if y.dim() != 2 or y.shape[1] != 2 or pred.dim() != 2 or pred.shape[1] != 2:
+            raise GFConfigError(
+                f"BurgersPINN needs y of shape (N, 2), (target, kind), as gf_lightning.data.BurgersCollocation makes it, and "
+                f"its own predict's (u, PDE residual); got y {tuple(y.shape)}, prediction {tuple(pred.shape)}"
+            )
+        kind = y[:, 1]
+        value = torch.where(kind == INTERIOR, pred[:, 1], pred[:, 0])
+        return value - y[:, 0]
+
+    @staticmethod
+    def _counts(y: Tensor, global_: bool) -> Tensor:
+        """Rows of each kind (over all ranks when ``global_``), float, one entry per code of :data:`KINDS`."""
+        counts = torch.bincount(y[:, 1].long(), minlength=len(KINDS)).to(y.dtype)
+        return global_sum_(counts) if global_ else counts
+
+    def _weights(self, y: Tensor, global_: bool) -> Tensor:
+        """``1 / n_kind`` for each row."""
+        return self._counts(y, global_).clamp(min=1.0).reciprocal()[y[:, 1].long()]
+
+    def loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        return (self.errors(pred, y).square() * self._weights(y, False)).sum()
+
+    def ratio(self, pred: Tensor, y: Tensor) -> Ratio:
+        """For the held-out set: the batch's loss × its rows over its rows. On a set of one kind (the solution grid) the
+        sum over batches is exactly that kind's mean squared error; on a mixed set split into several batches, the
+        row-weighted mean of the batches' losses."""
+        n = y.new_tensor(float(len(y)))
+        return Ratio(self.loss(pred, y).detach() * n, n)
+
+    def shard_loss(self, pred: Tensor, y: Tensor, total: int) -> Tensor:
+        """Under DDP: ``W · Σ`` this rank's squared errors over the *global* kind counts (one all-reduce of four counts),
+        so that the ranks' mean is the global batch's loss."""
+        world = world_size()
+        if world == 1:
+            return self.loss(pred, y)
+        return (self.errors(pred, y).square() * self._weights(y, True)).sum() * world
+
+    # -- IEQ ---------------------------------------------------------------------------------------------------------------
+    def residual_scale(self, y: Tensor) -> Tensor:
+        """``√(N / n_kind)`` per row, ``N`` and ``n_kind`` of the global batch: ``‖q‖² / N`` is then the loss."""
+        counts = self._counts(y, True)
+        return (counts.sum() * counts.clamp(min=1.0).reciprocal()).sqrt()[y[:, 1].long()]
+
+    def residual(self, pred: Tensor, y: Tensor, scale: float | Tensor | None = None) -> Tensor:
+        s = self.residual_scale(y) if scale is None else scale
+        return self.errors(pred, y) * s
+
+    # -- evaluation: the predicted solution against the exact one ------------------------------------------------------------
+    @staticmethod
+    def solution(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, u*)`` at the rows of kind SOLUTION: what ``val/rel_err`` (``Σ(u − u*)²/Σu*²``) and ``val/rel_l2`` (its
+        square root, ``‖u − u*‖ / ‖u*‖``) compare."""
+        keep = y[:, 1] == SOLUTION
+        return pred[keep, 0], y[keep, 0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(nu={self.nu:.6g})"

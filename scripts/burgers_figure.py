@@ -1,0 +1,76 @@
+"""Fig. 12 of Ma, Mao & Shen (2024), the Burgers PINN: the table of runs, their curves, and u predicted / exact / difference.
+
+    python scripts/burgers_figure.py --root results/burgers --out docs/paper --solution 0.001/arelsav
+
+reads every run ``<root>/lr<LR>/lightning_logs/paper_burgers/<method>/version_0`` (as docs/paper.md's commands write them)
+and ``<root>/times.tsv`` (``method, lr, user s, system s, wall s`` per run, from /usr/bin/time), and writes
+``<out>/burgers_curves.png``, ``<out>/burgers_solution.png`` (the run ``--solution LR/METHOD``) and ``<out>/burgers_table.md``.
+The code is :mod:`gf_lightning.study.burgers_figure`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gf_lightning.study.burgers_figure import LABELS, curves_figure, load_run, solution_figure, summarize, table
+
+
+def find_runs(root: Path) -> dict[float, dict[str, Path]]:
+    runs: dict[float, dict[str, Path]] = {}
+    for folder in sorted(root.glob("lr*/lightning_logs/*/*/version_*")):
+        lr = float(folder.parents[3].name.removeprefix("lr"))
+        runs.setdefault(lr, {})[folder.parent.name] = folder  # the newest version of a method wins
+    return runs
+
+
+def cpu_times(path: Path) -> dict[tuple[str, float], float]:
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 5:
+                try:
+                    out[(parts[0], float(parts[1]))] = float(parts[2]) + float(parts[3])
+                except ValueError:
+                    pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/burgers_figure.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", default="results/burgers", help="the runs' folder (default: results/burgers)")
+    p.add_argument("--out", default="docs/paper", help="where the figures and the table go (default: docs/paper)")
+    p.add_argument("--solution", metavar="LR/METHOD", help="the run whose solution is drawn (default: the lowest final "
+                   "relative L² error)")
+    args = p.parse_args(argv)
+    root, out = Path(args.root), Path(args.out)
+    runs = find_runs(root)
+    if not runs:
+        print(f"burgers_figure: no runs under {root}/lr*/lightning_logs/", file=sys.stderr)
+        return 2
+    order = list(LABELS)
+    rows = [summarize(run, method, lr) for lr in sorted(runs, reverse=True)
+            for method, run in sorted(runs[lr].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
+    text = table(rows, cpu_times(root / "times.tsv"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "burgers_table.md").write_text(text + "\n")
+    print(text)
+    curves_figure(runs, out / "burgers_curves.png")
+    if args.solution:
+        lr_text, method = args.solution.split("/")
+        chosen = runs[float(lr_text)][method]
+    else:
+        best = min((r for r in rows if r.final_rel_l2 == r.final_rel_l2), key=lambda r: r.final_rel_l2)
+        lr_text, method, chosen = f"{best.lr:g}", best.method, runs[best.lr][best.method]
+    steps = next(r.steps for r in rows if r.method == method and r.lr == float(lr_text))
+    net, nu = load_run(chosen)
+    rel = solution_figure(net, out / "burgers_solution.png", nu,
+                          title=f"{LABELS.get(method, method)}, lr = {lr_text}, after {steps} steps")
+    print(f"solution figure: {chosen} (relative L² error {rel:.4g} on the figure's grid)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
