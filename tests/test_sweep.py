@@ -330,3 +330,49 @@ def test_bad_input_is_one_line_naming_the_setting_what_was_given_and_what_is_all
     assert len(err.splitlines()) == 1, err
     assert err.startswith("sweep: error: ") and setting in err and given in err and "allowed" in err
     assert not (tmp_path / "sw" / "runs").exists()
+
+
+def test_sweeps_compared_side_by_side(tmp_path, capsys):
+    """Two sweeps (SGD and Adam, each at one step) over two initialisations × two seeds, compared by
+    ``scripts/compare_sweeps.py``: each entry's final mean and standard deviation are those of its two seeds' runs (read
+    here from the runs' own records), the ranks order each panel by that mean, and the last column is the second panel's
+    mean over the first's. Breakage caught: the panels or the seeds mixed up (the means differ), the ranks or the ratio
+    reversed."""
+    import statistics
+
+    from gf_lightning.study import compare
+
+    grid = ["--grid", *TINY[1:4], "model.net.init_args.init=fan_in,public", *TINY[4:], "--seeds", "0", "1"]
+    folders = []
+    for method, lr in (("sgd", "0.1"), ("adam", "0.01")):
+        out = tmp_path / method
+        assert script.main(["--config", str(CONFIGS / "exp3_sgd.yaml"), "--methods", method, "--lr", lr, *grid,
+                            "--jobs", "2", "--out", str(out)]) == 0
+        folders.append(str(out))
+    expected = {}
+    for folder in folders:
+        for r in json.loads((Path(folder) / "results.json").read_text())["records"]:
+            init = r["settings"]["model.net.init_args.init"]
+            expected.setdefault((Path(folder).name, f"init={init}"), []).append(r["val"]["val/loss"][-1])
+    assert all(len(v) == 2 for v in expected.values()) and len(expected) == 4
+
+    cmp = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare_sweeps.py")
+    module = importlib.util.module_from_spec(cmp)
+    cmp.loader.exec_module(module)
+    assert module.main([*folders, "--out", str(tmp_path / "cmp"), "--title", "t"]) == 0
+    entries = [e for f in folders for e in compare.load(f)[0]]
+    for e in entries:
+        values = expected[e.row, e.panel]
+        assert e.final.mean == pytest.approx(statistics.fmean(values), rel=1e-12)
+        assert e.final.sd == pytest.approx(statistics.stdev(values), rel=1e-9)
+    place = compare.ranks(entries, "val/loss")
+    for panel in ("init=fan_in", "init=public"):
+        order = sorted(("sgd", "adam"), key=lambda row: statistics.fmean(expected[row, panel]))
+        assert [place[row, panel] for row in order] == [1, 2]
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    row = next(line for line in text.splitlines() if line.startswith("| sgd |"))
+    ratio = statistics.fmean(expected["sgd", "init=public"]) / statistics.fmean(expected["sgd", "init=fan_in"])
+    assert row.strip("| ").split(" | ")[-1] == f"{ratio:.3g}×"
+    assert module.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "cmp2")]) == 2
+    assert "no sweep results to compare" in capsys.readouterr().err
