@@ -134,7 +134,7 @@ def figure(entries: list[Entry], metric: str, path: str | Path, title: str = "")
     rows = list(dict.fromkeys((e.row, e.lr) for e in entries))
     by = {(e.row, e.lr, e.panel): e for e in entries}
     width = 0.8 / len(panels)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows) * len(panels) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) * len(panels) + 2.5), 4.8))
     scale = 100.0 if higher_is_better(metric) else 1.0
     for j, panel in enumerate(panels):
         color = PANEL_COLORS[j % len(PANEL_COLORS)]
