@@ -133,7 +133,11 @@ class IEQ(EnergyOptimizer):
       those measured on this run's CG solves (a running mean, kept in the state; :data:`PRIOR_CG_ITERS` before the first).
       Counts rather than wall-clock times keep the choice, and so the run, reproducible and independent of the machine's
       load. At MNIST's shape CG wins by ~20× (it would need ~600 iterations to lose); at exp1's (``N = 64``,
-      ``m = 1000``) a CG product costs half the dense solve, and Cholesky is taken. The choice is logged every step as
+      ``m = 1000``) a CG product costs half the dense solve, and Cholesky is taken. A CG solve that stops at
+      ``cg_max_iter`` short of its tolerance (at a large ``Δt``: at MNIST's shape from ``Δt ≈ 10`` on) counts as needing
+      infinitely many iterations, and ``"auto"`` takes Cholesky from then on: a truncated solve keeps the energy
+      guarantee, but at ``Δt = 100`` on MNIST it stalled training (9.9 % after 3 epochs of exp4, against 75.4 % by
+      Cholesky throughout and 71.4 % by this rule, docs/study.md). The choice is logged every step as
       ``optim/solver`` (0 Cholesky, 1 CG), the iterations as ``optim/cg_iters``.
 
     The solve runs in the residual's dtype (float32 for a 16-bit residual: there is no 16-bit Cholesky). With float32 and a
@@ -345,7 +349,7 @@ class IEQ(EnergyOptimizer):
                 cg = worst[0] > 0
                 iters, residual = (int(worst[1]), worst[2]) if cg else (None, None)
         if cg and iters is not None:
-            self._note_cg_iters(iters)
+            self._note_cg_iters(iters, converged=residual is not None and residual <= self._cg_tol(q_flat))
         solve = Solve(q_new, entries, before, torch.where(failed, before, after), failed, rescaled, cg, iters, residual)
         self._warn_if_short(solve, self._cg_tol(q_flat))
         return solve
@@ -417,7 +421,10 @@ class IEQ(EnergyOptimizer):
         if kind == "nystrom":
             extra_setup, extra_iter = nystrom_costs(n_rows, self.setting("precond_rank"), costs.per_iter)
             setup, per_iter = setup + extra_setup, per_iter + extra_iter
-        iters = min(self._cg_estimate if self._cg_estimate is not None else PRIOR_CG_ITERS, self.setting("cg_max_iter"))
+        cap, estimate = self.setting("cg_max_iter"), self._cg_estimate
+        if estimate is not None and estimate > cap:  # a solve stopped short of its tolerance: CG does not reach the step
+            return "cholesky"
+        iters = min(PRIOR_CG_ITERS, cap) if estimate is None else estimate
         return "cg" if setup + iters * (per_iter + CG_ITER_OVERHEAD) < costs.dense else "cholesky"
 
     def _krylov(self, q: Tensor, rhs: Tensor, groups: list[Group], op: Any) -> Solution:
@@ -447,10 +454,14 @@ class IEQ(EnergyOptimizer):
         x, rescaled, failed = keep_guarantee(result.x, rhs)
         return Solution(x, failed, "cg", result.iters, result.residual, rescaled)
 
-    def _note_cg_iters(self, iters: int) -> None:
-        """Fold a solve's iteration count into the running estimate ``"auto"`` decides with (and the state carries)."""
-        estimate = float(iters) if self._cg_estimate is None else (
-            (1.0 - CG_ITERS_WEIGHT) * self._cg_estimate + CG_ITERS_WEIGHT * iters)
+    def _note_cg_iters(self, iters: int, converged: bool = True) -> None:
+        """Fold a solve's iteration count into the running estimate ``"auto"`` decides with (and the state carries). A
+        solve that stopped at ``cg_max_iter`` short of its tolerance counts as infinitely many iterations: CG does not
+        reach the exact step here within the cap (at a large ``Δt`` its iterations grow like ``√(Δt·‖J‖²)``), so
+        ``"auto"`` takes the exact Cholesky solve from then on rather than a truncated one that is stable but may stall."""
+        count = float(iters) if converged else math.inf
+        estimate = count if self._cg_estimate is None else (
+            (1.0 - CG_ITERS_WEIGHT) * self._cg_estimate + CG_ITERS_WEIGHT * count)
         self._cg_estimate = estimate
         state = self.global_state
         if "cg_iters_mean" in state:
