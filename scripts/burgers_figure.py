@@ -1,9 +1,10 @@
 """Fig. 12 of Ma, Mao & Shen (2024), the Burgers PINN: the table of runs, their curves, and u predicted / exact / difference.
 
-    python scripts/burgers_figure.py --root results/burgers --out docs/paper --solution 0.001/arelsav
+    python scripts/burgers_figure.py --root results/burgers --out docs/paper/fig12 --solution 0.01/ieq
 
-reads every run ``<root>/lr<LR>/lightning_logs/paper_burgers/<method>/version_0`` (as docs/paper.md's commands write them)
-and ``<root>/times.tsv`` (``method, lr, user s, system s, wall s`` per run, from /usr/bin/time), and writes
+reads every run ``<root>/lr<LR>/lightning_logs/<experiment>/<method>/version_N`` (as docs/paper.md's commands write them:
+``--trainer.default_root_dir=<root>/lr<LR> --run_name=<method>``; the newest version of each) and, if present,
+``<root>/times.tsv`` (``method, lr, user s, system s, wall s`` per run, from /usr/bin/time: the table's CPU column), and writes
 ``<out>/burgers_curves.png``, ``<out>/burgers_solution.png`` (the run ``--solution LR/METHOD``) and ``<out>/burgers_table.md``.
 The code is :mod:`gf_lightning.study.burgers_figure`.
 """
@@ -19,8 +20,15 @@ from gf_lightning.study.burgers_figure import LABELS, curves_figure, load_run, s
 
 def find_runs(root: Path) -> dict[float, dict[str, Path]]:
     runs: dict[float, dict[str, Path]] = {}
-    for folder in sorted(root.glob("lr*/lightning_logs/*/*/version_*")):
-        lr = float(folder.parents[3].name.removeprefix("lr"))
+    def version(folder: Path) -> int:
+        number = folder.name.removeprefix("version_")
+        return int(number) if number.isdigit() else -1
+
+    for folder in sorted(root.glob("lr*/lightning_logs/*/*/version_*"), key=lambda f: (str(f.parent), version(f))):
+        try:
+            lr = float(folder.parents[3].name.removeprefix("lr"))
+        except ValueError:  # a folder lr<something that is not a number>: not a run of this layout
+            continue
         runs.setdefault(lr, {})[folder.parent.name] = folder  # the newest version of a method wins
     return runs
 
@@ -41,15 +49,27 @@ def cpu_times(path: Path) -> dict[tuple[str, float], float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/burgers_figure.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="results/burgers", help="the runs' folder (default: results/burgers)")
-    p.add_argument("--out", default="docs/paper", help="where the figures and the table go (default: docs/paper)")
+    p.add_argument("--out", help="where the figures and the table go (default: <root>/figures)")
     p.add_argument("--solution", metavar="LR/METHOD", help="the run whose solution is drawn (default: the lowest final "
                    "relative L² error)")
     args = p.parse_args(argv)
-    root, out = Path(args.root), Path(args.out)
+    root = Path(args.root)
+    out = Path(args.out) if args.out else root / "figures"
     runs = find_runs(root)
     if not runs:
         print(f"burgers_figure: no runs under {root}/lr*/lightning_logs/", file=sys.stderr)
         return 2
+    if args.solution:
+        lr_text, _, method = args.solution.partition("/")
+        try:
+            lr_value = float(lr_text)
+        except ValueError:
+            lr_value = None
+        if lr_value not in runs or method not in runs[lr_value]:
+            allowed = ", ".join(f"{lr:g}/{m}" for lr in sorted(runs, reverse=True) for m in runs[lr])
+            print(f"burgers_figure: --solution {args.solution!r} is not a run under {root}; allowed: {allowed}",
+                  file=sys.stderr)
+            return 2
     order = list(LABELS)
     rows = [summarize(run, method, lr) for lr in sorted(runs, reverse=True)
             for method, run in sorted(runs[lr].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
@@ -59,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     curves_figure(runs, out / "burgers_curves.png")
     if args.solution:
-        lr_text, method = args.solution.split("/")
+        lr_text, _, method = args.solution.partition("/")
         chosen = runs[float(lr_text)][method]
     else:
         best = min((r for r in rows if r.final_rel_l2 == r.final_rel_l2), key=lambda r: r.final_rel_l2)

@@ -1,11 +1,13 @@
 """Several sweeps side by side (``gf_lightning.study.compare``): one row per sweep, one column per panel, mean ± s.d.
-over the seeds, e.g. every method of exp1 at its own config under two initialisations:
+over the seeds.
+
+For example, every method of exp1 at its own config under two initialisations:
 
     for f in configs/exp1_*.yaml; do m=$(basename $f .yaml); m=${m#exp1_}
       python scripts/sweep.py --config $f --methods config --lr <its lr> --seeds 0 1 2 \\
           --grid model.net.init_args.init=fan_in,public --out sweeps/inits/exp1/$m
     done
-    python scripts/compare_sweeps.py sweeps/inits/exp1/* --out docs/results/inits/exp1 --title "exp1, two initialisations"
+    python scripts/compare_sweeps.py sweeps/inits/exp1/* --out sweeps/inits/exp1_compare --title "exp1, two initialisations"
 """
 
 from __future__ import annotations

@@ -312,11 +312,12 @@ def test_the_slurm_script_parses_and_runs_every_point_once(tmp_path, capsys):
     (["--lr", "1e2:1e-3:5"], "--lr", "'1e2:1e-3:5'"),
     (["--method-args", "momentum=0.9"], "--method-args", "'momentum'"),
     (["--grid", "model.net.init_args.widthh=3"], "the CLI refuses it", "widthh"),
+    (["--metric", "val/acc"], "--metric", "val/acc"),
 ])
 def test_bad_input_is_one_line_naming_the_setting_what_was_given_and_what_is_allowed(args, setting, given, tmp_path,
                                                                                        capsys):
     """An unknown method, a malformed axis, an empty value, a backwards range, a method setting no method takes, a key
-    the CLI does not know: exit 2 and one line that names the setting, what was given and what is allowed; nothing
+    the CLI does not know, a metric the config's validation never logs (accuracy on a regression): exit 2 and one line that names the setting, what was given and what is allowed; nothing
     runs. Breakage: a traceback, or a sweep that starts and fails in every run."""
     base = {"--methods": ["sav"], "--lr": ["0.1"]}
     given_keys = [a for a in args if a.startswith("--")]

@@ -91,7 +91,8 @@ def ranks(entries: list[Entry], metric: str) -> dict[tuple[str, str], int]:
 
 def table(entries: list[Entry], metric: str) -> str:
     """Markdown: a row per sweep (and step size, when a sweep has several), per panel the final and best metric over
-    the seeds, the rank, and the outcome; with two panels, the second's final mean against the first's."""
+    the seeds, the rank, and the outcome; with two panels, the second's final mean against the first's where both are
+    over every seed (no run diverged, failed or is missing)."""
     panels = list(dict.fromkeys(e.panel for e in entries))
     rows = list(dict.fromkeys((e.row, e.lr) for e in entries))
     several_lr = len({lr for _, lr in rows}) > len({r for r, _ in rows})
@@ -112,7 +113,8 @@ def table(entries: list[Entry], metric: str) -> str:
                                                     str(place.get((row, p), "—")), e.outcome]
         if len(panels) == 2:
             a, b = (by.get((row, lr, p)) for p in panels)
-            if a is None or b is None or a.final is None or b.final is None:
+            incomplete = ("diverged", "error", "missing", "partial")  # a mean over part of the seeds: no comparison
+            if a is None or b is None or a.final is None or b.final is None or {a.status, b.status} & set(incomplete):
                 cells.append("—")
             elif pct:
                 cells.append(f"{100 * (b.final.mean - a.final.mean):+.2f}")

@@ -173,6 +173,15 @@ def _objective(model, datamodule) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda x, y: model.loss(model.net(x), y)
 
 
+def logged_tags(model, datamodule) -> list[str]:
+    """The held-out tags validation logs for this model and data (what :func:`_held_out` computes at the start)."""
+    task = getattr(model, "task", None) or getattr(datamodule, "task", "regression")
+    if task == "classification":
+        return ["val/loss", "val/acc"]
+    solution = getattr(getattr(model, "objective", None), "solution", None)
+    return ["val/loss", "val/rel_err", *(["val/rel_l2"] if solution is not None else [])]
+
+
 def _held_out(model, x: Tensor, y: Tensor, loss_of: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
     """The held-out metrics of the untrained model, over the whole held-out split in one batch (validation's default),
     as validation names them: an objective with an exact solution (a PDE's) compares its predicted solution with it."""

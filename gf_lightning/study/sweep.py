@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from .events import read_scalars, values
-from .grid import Plan, Point, _identity, _write_atomic, label
-from .stability import InitialState, build, initial_state
+from .grid import Plan, Point, SweepError, _identity, _write_atomic, label
+from .stability import InitialState, build, initial_state, logged_tags
 
 #: frozen: the last epoch's training loss is above (1 − FROZEN_DROP) × the training loss at the initial weights
 FROZEN_DROP = 0.01
@@ -374,6 +374,11 @@ def execute(plan: Plan, jobs: int = 1, threads: int = 1, slurm: bool = False, re
 
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     points = plan.points()
+    if metric is not None and points:  # a metric the runs' validation never logs: refused before any work
+        cli = build(list(points[0].args), f"the point {points[0].name}")
+        logged = logged_tags(cli.model, cli.datamodule)
+        if metric not in logged:
+            raise SweepError(f"--metric: {Path(plan.config).name} does not log {metric}; allowed: {', '.join(logged)}")
     finished = {p.name: r for p in points if (r := done(p)) is not None}
     if not report_only:
         check([p for p in points if p.name not in finished])  # a bad setting stops here, before any output

@@ -260,7 +260,7 @@ def limits_text(lim: Limits) -> str:
     elif lim.first_failed is not None:
         parts.append(f"SGD trained at no step tried ({lim.failure} from Δt = {lim.first_failed:.3g})")
     else:
-        parts.append("no SGD runs in the grid (add sgd to --methods for the observed limit)")
+        parts.append("no SGD run has finished in the grid (add sgd to --methods, or run its points, for the observed limit)")
     if lim.hessian is not None:
         s0 = lim.states[0]
         conv = all(s["converged"] for s in lim.states)
