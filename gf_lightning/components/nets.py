@@ -88,30 +88,10 @@ class TwoLayerNet(nn.Module):
         ``(J Jᵀ)[(b,c),(b',c')] = s² ( δ_cc' σ(h_b)·σ(h_b') + (x̃_b·x̃_b') Σ_j a_jc σ'(h_bj) a_jc' σ'(h_b'j) )``,
 
         the first term from ``∂f/∂a``, the second from ``∂f/∂W``. Cost ``O(B²k²m + B²d)``. ``J`` is the Jacobian in the
-        parameters that require grad: a frozen ``W`` or ``a`` contributes no term (its columns are not in ``J``).
+        parameters that require grad: a frozen ``W`` or ``a`` contributes no term (its columns are not in ``J``). Computed
+        by the Jacobian operator (:meth:`jacobian_operator`), which IEQ's Cholesky path uses too.
         """
-        h = self.preactivation(x)
-        act = torch.relu(h)
-        gate = (h > 0).to(h.dtype)
-        B, k = x.shape[0], self.k
-        with_a, with_w = self.a.requires_grad, self.W.requires_grad
-        aa = act @ act.T if with_a else torch.zeros(B, B, dtype=x.dtype, device=x.device)
-        if not with_w:
-            gram = torch.kron(aa, torch.eye(k, dtype=x.dtype, device=x.device)) if k > 1 else aa
-        elif k == 1:
-            xx = torch.addmm(torch.ones(B, B, dtype=x.dtype, device=x.device), x, x.T)  # x̃ x̃ᵀ
-            u = gate * self.a[:, 0]
-            gram = aa + xx * (u @ u.T)
-        else:
-            xx = torch.addmm(torch.ones(B, B, dtype=x.dtype, device=x.device), x, x.T)
-            u = (gate.unsqueeze(1) * self.a.T.unsqueeze(0)).reshape(B * k, self.m)  # (b,c) rows: a_jc σ'(h_bj)
-            gram = (u @ u.T).view(B, k, B, k)
-            gram.mul_(xx.view(B, 1, B, 1))
-            gram.diagonal(dim1=1, dim2=3).add_(aa.unsqueeze(-1))
-            gram = gram.view(B * k, B * k)
-        if self.mean_field:
-            gram = gram * self.scale**2
-        return gram
+        return self.jacobian_operator(x).dense()
 
     # -- the Jacobian as an operator (IEQ's Krylov solve) -----------------------------------------------------------------
     def jacobian_operator(self, x: Tensor, scale: float | Tensor = 1.0) -> TwoLayerJacobian:

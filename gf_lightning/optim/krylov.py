@@ -275,13 +275,15 @@ class TwoLayerJacobian:
 
     @torch.no_grad()
     def dense(self) -> Tensor:
-        """``J Jᵀ`` itself (``N × N``, a fresh tensor) for the Cholesky path, from the cached products: the same matrix as
-        :meth:`TwoLayerNet.jacobian_gram` (times ``scale²``)."""
+        """``J Jᵀ`` itself (``N × N``, a fresh tensor) for the Cholesky path, from the cached products (times ``scale²``;
+        :meth:`TwoLayerNet.jacobian_gram` is this at ``scale = 1``)."""
         p = self.parts()
         B, k = self.B, self.k
         act, gate, x = p["act"], p["gate"], p["x"]
         aa = torch.mm(act, p["actT"]) if self.with_a else None
         if not self.with_w:
+            if aa is None:  # nothing requires grad: J has no columns
+                aa = torch.zeros(B, B, dtype=self.dtype, device=act.device)
             gram = torch.kron(aa, torch.eye(k, dtype=self.dtype, device=act.device)) if k > 1 else aa
         else:
             K = p["K"] if "K" in p else torch.addmm(torch.ones(B, B, dtype=self.dtype, device=x.device), x, x.T)
