@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gf_lightning.study.burgers_figure import LABELS, curves_figure, load_run, solution_figure, summarize, table
+from gf_lightning.study.burgers_figure import ORDER, curves_figure, load_run, solution_figure, summarize, table
+from gf_lightning.study.grid import label
 
 
 def find_runs(root: Path) -> dict[float, dict[str, Path]]:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"burgers_figure: --solution {args.solution!r} is not a run under {root}; allowed: {allowed}",
                   file=sys.stderr)
             return 2
-    order = list(LABELS)
+    order = list(ORDER)
     rows = [summarize(run, method, lr) for lr in sorted(runs, reverse=True)
             for method, run in sorted(runs[lr].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
     text = table(rows, cpu_times(root / "times.tsv"))
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = next(r.steps for r in rows if r.method == method and r.lr == float(lr_text))
     net, nu = load_run(chosen)
     rel = solution_figure(net, out / "burgers_solution.png", nu,
-                          title=f"{LABELS.get(method, method)}, lr = {lr_text}, after {steps} steps")
+                          title=f"{label(method)}, lr = {lr_text}, after {steps} steps")
     print(f"solution figure: {chosen} (relative L² error {rel:.4g} on the figure's grid)")
     return 0
 

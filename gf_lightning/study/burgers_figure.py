@@ -20,12 +20,11 @@ from torch import nn
 
 from ..data.burgers import NU, burgers_exact
 from .events import read_scalars, values
+from .grid import label
+from .methods import COLORS
 
-#: colours of the methods in the curves (the run folder's name is the method)
-COLORS = {"adam": "tab:brown", "adagrad": "tab:cyan", "rmsprop": "navy", "asav": "tab:purple", "aressav": "tab:pink",
-          "arelsav": "tab:olive", "sgd": "tab:gray", "sav": "tab:blue", "ieq": "tab:green"}
-LABELS = {"adam": "Adam", "adagrad": "Adagrad", "rmsprop": "RMSprop", "asav": "A-SAV", "aressav": "A-ResSAV",
-          "arelsav": "A-RelSAV", "sgd": "SGD", "sav": "SAV", "ieq": "IEQ"}
+#: the table's order: the paper's Fig. 12 methods first, then the others of the project
+ORDER = ("adam", "adagrad", "rmsprop", "asav", "aressav", "arelsav", "sgd", "sav", "ieq")
 #: "converged": the training loss ends below this fraction of where it started (0.394 for every run here, seed 0) and
 #: below the running minimum × :data:`CONVERGED_SPREAD` (not in a spike), with every value finite
 CONVERGED_DROP = 1e-2
@@ -153,7 +152,7 @@ def curves_figure(runs: dict[float, dict[str, str | Path]], path: str | Path) ->
     for col, lr in enumerate(lrs):
         for method, run in runs[lr].items():
             scalars = read_scalars(run)
-            style = dict(color=COLORS.get(method), label=LABELS.get(method, method), lw=1.2)
+            style = dict(color=COLORS.get(method), label=label(method), lw=1.2)
             loss = scalars.get("train/loss", [])
             axes[0, col].plot([p.step for p in loss], [p.value for p in loss], **style)
             rel = scalars.get("val/rel_l2", [])
@@ -182,7 +181,7 @@ def table(rows: list[RunSummary], cpu: dict[tuple[str, float], float] | None = N
     for r in rows:
         c = cpu.get((r.method, r.lr))
         lines.append("| " + " | ".join([
-            f"{r.lr:g}", LABELS.get(r.method, r.method), str(r.steps), f"{r.final_loss:.3g}", f"{r.min_loss:.3g}",
+            f"{r.lr:g}", label(r.method), str(r.steps), f"{r.final_loss:.3g}", f"{r.min_loss:.3g}",
             f"{r.final_rel_l2:.3g}", f"{r.best_rel_l2:.3g}", f"{r.wall_s:.0f}", "—" if c is None else f"{c:.0f}",
             "yes" if r.converged else "no",
         ]) + " |")

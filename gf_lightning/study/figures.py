@@ -9,13 +9,9 @@ import textwrap
 from pathlib import Path
 
 from .claims import EXPERIMENTS, MNIST
-from .methods import ENERGY_MEANING, ENERGY_METHODS, base, label
+from .methods import COLORS, ENERGY_MEANING, ENERGY_METHODS, base, label
 from .records import LR_COLLAPSE, RunResult, frozen_from
 
-#: a colour per method, the same in every figure
-COLORS = {"sgd": "tab:gray", "adam": "tab:brown", "sav": "tab:blue", "expsav": "tab:orange", "ieq": "tab:green",
-          "ieq_adaptive": "tab:red", "asav": "tab:purple", "aressav": "tab:pink", "arelsav": "tab:olive",
-          "aegd": "tab:cyan", "aegdm": "navy"}
 #: a marker and a dash pattern per method, so that curves that coincide (small steps: SGD ≈ SAV ≈ ExpSAV) stay visible
 STYLES = {"sgd": ("o", (0, (4, 2))), "adam": ("s", "-"), "sav": ("^", "-"), "expsav": ("v", (0, (1, 1))), "ieq": ("D", "-"),
           "ieq_adaptive": ("x", (0, (6, 2, 1, 2))), "asav": ("P", "-"), "aressav": ("*", (0, (3, 1))),

@@ -11,6 +11,10 @@ NEW_METHODS = ("asav", "aressav", "arelsav", "aegd", "aegdm")
 ENERGY_METHODS = ("sav", "expsav", "ieq_adaptive", "ieq", *NEW_METHODS)
 LABELS = {"sgd": "SGD", "adam": "Adam", "sav": "SAV", "expsav": "ExpSAV", "ieq": "IEQ (full)", "ieq_adaptive": "IEQ adaptive",
           "asav": "A-SAV", "aressav": "A-ResSAV", "arelsav": "A-RelSAV", "aegd": "AEGD", "aegdm": "AEGDM"}
+#: a colour per method, the same in every figure (the reproduction's, the sweeps', the Burgers PINN's)
+COLORS = {"sgd": "tab:gray", "adam": "tab:brown", "sav": "tab:blue", "expsav": "tab:orange", "ieq": "tab:green",
+          "ieq_adaptive": "tab:red", "asav": "tab:purple", "aressav": "tab:pink", "arelsav": "tab:olive",
+          "aegd": "tab:cyan", "aegdm": "navy", "adagrad": "gold", "rmsprop": "black"}
 #: what ``energy/modified`` is, per method
 ENERGY_MEANING = {"sav": "r² − C", "expsav": "log r − log C", "ieq_adaptive": "½q²",
                   "ieq": "‖q‖²/N after the step (the MSE's units)", "asav": "r² − C", "aressav": "r² − C",

@@ -12,12 +12,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from .methods import COLORS  # (a method without one takes matplotlib's cycle)
 from .sweep_report import Cell, Limits, METRIC_NAMES, higher_is_better, series_label, settings_text
 
-#: a colour per method (as scripts/reproduce.py draws them), the others from matplotlib's cycle
-COLORS = {"sgd": "tab:gray", "adam": "tab:brown", "sav": "tab:blue", "expsav": "tab:orange", "ieq": "tab:green",
-          "ieq_adaptive": "tab:red", "asav": "tab:purple", "aressav": "tab:pink", "arelsav": "tab:olive",
-          "aegd": "tab:cyan", "aegdm": "navy"}
 MARKERS = ("o", "s", "^", "v", "D", "P", "h", "<", ">", "*", "p", "d")
 #: the top strip of each panel, above the data, where diverged steps are marked (axes fraction)
 STRIP = 0.9
