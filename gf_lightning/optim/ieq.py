@@ -134,8 +134,8 @@ class IEQ(EnergyOptimizer):
       Counts rather than wall-clock times keep the choice, and so the run, reproducible and independent of the machine's
       load. At MNIST's shape CG wins by ~20× (it would need ~600 iterations to lose); at exp1's (``N = 64``,
       ``m = 1000``) a CG product costs half the dense solve, and Cholesky is taken. A CG solve that stops at
-      ``cg_max_iter`` short of its tolerance (at a large ``Δt``: at MNIST's shape from ``Δt ≈ 10`` on) counts as needing
-      infinitely many iterations, and ``"auto"`` takes Cholesky from then on: a truncated solve keeps the energy
+      ``cg_max_iter`` short of its tolerance (at a large ``Δt``: at MNIST's shape from ``Δt ≈ 10`` on) is noted in the state
+      (``cg_stopped_short``), and ``"auto"`` takes Cholesky from then on: a truncated solve keeps the energy
       guarantee, but at ``Δt = 100`` on MNIST it stalled training (9.9 % after 3 epochs of exp4, against 75.4 % by
       Cholesky throughout and 71.4 % by this rule, docs/study.md). The choice is logged every step as
       ``optim/solver`` (0 Cholesky, 1 CG), the iterations as ``optim/cg_iters``.
@@ -151,8 +151,8 @@ class IEQ(EnergyOptimizer):
     ``energy/violations`` (steps with ``‖qⁿ⁺¹‖ > ‖qⁿ‖`` beyond rounding, ``(1 + 8ε√N)``; never expected),
     ``optim/effective_lr`` (group 0's ``lr``), ``optim/solver``, ``optim/solve_failures`` and ``optim/cg_safeguards``
     once there is one, and ``optim/cg_iters`` and ``optim/cg_residual`` on the CG path (the slowest rank's, in block mode).
-    State (``global_state``): ``step``, ``violations``, ``solve_failures``, ``cg_safeguards``, and ``cg_iters_mean`` once
-    CG has run.
+    State (``global_state``): ``step``, ``violations``, ``solve_failures``, ``cg_safeguards``, ``cg_iters_mean`` once
+    CG has run, and ``cg_stopped_short`` once a CG solve stopped at ``cg_max_iter``.
 
     Under ``torch.distributed`` (DDP) with ``distributed="global"`` (the default) every rank gathers the global residual
     and solves the global batch's system, exactly the one-process step: ``gram_fn`` and ``jacobian_fn`` must then be those
@@ -193,7 +193,7 @@ class IEQ(EnergyOptimizer):
     closure_returns = "residual"
     per_group_settings = {"lr": check_positive}
     shared_settings = ("solver", "max_dense", "cg_tol", "cg_max_iter", "distributed", "preconditioner", "precond_rank")
-    _carried = ("_last", "_cg_warned", "_cg_estimate")
+    _carried = ("_last", "_cg_warned", "_cg_estimate", "_cg_short")
 
     def __init__(
         self,
@@ -219,12 +219,14 @@ class IEQ(EnergyOptimizer):
         )
         self._cg_warned = False
         self._cg_estimate: float | None = None  # the running mean of CG's iterations, mirrored in global_state
+        self._cg_short = False  # a CG solve stopped short of its tolerance ("auto" then takes Cholesky), mirrored too
         super().__init__(params, defaults)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         mean = self.global_state.get("cg_iters_mean")
         self._cg_estimate = None if mean is None else float(mean)
+        self._cg_short = float(self.global_state.get("cg_stopped_short", 0.0)) > 0
 
     # -- the step --------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -421,10 +423,10 @@ class IEQ(EnergyOptimizer):
         if kind == "nystrom":
             extra_setup, extra_iter = nystrom_costs(n_rows, self.setting("precond_rank"), costs.per_iter)
             setup, per_iter = setup + extra_setup, per_iter + extra_iter
-        cap, estimate = self.setting("cg_max_iter"), self._cg_estimate
-        if estimate is not None and estimate > cap:  # a solve stopped short of its tolerance: CG does not reach the step
+        if self._cg_short:  # a solve stopped short of its tolerance: CG does not reach the step here
             return "cholesky"
-        iters = min(PRIOR_CG_ITERS, cap) if estimate is None else estimate
+        estimate = self._cg_estimate
+        iters = min(PRIOR_CG_ITERS, self.setting("cg_max_iter")) if estimate is None else estimate
         return "cg" if setup + iters * (per_iter + CG_ITER_OVERHEAD) < costs.dense else "cholesky"
 
     def _krylov(self, q: Tensor, rhs: Tensor, groups: list[Group], op: Any) -> Solution:
@@ -455,19 +457,22 @@ class IEQ(EnergyOptimizer):
         return Solution(x, failed, "cg", result.iters, result.residual, rescaled)
 
     def _note_cg_iters(self, iters: int, converged: bool = True) -> None:
-        """Fold a solve's iteration count into the running estimate ``"auto"`` decides with (and the state carries). A
-        solve that stopped at ``cg_max_iter`` short of its tolerance counts as infinitely many iterations: CG does not
-        reach the exact step here within the cap (at a large ``Δt`` its iterations grow like ``√(Δt·‖J‖²)``), so
-        ``"auto"`` takes the exact Cholesky solve from then on rather than a truncated one that is stable but may stall."""
-        count = float(iters) if converged else math.inf
-        estimate = count if self._cg_estimate is None else (
-            (1.0 - CG_ITERS_WEIGHT) * self._cg_estimate + CG_ITERS_WEIGHT * count)
+        """Fold a solve's iteration count into the running estimate ``"auto"`` decides with, and note a solve that stopped
+        at ``cg_max_iter`` short of its tolerance: CG does not reach the exact step here within the cap (at a large ``Δt``
+        its iterations grow like ``√(Δt·‖J‖²)``), so ``"auto"`` takes the exact Cholesky solve from then on rather than a
+        truncated one that is stable but may stall. Both travel in the state (``cg_iters_mean``, ``cg_stopped_short``:
+        finite numbers, which the run's non-finite guard checks like every other state)."""
+        estimate = float(iters) if self._cg_estimate is None else (
+            (1.0 - CG_ITERS_WEIGHT) * self._cg_estimate + CG_ITERS_WEIGHT * iters)
         self._cg_estimate = estimate
         state = self.global_state
         if "cg_iters_mean" in state:
             state["cg_iters_mean"].fill_(estimate)
         else:
             state["cg_iters_mean"] = self._scalar(estimate)
+        if not converged and not self._cg_short:
+            self._cg_short = True
+            state["cg_stopped_short"] = self._scalar(1.0)
 
     def _cg_tol(self, rhs: Tensor) -> float:
         """CG's relative tolerance: ``cg_tol``, but no finer than the residual's dtype can resolve."""
