@@ -25,7 +25,8 @@ def find_runs(root: Path) -> dict[float, dict[str, Path]]:
         number = folder.name.removeprefix("version_")
         return int(number) if number.isdigit() else -1
 
-    for folder in sorted(root.glob("lr*/lightning_logs/*/*/version_*"), key=lambda f: (str(f.parent), version(f))):
+    folders = [f for f in root.glob("lr*/lightning_logs/*/*/version_*") if (f / "config.yaml").is_file()]  # (not a
+    for folder in sorted(folders, key=lambda f: (str(f.parent), version(f))):  # refused run's empty version folder)
         try:
             lr = float(folder.parents[3].name.removeprefix("lr"))
         except ValueError:  # a folder lr<something that is not a number>: not a run of this layout
@@ -86,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         best = min((r for r in rows if r.final_rel_l2 == r.final_rel_l2), key=lambda r: r.final_rel_l2)
         lr_text, method, chosen = f"{best.lr:g}", best.method, runs[best.lr][best.method]
     steps = next(r.steps for r in rows if r.method == method and r.lr == float(lr_text))
-    net, nu = load_run(chosen)
+    try:
+        net, nu = load_run(chosen)
+    except (OSError, RuntimeError, EOFError, KeyError) as err:  # a checkpoint missing, truncated or not a run's
+        print(f"burgers_figure: cannot load the trained network of {chosen} ({type(err).__name__}: "
+              f"{' '.join(str(err).split())[:120]}); allowed: a run with checkpoints/last.ckpt (or --solution another run)",
+              file=sys.stderr)
+        return 2
     rel = solution_figure(net, out / "burgers_solution.png", nu,
                           title=f"{label(method)}, lr = {lr_text}, after {steps} steps")
     print(f"solution figure: {chosen} (relative L² error {rel:.4g} on the figure's grid)")

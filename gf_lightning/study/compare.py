@@ -54,6 +54,9 @@ def load(folder: str | Path) -> tuple[list[Entry], str]:
         raise SweepError(f"{folder}: no sweep results to compare ({path}: {err.__class__.__name__}); allowed: a folder "
                          "that scripts/sweep.py has reported into") from None
     row = folder.name
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list) or "metric" not in data:
+        raise SweepError(f"{folder}: {path} is not a sweep's report (no cells and metric); allowed: a folder that "
+                         "scripts/sweep.py has reported into")
     values: dict[str, set[str]] = {}
     for cell in data["cells"]:
         for key, value in cell["panel"]:
