@@ -53,12 +53,14 @@ class GradientFlowModule(L.LightningModule):
             ``None``: the task's default, :class:`~gf_lightning.components.MeanSquaredError` for regression,
             :class:`~gf_lightning.components.CrossEntropy` for classification.
         task: ``"regression"`` or ``"classification"``; ``None`` takes the objective's, or the data module's.
-        particle_time: time is the paper's particle time (Ma, Mao & Shen 2024): the optimizers see ``m ∇L`` in place of
-            ``∇L`` (``m`` the network's width, ``net.m``), while ``L`` itself — the SAV family's ``r = √(L + C)`` — is
-            unchanged. SGD at ``lr`` then steps as SGD at ``m·lr``. IEQ (full) gets the residual ``√m · q``, which is its
-            flow at ``m·Δt``; its logged energies are then ``m`` times the loss. For the SAV family this is the literal
-            reading of the paper (``⟨N, N⟩ = m²‖∇L‖²``), under which ``r`` decays ``m`` times too fast; the reading that
-            reproduces its Fig. 1 rescales time instead (``lr → m·lr``, ``lam → lam/m``; docs/paper.md).
+        particle_time: time is the paper's particle time (Ma, Mao & Shen 2024), for a network of ``m`` particles (its
+            hidden units, ``net.m``): the velocity is ``N = m ∇L`` and every inner product of velocities is the particle
+            average ``⟨u, v⟩ = (1/m) Σ_k u_k·v_k``, so ``⟨N, N⟩ = m‖∇L‖²`` is the flow's energy rate. The optimizers see
+            ``m ∇L``; those that form inner products of it (the SAV family, Alg. 5's ``v``, IEQ adaptive) average them
+            over the particles (their ``particles`` setting). Hence, exactly: SGD at ``lr`` is SGD at ``m·lr``; the SAV
+            family at ``lr, lam`` is the same scheme at ``m·lr, lam/m``; the adaptive family at ``lr, lam, eps`` is the
+            same at ``√m·lr, lam/m, eps/m``. IEQ (full) gets the residual ``√m · q``, its flow at ``m·Δt`` (its logged
+            energies are then ``m`` times the loss).
         check_finite_every_n_steps: how often the training loss is checked for NaN/Inf (a host sync each time);
             the parameters are checked before every validation and checkpoint regardless.
 
@@ -91,7 +93,8 @@ class GradientFlowModule(L.LightningModule):
             raise GFConfigError(f"model.particle_time must be true or false; got {particle_time!r}")
         if particle_time and not isinstance(getattr(net, "m", None), int):
             raise GFConfigError(
-                f"model.particle_time needs a network with a hidden width m (TwoLayerNet); {type(net).__name__} has none"
+                f"model.particle_time needs a network of m particles, the hidden units of a two-layer net (TwoLayerNet, "
+                f"its m); {type(net).__name__} has no such count"
             )
         if not isinstance(check_finite_every_n_steps, int) or check_finite_every_n_steps < 1:
             raise GFConfigError(f"model.check_finite_every_n_steps must be an integer >= 1; got {check_finite_every_n_steps!r}")
@@ -164,6 +167,8 @@ class GradientFlowModule(L.LightningModule):
             self.eval_acc = MulticlassAccuracy(num_classes=getattr(self.net, "k", 10), average="micro")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.particle_time and "particles" in getattr(self._optimizer_class, "shared_settings", ()):
+            return self.optimizer(self.parameters(), particles=self.net.m)  # inner products as particle averages
         return self.optimizer(self.parameters())
 
     def on_fit_start(self) -> None:

@@ -26,7 +26,7 @@ from gf_lightning.cli import cli_main
 from gf_lightning.components import TwoLayerNet
 from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.module import GradientFlowModule
-from gf_lightning.optim import IEQ, SAV, ExpSAV, IEQAdaptive
+from gf_lightning.optim import IEQ, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive
 from gf_lightning.optim import ieq as ieq_module
 
 
@@ -86,6 +86,10 @@ LIBRARY = {
     "IEQAdaptive relax": (lambda: IEQAdaptive([p()], variant="relax"), GFConfigError, ["variant", "'seed'", "'restart'"]),
     "SAV eta = 0": (lambda: SAV([p()], eta=0.0), GFConfigError, ["eta", "(0, 1]"]),
     "ExpSAV eta > 1": (lambda: ExpSAV([p()], eta=1.5), GFConfigError, ["eta", "(0, 1]"]),
+    "SAV particles = 0": (lambda: SAV([p()], particles=0), GFConfigError, ["particles", ">= 1", "0"]),
+    "AdaptiveSAV particles 1.5": (lambda: AdaptiveSAV([p()], particles=1.5), GFConfigError, ["particles", ">= 1", "1.5"]),
+    "IEQAdaptive group particles": (lambda: IEQAdaptive([{"params": [p()]}, {"params": [p()], "particles": 9}]),
+                                    GFConfigError, ["particles", "whole optimizer", "particles=9"]),
     "IEQ unknown solver": (lambda: IEQ([p()], solver="lu"), GFConfigError, ["solver", "'auto'", "'cg'"]),
     "IEQ max_dense = 0": (lambda: IEQ([p()], max_dense=0), GFConfigError, ["max_dense", ">= 1"]),
     "IEQ cg_tol = 0": (lambda: IEQ([p()], cg_tol=0.0), GFConfigError, ["cg_tol", "> 0"]),
@@ -125,7 +129,7 @@ LIBRARY = {
                                                                         lambda ps: torch.optim.Adam(ps, eps=0.0)),
                                                GFConfigError, ["model.optimizer.init_args.eps", "> 0"]),
     "module: particle time without a width": (lambda: GradientFlowModule(torch.nn.Linear(3, 1), particle_time=True),
-                                               GFConfigError, ["model.particle_time", "hidden width m", "Linear"]),
+                                               GFConfigError, ["model.particle_time", "m particles", "Linear"]),
     "IEQ closed form, two lrs": (ieq_step(gram=lambda net, x: net.jacobian_gram(x), groups=lambda net: [
         {"params": [net.W], "lr": 0.1}, {"params": [net.a], "lr": 0.2}]), GFConfigError, ["gram_fn", "lr", "0.1", "0.2"]),
 }

@@ -40,16 +40,19 @@ class Case:
 
 
 CASES = (
-    [Case(SAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=7.0, lam=0.5, variant="vanilla" if v != "vanilla" else "seed"))
+    [Case(SAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=7.0, lam=0.5, particles=3,
+                                                  variant="vanilla" if v != "vanilla" else "seed"))
      for v in SAV.variants]
-    + [Case(ExpSAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=3.0, lam=0.0, variant="relax" if v != "relax" else "seed"))
+    + [Case(ExpSAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=3.0, lam=0.0, particles=5,
+                                                     variant="relax" if v != "relax" else "seed"))
        for v in ExpSAV.variants]
-    + [Case(IEQAdaptive, dict(lr=0.05, variant=v), dict(lr=0.2, eps=1e-3, variant="restart" if v == "seed" else "seed"))
+    + [Case(IEQAdaptive, dict(lr=0.05, variant=v), dict(lr=0.2, eps=1e-3, particles=2,
+                                                          variant="restart" if v == "seed" else "seed"))
        for v in IEQAdaptive.variants]
     + [Case(IEQ, dict(lr=0.05, solver=s), dict(lr=0.2, solver="cg" if s == "cholesky" else "cholesky", cg_max_iter=3))
        for s in IEQ.solvers]
     + [Case(AdaptiveSAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=7.0, lam=0.5, betas=(0.5, 0.9), eps=1e-3, eta=0.5,
-                                                         variant="restart" if v != "restart" else "vanilla"))
+                                                         particles=4, variant="restart" if v != "restart" else "vanilla"))
        for v in AdaptiveSAV.variants]
     + [Case(AEGD, dict(lr=0.05), dict(lr=0.3, c=3.0, weight_decay=0.01, decoupled_weight_decay=True)),
        Case(AEGDM, dict(lr=0.05), dict(lr=0.2, c=2.0, momentum=0.5, dampening=0.1))]

@@ -122,9 +122,10 @@ def test_a_setting_trains_the_run_it_stands_for(case: str, tmp_path) -> None:
 
 
 def test_sav_in_particle_time_is_the_papers_step(tmp_path) -> None:
-    """One full-batch step of vanilla SAV in particle time against the paper's formulas with ``N = m ∇L`` and ``r`` from
-    ``L`` itself: ``r¹ = r⁰ / (1 + Δt ‖N‖² / (2 (1 + Δt λ)(L + C)))``, ``w¹ = w⁰ − Δt r¹ N / ((1 + Δt λ) √(L + C))``.
-    Catches: scaling the loss instead of the gradient (``r`` from ``m L``), or the gradient by ``m²``."""
+    """One full-batch step of vanilla SAV in particle time against the paper's formulas with ``N = m ∇L``, the particle
+    average ``⟨N, N⟩ = (1/m) ‖N‖²`` and ``r`` from ``L`` itself: ``r¹ = r⁰ / (1 + Δt ⟨N, N⟩ / (2 (1 + Δt λ)(L + C)))``,
+    ``w¹ = w⁰ − Δt r¹ N / ((1 + Δt λ) √(L + C))``. Catches: scaling the loss instead of the gradient (``r`` from ``m L``),
+    the gradient by ``m²``, or a Euclidean inner product of ``N`` (the literal reading)."""
     dt, C, lam = 0.5, 100.0, 4.0
     args = ["--model.objective=gf_lightning.components.RelativeError", PARTICLE, "--model.net.init_args.mean_field=true",
             "--model.net.init_args.init=normal", "--data.init_args.standardize=true", lr(dt),
@@ -138,7 +139,7 @@ def test_sav_in_particle_time_is_the_papers_step(tmp_path) -> None:
     loss = (net(x) - y).square().sum() / y.square().sum()
     grads = torch.autograd.grad(loss, list(net.parameters()))
     N = [M * g for g in grads]
-    S = sum(n.square().sum() for n in N) / (1 + dt * lam)
+    S = sum(n.square().sum() for n in N) / M / (1 + dt * lam)  # the particle average of ⟨N, Ñ⟩
     r0 = math.sqrt(loss.item() + C)
     r1 = r0 / (1 + dt * S.item() / (2 * (loss.item() + C)))
     expected = torch.cat([(p - dt * r1 * n / ((1 + dt * lam) * r0)).detach().reshape(-1)

@@ -13,7 +13,7 @@ from torch import Tensor
 from .auxiliary import Evaluation, GradientGroup
 from .logspace import NEG_INF, exp0, log0, log1mexp, logaddexp, softplus
 from .sav import SAV
-from .settings import check_betas, check_choice, check_fraction, check_nonnegative, check_positive
+from .settings import check_betas, check_choice, check_count, check_fraction, check_nonnegative, check_positive
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ class AdaptiveSAV(SAV):
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr`` and ``lam``; ``C``, ``variant``,
-            ``betas``, ``eps`` and ``eta`` are the whole optimizer's (``v`` and ``r`` are one scalar each).
+            ``betas``, ``eps``, ``eta`` and ``particles`` are the whole optimizer's (``v`` and ``r`` are one scalar each).
         lr: the time step ``Δt`` (> 0) before the adaptive scaling; the paper runs 0.01 to 1.
         C: the shift with ``L + C > 0`` (> 0; the paper's Examples 1 and 3 use 100).
         lam: ``λ ≥ 0`` of ``𝓛 = λI`` (the paper's 4).
@@ -88,11 +88,14 @@ class AdaptiveSAV(SAV):
         betas: ``(β1, β2)`` in ``[0, 1)``, Adam's (0.9, 0.999).
         eps: ``ε > 0`` in ``√(v̂ + ε)`` (1e-8).
         eta: ``η ∈ (0, 1]`` of the relaxation (0.99).
+        particles: ``m ≥ 1``: inner products of the gradient are particle averages ``(1/m) Σ_k u_k·v_k`` — the paper's
+            particle time, where the closure back-propagates ``m·L`` (``GradientFlowModule(particle_time=True)`` does
+            both); 1 (the default): Euclidean.
     """
 
     variants = ("vanilla", "restart", "relax")
     per_group_settings = {"lr": check_positive, "lam": check_nonnegative}
-    shared_settings = ("C", "variant", "eta", "betas", "eps")
+    shared_settings = ("C", "variant", "eta", "betas", "eps", "particles")
     #: the state key of ``log v``
     second_moment_key = "log_v"
 
@@ -106,6 +109,7 @@ class AdaptiveSAV(SAV):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         eta: float = 0.99,
+        particles: int = 1,
     ) -> None:
         defaults = dict(
             lr=check_positive("lr", lr),
@@ -115,6 +119,7 @@ class AdaptiveSAV(SAV):
             betas=check_betas("betas", betas),
             eps=check_positive("eps", eps),
             eta=check_fraction("eta", eta),
+            particles=check_count("particles", particles),
         )
         self._pending: tuple[list[tuple[Tensor, Tensor]], float] | None = None
         super(SAV, self).__init__(params, defaults)  # AuxiliaryVariableOptimizer's, with these defaults
@@ -150,7 +155,7 @@ class AdaptiveSAV(SAV):
         g_values, m_values = values[1 : 1 + count], values[1 + count :]
 
         # vⁿ⁺¹ = β2 vⁿ + (1 − β2)‖g‖² in logs; v̂ = vⁿ⁺¹/(1 − β2ᵗ); log √(v̂ + ε)
-        log_g2 = 2.0 * log0(math.hypot(*g_values)) if g_values else NEG_INF
+        log_g2 = self._log_sq_norm(g_values) if g_values else NEG_INF
         log_v_old = state[self.second_moment_key].item() if self.second_moment_key in state else NEG_INF
         log_v = logaddexp(log0(beta2) + log_v_old, math.log1p(-beta2) + log_g2)
         log_v_hat = log_v - log1mexp(t * log0(beta2))
@@ -162,7 +167,7 @@ class AdaptiveSAV(SAV):
             n = len(moments)
             log_dt = log0(group["lr"]) - log_root  # log Δt̂_g
             log_c = log_dt - softplus(log_dt + log0(group["lam"]))  # log(Δt̂_g / (1 + Δt̂_g λ_g))
-            log_m2 = 2.0 * (log0(math.hypot(*m_values[start : start + n])) + log_scale)  # log ‖m̂_g‖²
+            log_m2 = self._log_sq_norm(m_values[start : start + n]) + 2.0 * log_scale  # log ‖m̂_g‖²
             groups.append(MomentGroup(params, moments, log_dt, log_c, log_m2, log_scale))
             pending += zip(params, moments)
             start += n

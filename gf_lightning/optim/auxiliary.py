@@ -13,7 +13,7 @@ from torch import Tensor
 from .base import NO_CLOSURE, EnergyOptimizer, GFStepError
 from .distributed import global_mean_, world_size
 from .logspace import NEG_INF, exp0, log0, logsumexp, relax, softplus
-from .settings import check_choice, check_nonnegative, check_positive
+from .settings import check_choice, check_count, check_nonnegative, check_positive
 
 #: rounding allowance of ``ℓ``, relative to ``1 + |ℓ|``: a relaxed ``ℓⁿ⁺¹`` above ``ℓⁿ`` by less is rounding (and is
 #: clipped), by more a violation (and is counted, and kept)
@@ -34,7 +34,7 @@ class GradientGroup:
     grads: list[Tensor]
     log_dt: float  #: ``log Δt_g`` (``−∞`` for a group with ``lr = 0``, which takes no step)
     log_c: float  #: ``log(Δt_g / (1 + Δt_g λ_g))``, the step of ``g̃ = g / (1 + Δt λ)`` in units of ``g``
-    log_g2: float  #: ``log ‖g_g‖²``
+    log_g2: float  #: ``log ‖g_g‖²`` in the optimizer's inner product (:meth:`AuxiliaryVariableOptimizer._log_sq_norm`)
 
 
 @dataclass(slots=True)
@@ -75,6 +75,9 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
     ``r⁰ = r̂(L(w⁰))`` on the first mini-batch: the optimizer sees one batch at a time, and a full-data ``r⁰`` would cost
     a pass over the training set (the public implementation did that; the difference is mini-batch noise in ``r⁰``).
 
+    Inner products and norms of the gradient (``Sⁿ``, the relaxation's ``‖Δw‖²``) are the optimizer's (:meth:`_log_sq_norm`):
+    Euclidean, or with ``particles = m`` the particle average ``(1/m) Σ_k u_k·v_k`` of the paper's particle time.
+
     Every product of step sizes, norms and factors is formed in logarithms too (``log Δt Sⁿ = logsumexp_g(log c_g +
     log ‖g_g‖²)``), so no setting overflows: ``lr = 1e308`` takes the ``Δt → ∞`` limit of the scheme. A step with
     ``Δt Sⁿ = 0`` (a zero gradient, or every group at ``lr = 0``) changes nothing. A group whose factor exceeds its dtype's
@@ -91,15 +94,23 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
     #: the state key of ``ℓ``
     aux_key = "log_r"
     per_group_settings = {"lr": check_positive, "lam": check_nonnegative}
-    shared_settings = ("C", "variant", "eta")
+    shared_settings = ("C", "variant", "eta", "particles")
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         check_positive("lr", defaults["lr"])
         check_choice("variant", defaults["variant"], self.variants)
+        defaults["particles"] = check_count("particles", defaults.get("particles", 1))
         super().__init__(params, defaults)
 
     def _scalar(self, value: float | Tensor) -> Tensor:
         return torch.tensor(float(value), dtype=torch.float64)
+
+    def _log_sq_norm(self, norms: list[float]) -> float:
+        """``log ‖u‖²`` of a velocity whose tensors have the norms ``norms``, in the optimizer's inner product: the particle
+        average ``⟨u, v⟩ = (1/m) Σ_k u_k·v_k`` with ``m = particles`` (1: the Euclidean one). Every inner product and norm
+        of the step (``Sⁿ``, Alg. 5's ``v``, the relaxation's ``‖Δw‖²``) is formed from these."""
+        particles = self.param_groups[0].get("particles", 1)  # (a checkpoint of an earlier version has none)
+        return 2.0 * log0(math.hypot(*norms)) - math.log(particles)
 
     # -- what a subclass defines ---------------------------------------------------------------------------------------------
     def _log_r_hat(self, loss: float) -> float:
@@ -140,7 +151,7 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         start = 1
         for entry in groups:
             count = len(entry.grads)
-            entry.log_g2 = 2.0 * log0(math.hypot(*values[start : start + count]))
+            entry.log_g2 = self._log_sq_norm(values[start : start + count])
             start += count
         return Evaluation(returned, values[0], groups)
 

@@ -38,12 +38,15 @@ class ExpSAV(AuxiliaryVariableOptimizer):
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr`` (its time step) and ``lam``; ``C``,
-            ``variant`` and ``eta`` are the whole optimizer's.
+            ``variant``, ``eta`` and ``particles`` are the whole optimizer's.
         lr: the time step ``Δt`` (> 0); seed default 0.1.
         C: the scale of ``r = C·exp(L)`` (> 0; seed default 1).
         lam: ``λ ≥ 0`` of ``𝓛 = λI`` (seed default 1).
         variant: ``"seed"``, ``"restart"``, ``"vanilla"`` or ``"relax"``.
         eta: ``η ∈ (0, 1]`` of the relaxation (0.99).
+        particles: ``m ≥ 1``: inner products of the gradient are particle averages ``(1/m) Σ_k u_k·v_k`` — the paper's
+            particle time, where the closure back-propagates ``m·L`` (``GradientFlowModule(particle_time=True)`` does
+            both); 1 (the default): Euclidean.
     """
 
     def __init__(
@@ -54,8 +57,9 @@ class ExpSAV(AuxiliaryVariableOptimizer):
         lam: float = 1.0,
         variant: str = "seed",
         eta: float = 0.99,
+        particles: int = 1,
     ) -> None:
-        super().__init__(params, sav_defaults(lr, C, lam, variant, eta))
+        super().__init__(params, sav_defaults(lr, C, lam, variant, eta, particles))
 
     def _log_r_hat(self, loss: float) -> float:
         return loss + math.log(self.setting("C"))

@@ -35,21 +35,26 @@ class IEQAdaptive(AuxiliaryVariableOptimizer):
     The modified energy logged is ``½‖q‖²``, on the scale of the loss.
 
     Args:
-        params: parameters or parameter groups; each group may set its own ``lr`` (its time step); ``eps`` and
-            ``variant`` are the whole optimizer's.
+        params: parameters or parameter groups; each group may set its own ``lr`` (its time step); ``eps``,
+            ``variant`` and ``particles`` are the whole optimizer's.
         lr: the time step ``Δt`` (> 0); seed default 0.1.
         eps: ``ε > 0`` in the denominator (seed default 1e-8).
         variant: ``"seed"`` or ``"restart"``.
+        particles: ``m ≥ 1``: inner products of the gradient are particle averages ``(1/m) Σ_k u_k·v_k`` — the paper's
+            particle time, where the closure back-propagates ``m·L`` (``GradientFlowModule(particle_time=True)`` does
+            both); 1 (the default): Euclidean.
     """
 
     variants = ("seed", "restart")
     aux_key = "log_q"
     per_group_settings = {"lr": check_positive}
-    shared_settings = ("eps", "variant")
+    shared_settings = ("eps", "variant", "particles")
 
-    def __init__(self, params: Iterable, lr: float = 0.1, eps: float = 1e-8, variant: str = "seed") -> None:
+    def __init__(
+        self, params: Iterable, lr: float = 0.1, eps: float = 1e-8, variant: str = "seed", particles: int = 1
+    ) -> None:
         check_positive("eps", eps)
-        super().__init__(params, dict(lr=lr, eps=float(eps), variant=variant))
+        super().__init__(params, dict(lr=lr, eps=float(eps), variant=variant, particles=particles))
 
     def _log_r_hat(self, loss: float) -> float:
         if loss < 0:

@@ -37,12 +37,15 @@ class SAV(AuxiliaryVariableOptimizer):
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr`` (its time step) and ``lam``; ``C``,
-            ``variant`` and ``eta`` are the whole optimizer's.
+            ``variant``, ``eta`` and ``particles`` are the whole optimizer's.
         lr: the time step ``Δt`` (> 0). Seed's default 0.01 (exp2/3/4 use 0.01–0.1, exp1 0.5).
         C: the shift with ``L + C > 0`` (> 0; seed default 100). ``L + C ≤ 0`` at the first step is an error.
         lam: ``λ ≥ 0`` of ``𝓛 = λI`` (seed default 4).
         variant: ``"seed"`` (= ``"restart"``), ``"vanilla"`` or ``"relax"``.
         eta: ``η ∈ (0, 1]`` of the relaxation (0.99).
+        particles: ``m ≥ 1``: inner products of the gradient are particle averages ``(1/m) Σ_k u_k·v_k`` — the paper's
+            particle time, where the closure back-propagates ``m·L`` (``GradientFlowModule(particle_time=True)`` does
+            both); 1 (the default): Euclidean.
     """
 
     def __init__(
@@ -53,8 +56,9 @@ class SAV(AuxiliaryVariableOptimizer):
         lam: float = 4.0,
         variant: str = "seed",
         eta: float = 0.99,
+        particles: int = 1,
     ) -> None:
-        super().__init__(params, sav_defaults(lr, C, lam, variant, eta))
+        super().__init__(params, sav_defaults(lr, C, lam, variant, eta, particles))
 
     @property
     def _restarts(self) -> bool:

@@ -71,7 +71,7 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     return value
 
 
-def sav_defaults(lr: float, C: float, lam: float, variant: str, eta: float) -> dict[str, Any]:
+def sav_defaults(lr: float, C: float, lam: float, variant: str, eta: float, particles: int) -> dict[str, Any]:
     """The validated settings that SAV and ExpSAV share (their defaults differ, so each keeps its own signature)."""
     return dict(
         lr=check_positive("lr", lr),
@@ -79,6 +79,7 @@ def sav_defaults(lr: float, C: float, lam: float, variant: str, eta: float) -> d
         lam=check_nonnegative("lam", lam),
         variant=variant,
         eta=check_fraction("eta", eta),
+        particles=check_count("particles", particles),
     )
 
 
