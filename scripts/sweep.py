@@ -5,6 +5,7 @@
     python scripts/sweep.py --config configs/exp1_sgd.yaml --lr 1e-3:1:4 --grid model.net.init_args.init=fan_in,kaiming
     python scripts/sweep.py ... --slurm            # write <out>/sweep.sbatch (one array task per point) instead of running
     python scripts/sweep.py --report-only --out DIR   # gather the run folders (after SLURM) and write the report
+    python scripts/sweep.py --from-results DIR/results.json   # the report again from results.json alone
 
 Every point runs ``python -m gf_lightning fit --config CONFIG <overrides>`` in its own process and folder
 (``<out>/runs/<point>/``), ``--jobs`` at once; points already done (trained, frozen or diverged) are skipped on a re-run.
@@ -26,7 +27,7 @@ from pathlib import Path
 from gf_lightning.errors import GFConfigError
 from gf_lightning.study.grid import DEFAULT_METHODS, GRID_FORM, LR_KEY, METHODS, Plan, SweepError
 from gf_lightning.study.sweep import execute
-from gf_lightning.study.sweep_report import DEFAULT_TARGET
+from gf_lightning.study.sweep_report import DEFAULT_TARGET, rewrite
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--python", help="the Python of the runs (default: this one; 'python' in a SLURM script, or $PYTHON)")
     r.add_argument("--report-only", action="store_true", help="run nothing: read <out>/plan.json and the run folders, "
                    "write the report")
+    r.add_argument("--from-results", metavar="RESULTS_JSON", help="run nothing: write the report again from a sweep's "
+                   "results.json alone (every record judged by the current outcome rule), into --out (default: its folder)")
     s = p.add_argument_group("stability limit and report")
     s.add_argument("--no-hessian", action="store_true", help="skip 2/λ_max of the loss Hessian at the initial weights")
     s.add_argument("--hessian-samples", type=int, default=4096, help="training samples for λ_max (0: all; default 4096)")
@@ -77,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise SweepError(f"--{name}: {getattr(args, name)} is not allowed; allowed: an integer >= 1")
         jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
+        if args.from_results:
+            results = Path(args.from_results)
+            if not results.is_file():
+                raise SweepError(f"--from-results: {str(results)!r} is not a file; allowed: a sweep's results.json")
+            paths = rewrite(results, Path(args.out) if args.out else None)
+            print("sweep: wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+            return 0
         if args.report_only:
             if not args.out:
                 raise SweepError("--report-only: no --out given; allowed: the folder of a sweep that was run or written")

@@ -9,12 +9,15 @@ A figure is a list of :class:`Part`\\ s (one grid each: methods × step sizes ×
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .events import read_scalars, values
 from .grid import Plan, Point, label
 from .sweep import RunRecord, done, execute
+from .sweep_figure import pyplot
+from .sweep_report import Stat, experiment_name
 
 #: the paper's three SAV schemes by the project's names: Alg. 2 (vanilla), Alg. 3 (restart = the seed's form), Alg. 4
 PAPER_NAMES = {"sav-vanilla": "SAV", "sav": "ResSAV", "sav-relax": "RelSAV", "sgd": "Euler (SGD)", "adam": "A-Euler (Adam)",
@@ -95,15 +98,15 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
 class Run:
     """One run of a figure, read back."""
 
-    label: str
+    label: str  #: the method and its settings, without the seed
     record: RunRecord
     folder: Path
 
 
 def plans(figure: Figure, out: Path, data_dir: str | None = None) -> list[Plan]:
     return [Plan.build(figure.config, methods=part.methods, lr=part.lr, grid=[*part.grid, *figure.common],
-                       seeds=list(SEEDS), method_args=part.method_args, out=out / figure.name / part.name, max_epochs=figure.epochs,
-                       data_dir=data_dir if "mnist" in figure.config else None)
+                       seeds=list(SEEDS), method_args=part.method_args, out=out / figure.name / part.name,
+                       max_epochs=figure.epochs, data_dir=data_dir if "mnist" in figure.config else None)
             for part in figure.parts]
 
 
@@ -148,40 +151,86 @@ def energy_gap(folder: Path) -> tuple[list[int], list[float]]:
     return steps, gaps
 
 
-def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
-    import matplotlib
+def grouped(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs by label (one method and setting), each group its seeds, in the figure's order."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.label, []).append(r)
+    return groups
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _mean_curve(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    """Mean, smallest and largest over the seeds at each epoch that every seed reached."""
+    n = min((len(c) for c in curves), default=0)
+    columns = [[c[i] for c in curves] for i in range(n)]
+    return [statistics.fmean(col) for col in columns], [min(col) for col in columns], [max(col) for col in columns]
+
+
+MARKERS = ("o", "s", "^", "v", "D", "P", "h", "<", ">", "*", "p", "d")
+DIVERGED_Y = 0.97  #: where a diverged run's ✕ is drawn: near the top of the panel (axes fraction), never on the data
+
+
+def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
+    """Loss (and the held-out metric, and Fig. 6's ``1 − r/r̂``) against epochs: per method and setting the mean over the
+    seeds with a band from the smallest to the largest, a marker of its own every few epochs (so no curve hides under
+    another); a seed that diverged is a ✕ at the top of the panel at the epoch where it stopped, one that stopped early
+    (fewer epochs than planned) a ■ at its last point, and the label says how many seeds were unstable."""
+    plt = pyplot()
+    from matplotlib.lines import Line2D
 
     panels = 3 if figure.energy else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 2.4, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 3.2, 4.4), squeeze=False)
     axes = axes[0]
-    for i, r in enumerate(runs):
-        style = dict(color=f"C{i % 10}", lw=1.3, ls=("-", "--", ":", "-.")[i // 10 % 4])
-        axes[0].plot(range(1, len(r.record.train_loss) + 1), r.record.train_loss, label=r.label, **style)
-        metric = r.record.metric(figure.metric)
-        axes[1].plot(range(1, len(metric) + 1), metric, **style)
+    groups = grouped(runs)
+    handles = []
+    for i, (lbl, seeds) in enumerate(groups.items()):
+        color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
+        style = dict(color=color, lw=1.3, ls=("-", "--", ":", "-.")[i // 10 % 4], marker=marker, ms=5,
+                     markevery=(i % 5, max(1, figure.epochs // 8)))
+        finished = [r for r in seeds if r.record.status != "diverged"]
+        series = [[r.record.train_loss for r in finished], [r.record.metric(figure.metric) for r in finished]]
         if figure.energy:
-            steps, gaps = energy_gap(r.folder)
-            axes[2].plot(steps, gaps, **style)
-        if r.record.status == "diverged":
-            axes[0].plot([len(r.record.train_loss) or 1], [r.record.train_loss[-1] if r.record.train_loss else 1.0],
-                         marker="X", ms=9, color=style["color"])
+            series.append([energy_gap(r.folder)[1] for r in finished])
+        for ax, curves_ in zip(axes, series):
+            mean, lo, hi = _mean_curve([c for c in curves_ if c])
+            if not mean:
+                continue
+            xs = range(1, len(mean) + 1)
+            ax.plot(xs, mean, **style)
+            if len(finished) > 1:
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
+        for r in seeds:
+            done_epochs = len(r.record.train_loss)
+            if r.record.status == "diverged":
+                for ax in axes[:2]:
+                    ax.plot([max(done_epochs, 1)], [DIVERGED_Y], marker="X", ms=9, color=color, ls="none",
+                            transform=ax.get_xaxis_transform(), clip_on=False)
+            elif done_epochs < figure.epochs and r.record.train_loss:
+                axes[0].plot([done_epochs], [r.record.train_loss[-1]], marker="s", ms=8, color=color, ls="none")
+        unstable = sum(r.record.status == "unstable" for r in seeds)
+        diverged = len(seeds) - len(finished)
+        notes = [f"{k}/{len(seeds)} {word}" for k, word in ((unstable, "unstable"), (diverged, "diverged")) if k]
+        handles.append(Line2D([], [], **{k: v for k, v in style.items() if k != "markevery"},
+                              label=lbl + (f" ({', '.join(notes)})" if notes else "")))
+    handles += [Line2D([], [], color="0.3", marker="X", ls="none", label="a seed that diverged (where it stopped)"),
+                Line2D([], [], color="0.3", marker="s", ls="none", label="a seed that stopped early")]
     axes[0].set_ylabel("training loss (epoch mean)")
     axes[1].set_ylabel({"val/loss": "test loss", "val/acc": "test accuracy"}.get(figure.metric, figure.metric))
+    full_batch = "batch_size=null" in " ".join(figure.common)
     for ax in axes[:2]:
-        ax.set_xlabel("epoch" if "batch_size=null" not in " ".join(figure.common) else "step (= epoch, full batch)")
+        ax.set_xlabel("step (= epoch, full batch)" if full_batch else "epoch")
         if figure.metric != "val/acc" or ax is axes[0]:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
     if figure.energy:
-        axes[2].set_xlabel("step")
+        axes[2].set_xlabel("logged step (every 10 steps)")
         axes[2].set_ylabel("1 − rⁿ / √(L(θⁿ) + C)")
         axes[2].grid(True, alpha=0.3)
-    fig.legend(loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"{figure.name}: {Path(figure.config).name}, {figure.epochs} epochs", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    seeds = len(SEEDS)
+    fig.suptitle(f"{figure.name}: {experiment_name(figure.config)}, {figure.epochs} epochs; lines: mean over {seeds} "
+                 f"seeds, bands: their range", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 3.1 / fig.get_figwidth(), 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -194,20 +243,45 @@ def _num(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.2f} %" if pct else f"{x:.3g}"
 
 
+def _stat(values: list[float], pct: bool = False) -> str:
+    """``mean ± s.d.`` over the seeds (the sample s.d.; a lone value alone)."""
+    stat = Stat.of(values)
+    if stat is None:
+        return "—"
+    if stat.n == 1:
+        return _num(stat.mean, pct)
+    sd = f"{100 * stat.sd:.2f}" if pct else f"{stat.sd:.2g}"
+    return f"{_num(stat.mean, pct)} ± {sd}"
+
+
+def outcome_text(seeds: list[Run]) -> str:
+    counts: dict[str, int] = {}
+    for r in seeds:
+        counts[r.record.status] = counts.get(r.record.status, 0) + 1
+    return ", ".join(f"{k} {v}/{len(seeds)}" if len(seeds) > 1 else k for k, v in counts.items())
+
+
 def table(figure: Figure, runs: list[Run]) -> str:
+    """One row per method and setting: the seeds' outcomes, and mean ± s.d. over the seeds that did not diverge."""
     pct = figure.metric == "val/acc"
     best = max if pct else min
-    rows = ["| run | outcome | final training loss | final test | best test | wall (s) |", "|---|---|---|---|---|---|"]
-    for r in runs:
-        metric = r.record.metric(figure.metric)
-        rows.append(f"| {r.label} | {r.record.status} | {_num(r.record.train_loss[-1] if r.record.train_loss else None)} | "
-                    f"{_num(metric[-1] if metric else None, pct)} | {_num(best(metric) if metric else None, pct)} | "
-                    f"{r.record.wall_s:.0f} |")
+    header = ["run", "outcome", "final training loss", "final test", "best test", "wall (s, mean)"]
     if figure.energy:
-        rows[0] += " mean 1 − r/r̂ over the last epoch |"
-        rows[1] += "---|"
-        for i, r in enumerate(runs):
-            _, gaps = energy_gap(r.folder)
-            tail = gaps[-max(1, len(gaps) // figure.epochs):] if gaps else []
-            rows[i + 2] += f" {_num(sum(tail) / len(tail) if tail else None)} |"
+        header.append("mean 1 − r/r̂ over the last epoch")
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lbl, seeds in grouped(runs).items():
+        ok = [r.record for r in seeds if r.record.status != "diverged"]
+        metric = [rec.metric(figure.metric) for rec in ok]
+        cols = [lbl, outcome_text(seeds), _stat([rec.train_loss[-1] for rec in ok if rec.train_loss]),
+                _stat([m[-1] for m in metric if m], pct), _stat([best(m) for m in metric if m], pct),
+                _num(statistics.fmean(r.record.wall_s for r in seeds))]
+        if figure.energy:
+            tails = []
+            for r in seeds:
+                _, gaps = energy_gap(r.folder)
+                tail = gaps[-max(1, len(gaps) // figure.epochs):] if gaps else []
+                if tail:
+                    tails.append(sum(tail) / len(tail))
+            cols.append(_stat(tails))
+        rows.append("| " + " | ".join(cols) + " |")
     return "\n".join(rows) + "\n"

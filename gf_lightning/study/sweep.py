@@ -5,18 +5,12 @@ A point's folder, ``<out>/runs/<name>/``, holds its TensorBoard run (``lightning
 stdout and stderr), ``started`` (the start, seconds since the epoch), ``exit_code``, and once read back ``result.json``. A
 local run and a SLURM array task write the same files, and one function reads them (:func:`collect`), so a sweep gathered
 from a cluster is reported by the same code as one run here. A point whose ``result.json`` (or ``exit_code``, from a
-SLURM task not yet gathered) says it finished — trained, frozen or diverged — is not run again; a point that failed
+SLURM task not yet gathered) says it finished — trained, frozen, unstable or diverged — is not run again; a point that failed
 otherwise (``error``: killed, refused) is.
 
-Outcomes (``RunRecord.status``):
-
-- ``diverged``: the run stopped non-finite (the CLI's guard: "training went non-finite …", exit 1), or ended with a
-  non-finite held-out metric;
-- ``frozen``: it finished but did not learn: its last epoch's mean training loss is above ``(1 − FROZEN_DROP)`` times the
-  training loss at the initial weights (:mod:`.stability` computes it from the same command line), i.e. the loss fell by
-  less than 1 %;
-- ``trained``: it finished and the training loss fell by more than that;
-- ``error``: anything else (the CLI refused a setting, the process was killed); the message has the reason.
+Outcomes (``RunRecord.status``): ``diverged``, ``unstable``, ``frozen`` or ``trained`` by :mod:`.outcome` (the one rule
+of every study; a run stopped by the CLI's non-finite guard, "training went non-finite …", is diverged), or ``error``:
+anything else (the CLI refused a setting, the process was killed); the message has the reason.
 """
 
 from __future__ import annotations
@@ -38,12 +32,11 @@ from typing import Any
 
 from .events import read_scalars, values
 from .grid import Plan, Point, SweepError, _identity, _write_atomic, label
+from .outcome import judge
 from .stability import InitialState, build, initial_state, logged_tags
 
-#: frozen: the last epoch's training loss is above (1 − FROZEN_DROP) × the training loss at the initial weights
-FROZEN_DROP = 0.01
 #: the outcomes that count as done: a re-run of the sweep skips them
-DONE = ("trained", "frozen", "diverged")
+DONE = ("trained", "frozen", "unstable", "diverged")
 #: the CLI's line when the non-finite guard stops a run (gf_lightning.errors.NonFiniteError)
 NON_FINITE = "training went non-finite"
 #: the held-out tags read back, one list each in the record
@@ -60,7 +53,7 @@ class RunRecord:
     lr: float
     seed: str | None
     args: list[str]  #: what followed ``python -m gf_lightning fit``
-    status: str = "error"  #: trained, frozen, diverged or error (see the module's docstring)
+    status: str = "error"  #: trained, frozen, unstable, diverged (:mod:`.outcome`) or error
     message: str = ""
     exit_code: int | None = None
     wall_s: float = math.nan  #: the process's wall time, start-up included
@@ -147,22 +140,24 @@ def collect(point: Point, init_train_loss: float = math.nan) -> RunRecord:
     lr = values(scalars, "optim/effective_lr")
     record.last_effective_lr = lr[-1] if lr else math.nan
 
-    finals = [vals[-1] for vals in record.val.values() if vals]
     if record.exit_code is None:
         record.status, record.message = "error", "not finished: no exit code (still running, or killed)"
     elif record.exit_code != 0:
         record.status = "diverged" if NON_FINITE in log else "error"
         record.message = _reason(log)
-    elif any(not math.isfinite(v) for v in finals + record.train_loss[-1:]):
-        record.status, record.message = "diverged", "a non-finite loss or metric was logged"
     elif not record.train_loss:
         record.status, record.message = "error", "exit 0 but no training loss logged"
-    elif math.isfinite(init_train_loss) and record.train_loss[-1] > (1 - FROZEN_DROP) * init_train_loss:
-        record.status = "frozen"
-        record.message = (f"training loss {record.train_loss[-1]:.4g} after {record.epochs} epochs vs {init_train_loss:.4g} "
-                          f"at the initial weights (fell by less than {FROZEN_DROP:.0%})")
     else:
-        record.status = "trained"
+        rejudge(record)
+    return record
+
+
+def rejudge(record: RunRecord) -> RunRecord:
+    """Set the status of a record that finished (exit 0, a training loss logged) by :func:`.outcome.judge`; a report
+    re-reads records saved under an earlier rule through it."""
+    finals = [vals[-1] for vals in record.val.values() if vals]
+    outcome = judge(record.train_loss, record.init_train_loss, finals)
+    record.status, record.message = outcome.status, outcome.message
     return record
 
 
@@ -177,6 +172,8 @@ def done(point: Point) -> RunRecord | None:
     """The point's record when it finished (trained, frozen or diverged) with the command line it has now (but where the
     data are read from: the same files in another folder)."""
     record = RunRecord.load(point_folder(point))
+    if record is not None and record.exit_code == 0 and record.train_loss:
+        rejudge(record)  # a record saved under an earlier rule
     same = record is not None and _identity(record.args) == _identity(list(point.args))
     return record if same and record.status in DONE else None
 

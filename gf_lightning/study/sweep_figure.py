@@ -13,9 +13,12 @@ import itertools
 from pathlib import Path
 
 from .methods import COLORS  # (a method without one takes matplotlib's cycle)
+from .outcome import UNSTABLE_RISE
 from .sweep_report import Cell, Limits, METRIC_NAMES, higher_is_better, series_label, settings_text
 
 MARKERS = ("o", "s", "^", "v", "D", "P", "h", "<", ">", "*", "p", "d")
+#: series at one Δt are drawn side by side, ``10**(DODGE·k)`` apart on the x-axis, so that no marker hides another
+DODGE = 0.012
 #: the top strip of each panel, above the data, where diverged steps are marked (axes fraction)
 STRIP = 0.9
 DIVERGED_Y = 0.955
@@ -46,7 +49,7 @@ def _headroom(ax, log: bool) -> None:
     ax.text(0.01, (1 + STRIP) / 2, "diverged", transform=ax.transAxes, fontsize=7, color="0.4", va="center")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +59,7 @@ def _pyplot():
 
 
 def figure(cells: list[Cell], lims: list[Limits], metric: str, path: Path, title: str = "") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import PercentFormatter
@@ -82,13 +85,19 @@ def figure(cells: list[Cell], lims: list[Limits], metric: str, path: Path, title
                 if not mine:
                     continue
                 color, marker = style[(method, key)]
-                ok = [c for c in mine if c.status in ("trained", "frozen", "worse", "partial")
+                ok = [c for c in mine if c.status in ("trained", "frozen", "worse", "partial", "unstable")
                       and getattr(c, which) is not None]
-                xs = [c.lr for c in ok]
+                dodge = 10 ** (DODGE * (i - (len(series) - 1) / 2))  # series side by side, none hidden under another
+                xs = [c.lr * dodge for c in ok]
                 ms = [getattr(c, which).mean for c in ok]
                 lbl = series_label(method, mine[0].series)
                 line = ax.plot(xs, ms, "-", color=color, lw=1.4, alpha=0.9)[0] if ok else None
-                filled = [(x, m) for c, x, m in zip(ok, xs, ms) if c.status not in ("frozen", "worse")]
+                filled = [(x, m) for c, x, m in zip(ok, xs, ms) if c.status not in ("frozen", "worse", "unstable")]
+                unstable = [(x, m) for c, x, m in zip(ok, xs, ms) if c.status == "unstable"]
+                if unstable:
+                    ax.plot(*zip(*unstable), linestyle="none", marker="^", ms=9, markerfacecolor="none",
+                            markeredgecolor="red", markeredgewidth=1.4)
+                    ax.plot(*zip(*unstable), linestyle="none", marker=marker, color=color, ms=4)
                 hollow = [(x, m) for c, x, m in zip(ok, xs, ms) if c.status == "frozen"]
                 half = [(x, m) for c, x, m in zip(ok, xs, ms) if c.status == "worse"]
                 if half:
@@ -98,13 +107,13 @@ def figure(cells: list[Cell], lims: list[Limits], metric: str, path: Path, title
                     ax.plot(*zip(*filled), linestyle="none", marker=marker, color=color, ms=6)
                 if hollow:
                     ax.plot(*zip(*hollow), linestyle="none", marker=marker, color=color, ms=7, markerfacecolor="none")
-                band = [(c.lr, getattr(c, which)) for c in ok if getattr(c, which).n > 1]
+                band = [(c.lr * dodge, getattr(c, which)) for c in ok if getattr(c, which).n > 1]
                 banded = banded or bool(band)
                 if band:
                     lo = [s.mean - s.sd if not (log_y and s.mean - s.sd <= 0) else s.lo for _, s in band]
                     ax.fill_between([x for x, _ in band], lo, [s.mean + s.sd for _, s in band], color=color, alpha=0.15,
                                     lw=0)
-                diverged = [c.lr for c in mine if c.status == "diverged"]
+                diverged = [c.lr * dodge for c in mine if c.status == "diverged"]
                 if diverged:
                     ax.plot(diverged, [DIVERGED_Y - 0.022 * (i % 3)] * len(diverged), linestyle="none", marker="X",
                             color=color, ms=8, transform=ax.get_xaxis_transform(), clip_on=False)
@@ -128,6 +137,8 @@ def figure(cells: list[Cell], lims: list[Limits], metric: str, path: Path, title
            Line2D([], [], color="0.3", marker="o", ls="none", markerfacecolor="none", label="frozen (did not learn)"),
            Line2D([], [], color="0.3", marker="o", ls="none", fillstyle="bottom", markerfacecoloralt="white",
                   label="worse than at the start (held out)"),
+           Line2D([], [], color="red", marker="^", ls="none", markerfacecolor="none",
+                  label=f"unstable (loss rose > {UNSTABLE_RISE:g}× the start)"),
            Line2D([], [], color="0.3", marker="X", ls="none", label="diverged (NaN/Inf)"),
            Line2D([], [], color="0.45", ls="--", label="largest stable SGD step observed"),
            Line2D([], [], color="black", ls=":", label="2/λ_max at the initial weights")]

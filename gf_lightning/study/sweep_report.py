@@ -6,14 +6,14 @@ Definitions the report states with its numbers:
 - a cell is one method (with the grid's other optimizer settings), one panel (the grid's settings outside the optimizer)
   and one step size ``Δt``, over the seeds; its numbers are mean ± standard deviation over the seeds whose run finished
   finite (the sample standard deviation; none with one seed);
-- a cell *trains* when every seed trained (see :mod:`.sweep` for trained, frozen and diverged); it is *diverged* when any
-  seed diverged, *frozen* when any froze and none diverged;
+- a cell *trains* when every seed trained (:mod:`.outcome` defines trained, frozen, unstable and diverged); it is
+  *diverged* when any seed diverged, else *unstable* when any was, else *frozen* when any froze;
 - *largest Δt that trains*: the largest step of a cell that trains; *best Δt*: among those, the step with the best mean
   final metric; *time to target*: seconds from the start of training (the run's first TensorBoard event) to the first
   validation at which the metric reached the target, the mean over the seeds when every seed reached it; the table gives
   the fastest over the method's steps that train;
 - gradient descent's stability limit: the largest SGD step at which every seed trained (the grid's SGD runs: above it
-  SGD diverged or froze, which at a large step is a blow-up that stayed finite), and
+  SGD diverged, blew up (unstable) or froze), and
   ``2 / (gradient_scale · λ_max)`` of the training loss's Hessian at the initial weights (:mod:`.stability`).
 """
 
@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import statistics
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .grid import LR_KEY, SEED_KEY, Plan, Point, _write_atomic, label
 from .stability import InitialState
-from .sweep import FROZEN_DROP, RunRecord
+from .outcome import RULE
+from .sweep import RunRecord
 
 #: the default metric and target per task: the seed's "epochs to test loss < 1e-4" (regression) and "epochs to 90 %
 #: accuracy" (MNIST); the held-out cross-entropy's target is the seed's final loss for SGD (0.25–0.35)
@@ -107,8 +111,10 @@ class Cell:
         c = self.counts
         if c.get("diverged"):
             return "diverged"
-        if not (c.get("trained") or c.get("frozen")):
+        if not (c.get("trained") or c.get("frozen") or c.get("unstable")):
             return "error" if c.get("error") else "missing"
+        if c.get("unstable"):
+            return "unstable"
         if c.get("frozen"):
             return "frozen"
         if self.worse:
@@ -137,7 +143,7 @@ def cells(points: list[Point], records: dict[str, RunRecord], metric: str, targe
         counts: dict[str, int] = {}
         for r in recs:
             counts[r.status] = counts.get(r.status, 0) + 1
-        finite = [r for r in recs if r.status in ("trained", "frozen") and r.metric(metric)]
+        finite = [r for r in recs if r.status in ("trained", "frozen", "unstable") and r.metric(metric)]
         times = [_reached(r, metric, target) for r in finite]
         out.append(Cell(
             method=series[0], series=[list(kv) for kv in series[1]], panel=[list(kv) for kv in panel], lr=lr,
@@ -195,8 +201,8 @@ class Limits:
 
     panel: list[list[str]]
     observed: float | None = None  #: the largest SGD step at which every seed trained
-    first_failed: float | None = None  #: the smallest SGD step above it at which a seed diverged or froze
-    failure: str = ""  #: what happened there: diverged or frozen
+    first_failed: float | None = None  #: the smallest SGD step above it at which a seed did not train
+    failure: str = ""  #: what happened there: diverged, unstable, frozen or worse
     hessian: Stat | None = None  #: 2/(gradient_scale·λ_max) over the seeds
     lambda_max: Stat | None = None
     states: list[dict[str, Any]] = field(default_factory=list)
@@ -210,7 +216,8 @@ def limits(all_cells: list[Cell], points: list[Point], states: dict[str, Initial
         sgd = [c for c in all_cells if c.method == "sgd" and not c.series and json.dumps(c.panel) == key
                and c.status not in ("missing", "error")]
         lim.observed = max((c.lr for c in sgd if c.status == "trained"), default=None)
-        above = [c for c in sgd if c.status in ("diverged", "frozen", "worse") and (lim.observed is None or c.lr > lim.observed)]
+        above = [c for c in sgd if c.status in ("diverged", "unstable", "frozen", "worse")
+                 and (lim.observed is None or c.lr > lim.observed)]
         first = min(above, key=lambda c: c.lr, default=None)
         lim.first_failed, lim.failure = (first.lr, first.status) if first else (None, "")
         group_keys = {json.dumps(p.group()) for p in points if json.dumps(p.panel()) == key}
@@ -276,6 +283,41 @@ def limits_text(lim: Limits) -> str:
     return "; ".join(parts) + "."
 
 
+def experiment_name(config: str | Path) -> str:
+    """The config's ``experiment:`` (what its runs are filed under in TensorBoard), else the file's stem."""
+    import yaml
+
+    try:
+        name = (yaml.safe_load(Path(config).read_text()) or {}).get("experiment")
+    except (OSError, yaml.YAMLError, AttributeError):
+        name = None
+    return str(name) if name else Path(config).stem
+
+
+def shown_path(plan: Plan, path: str | Path) -> str:
+    """``path`` as a report shows it: relative to the sweep's folder when inside it, else relative to the repository that
+    holds the config (the folder above ``configs/``), so no report names the machine it ran on."""
+    path, out = Path(path), Path(plan.out)
+    if path == out or out in path.parents:
+        return path.relative_to(out).as_posix() or "."
+    config = Path(plan.config)
+    root = next((p.parent for p in config.parents if p.name == "configs"), config.parent)
+    return Path(os.path.relpath(path, root)).as_posix() if path.is_absolute() else path.as_posix()
+
+
+def portable(plan: Plan, command: str) -> str:
+    """A command line with every absolute path in it shown by :func:`shown_path`."""
+    words = []
+    for word in shlex.split(command):
+        key, eq, value = word.partition("=")
+        if eq and value.startswith("/"):
+            word = f"{key}={shown_path(plan, value)}"
+        elif word.startswith("/") and not word.startswith("/usr") and Path(word).suffix in (".yaml", ".yml", ""):
+            word = shown_path(plan, word)
+        words.append(word)
+    return shlex.join(words)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows), ""]
@@ -287,9 +329,9 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
     target_text = (f"{'≥' if higher_is_better(metric) else '≤'} {fmt(target, metric)}" if target is not None
                    else "none (give --target)")
-    example = plan.point_command(points[0]) if points else ""
+    example = portable(plan, plan.point_command(points[0])) if points else ""
     lines = [
-        f"# Sweep: {Path(plan.config).name}",
+        f"# Sweep: {experiment_name(plan.config)} ({shown_path(plan, plan.config)})",
         "",
         "Produced by:",
         "",
@@ -297,8 +339,9 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
         plan.command or "(the sweep's command was not recorded)",
         "```",
         "",
-        f"Each point is one run of the CLI, `python -m gf_lightning fit --config {Path(plan.config).name} <overrides>`, in its "
-        f"own folder under `{plan.runs}`; the first point's command:",
+        f"Each point is one run of the CLI, `python -m gf_lightning fit --config {shown_path(plan, plan.config)} <overrides>`, "
+        f"in its own folder under `{shown_path(plan, plan.runs)}/` (paths relative to this report's folder or to the "
+        "repository); the first point's command:",
         "",
         "```bash",
         example,
@@ -310,10 +353,9 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
         f"target: {target_text} ({target_note}).",
         "",
         "How to read it: *final* is the metric at the last validation, *best* the best over the epochs; numbers are mean ± "
-        "standard deviation over the seeds that finished finite (n of them). *Diverged*: the run went NaN/Inf (the CLI's "
-        f"non-finite guard stopped it); *frozen*: it finished but its last epoch's training loss was above {1 - FROZEN_DROP:g} "
-        "× the training loss at the initial weights (it did not learn); *worse*: it learned, but its final held-out metric is "
-        "worse than the untrained network's; a step *trains* when every seed trained (none of these). "
+        f"standard deviation over the seeds that finished finite (n of them). A run's outcome: {RULE}. *Worse*: it "
+        "trained, but its final held-out metric is worse than the untrained network's; a step *trains* when every seed "
+        "trained and it is not worse. "
         "*Time to target*: seconds from the start of training (the run's first TensorBoard event) to the first validation at "
         "the target, mean over the seeds when every seed reached it; the table gives the fastest over the steps that train. "
         "*Peak training loss ÷ initial*: the largest epoch-mean training loss over the training loss at the initial "
@@ -324,8 +366,10 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
     if figure:
         seeds = any(len(c.runs) > 1 for c in all_cells)
         lines += [f"![sweep]({figure})", "",
-                  "Filled markers: trains; open: frozen; half-filled: worse than at the start; ✕ in the shaded strip at the top: diverged; dashed grey line: the "
-                  "largest stable SGD step observed; dotted black line: 2/λ_max at the initial weights."
+                  "Filled markers: trains; open: frozen; half-filled: worse than at the start; ▲ (open, red edge): unstable "
+                  "(drawn at its final metric); ✕ in the shaded strip at the top: diverged; dashed grey line: the largest "
+                  "stable SGD step observed; dotted black line: 2/λ_max at the initial weights. Methods at one Δt are drawn "
+                  "slightly apart on the x-axis so that none hides another."
                   + (" Lines: the mean over the seeds; bands: ± one standard deviation." if seeds else ""), ""]
     for lim in lims:
         panel_sums = [s for s in sums if s.panel == lim.panel]
@@ -347,7 +391,7 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
             lines += _table(["Δt", "outcome", f"final {name}", f"best {name}", "time to target",
                              "peak training loss ÷ initial"], rows)
     lines += ["## Commands", "", "<details><summary>every point's command</summary>", "", "```bash",
-              *(plan.point_command(p) for p in points), "```", "", "</details>", ""]
+              *(portable(plan, plan.point_command(p)) for p in points), "```", "", "</details>", ""]
     return "\n".join(lines)
 
 
@@ -371,7 +415,7 @@ def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], state
     if with_figure:
         from .sweep_figure import figure
 
-        paths["figure"] = figure(all_cells, lims, metric, out / "sweep.png", Path(plan.config).name)
+        paths["figure"] = figure(all_cells, lims, metric, out / "sweep.png", experiment_name(plan.config))
     paths["markdown"] = out / "sweep.md"
     _write_atomic(paths["markdown"], markdown(plan, points, all_cells, sums, lims, metric, target, note,
                                               "sweep.png" if with_figure else None))
@@ -384,3 +428,71 @@ def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], state
             "records": [asdict(records[p.name]) for p in points if p.name in records]}
     _write_atomic(paths["json"], json.dumps(data, indent=1, allow_nan=True))
     return paths
+
+
+def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) -> dict[str, Path]:
+    """Write a sweep's report again from its ``results.json`` alone (the run folders need not exist), into ``out`` (default:
+    the folder of ``results.json``), with every finished record judged again by the current rule (:mod:`.outcome`)."""
+    from .sweep import rejudge
+
+    results = Path(results)
+    data = json.loads(results.read_text())
+    plan = dataclasses.replace(Plan.from_json(data["plan"]), out=str((out or results.parent).resolve()))
+    Path(plan.out).mkdir(parents=True, exist_ok=True)
+    records = {}
+    for raw in data["records"]:
+        record = RunRecord(**raw)
+        if record.exit_code == 0 and record.train_loss:
+            rejudge(record)
+        records[record.name] = record
+    fields = {f.name for f in dataclasses.fields(InitialState)}
+    states = {}
+    for raw in data["initial"]:
+        state = InitialState(**{k: v for k, v in raw.items() if k in fields})
+        states[json.dumps(tuple(tuple(kv) for kv in state.group))] = state
+    # the points as they ran: a record stands for the plan's point of its method and settings (today's command line for
+    # it may differ, e.g. by a setting a class has gained since, and so may its name)
+    by_settings = {(r.method, json.dumps(r.settings)): r for r in records.values()}
+    points = []
+    for point in plan.points():
+        record = records.get(point.name) or by_settings.get((point.method, json.dumps(point.values)))
+        points.append(point if record is None else Point(point.method, point.settings, record.name, tuple(record.args)))
+    metric, target = data["metric"], data["target"]
+    return report(plan, points, records, states, data["task"], metric,
+                  None if target == default_target(metric, data["task"]) else target, with_figure)
+
+
+def overview(results: Path) -> str:
+    """The short form of a sweep that docs/study.md shows: gradient descent's limit, then a row per method with its final
+    metric at every Δt (the outcome in brackets where the step does not train) and the largest Δt that trains."""
+    data = json.loads(Path(results).read_text())
+    metric = data["metric"]
+    lines = []
+    for lim in data["limits"]:
+        observed = fmt(lim["observed"]) if lim["observed"] is not None else "—"
+        failed = f" ({lim['failure']} at {fmt(lim['first_failed'])})" if lim["first_failed"] is not None else ""
+        hessian = fmt((lim.get("hessian") or {}).get("mean"))
+        initial = next((c["initial"] for c in data["cells"] if c["panel"] == lim["panel"] and c["initial"] is not None),
+                       None)
+        panel = settings_text(lim["panel"])
+        lines += [f"{panel + ': ' if panel else ''}SGD's limit: observed {observed}{failed}; 2/(s·λ_max) = {hessian}. "
+                  f"Metric `{metric}`; untrained network: {fmt(initial, metric)}.", ""]
+        mine = [c for c in data["cells"] if c["panel"] == lim["panel"]]
+        steps = sorted({c["lr"] for c in mine})
+        rows = []
+        for s in (s for s in data["summary"] if s["panel"] == lim["panel"]):
+            by_lr = {c["lr"]: c for c in mine if c["method"] == s["method"] and c["series"] == s["series"]}
+            cols = [series_label(s["method"], s["series"])]
+            for lr in steps:
+                c = by_lr.get(lr)
+                if c is None:
+                    cols.append("—")
+                elif c["status"] == "diverged" or c["final"] is None:
+                    cols.append(c["status"] if c["status"] in ("diverged", "missing", "error") else "—")
+                else:
+                    tag = "" if c["status"] == "trained" else f" ({c['status']})"
+                    cols.append(fmt(c["final"]["mean"], metric) + tag)
+            cols.append(fmt(s["largest_trained"]))
+            rows.append(cols)
+        lines += _table(["method", *(f"Δt = {lr:g}" for lr in steps), "largest Δt that trains"], rows)
+    return "\n".join(lines)
