@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .claims import ACCURACY_TARGET, MNIST, REGRESSION_TARGET
+from .outcome import judge
 
 LR_COLLAPSE = 1e-6  # frozen: the last effective step < 1e-6 × the nominal one, Δt / (1 + Δt λ)
 STALL_EPOCHS, STALL_REL = 5, 1e-6  # stalled: train/loss moved < 1e-6 (relative) in each of the last 5 epochs
@@ -128,11 +129,16 @@ class RunResult:
 
     @property
     def flag(self) -> str:
+        """How the run ended: NaN, error, *unstable* by the studies' one rule (:mod:`.outcome`, from the held-out loss at
+        the initial weights, the same split's start the reproduction records), frozen or stalled, else ok."""
         if self.status == "nan":
             return f"**NaN** in epoch {self.epochs_done + 1}"
         if self.status == "error":
             first = self.message.splitlines()[0] if self.message else "?"
             return "**error**: " + (first if len(first) <= 60 else first[:57] + "…").replace("|", "\\|")
+        outcome = judge(self.train_loss, self.init_test_loss)
+        if outcome.status in ("unstable", "diverged"):
+            return f"{outcome.status}: {outcome.message}"
         return self.frozen or "ok"
 
 
