@@ -129,7 +129,8 @@ def table(entries: list[Entry], metric: str) -> str:
 
 def figure(entries: list[Entry], metric: str, path: str | Path, title: str = "") -> Path:
     """Bars of the final metric's mean per sweep, one colour per panel, ± one standard deviation, the seeds' values as
-    dots; a sweep that did not train in a panel is marked by its status instead of a bar."""
+    dots; a sweep that did not train in a panel is marked by its status instead of a bar, or, where it finished finite, by
+    a hatched bar with its status written at the bar's foot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,10 +155,12 @@ def figure(entries: list[Entry], metric: str, path: str | Path, title: str = "")
                 continue
             sd = 0.0 if math.isnan(e.final.sd) else e.final.sd
             ax.bar(x, scale * e.final.mean, width, color=color, alpha=0.75 if e.status == "trained" else 0.3,
-                   yerr=scale * sd, capsize=3, label=panel if i == 0 else None, edgecolor=color)
+                   yerr=scale * sd, capsize=3, label=panel if i == 0 else None, edgecolor=color,
+                   hatch=None if e.status == "trained" else "//")
             ax.plot([x, x], [scale * e.final.lo, scale * e.final.hi], ls="none", marker="_", color="black", ms=8)
-            if e.status != "trained":
-                ax.text(x, scale * e.final.mean, e.status, rotation=90, ha="center", va="bottom", fontsize=7)
+            if e.status != "trained":  # at the foot of the bar, clear of its error bar and ticks
+                ax.text(x, 0.02, e.status, rotation=90, ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([row if len({r for r, _ in rows}) == len(rows) else f"{row}\nΔt={lr:g}" for row, lr in rows],
                        rotation=30, ha="right")

@@ -177,6 +177,7 @@ def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
     (fewer epochs than planned) a ■ at its last point, and the label says how many seeds were unstable."""
     plt = pyplot()
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     panels = 3 if figure.energy else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 3.2, 4.4), squeeze=False)
@@ -219,6 +220,7 @@ def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
     full_batch = "batch_size=null" in " ".join(figure.common)
     for ax in axes[:2]:
         ax.set_xlabel("step (= epoch, full batch)" if full_batch else "epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if figure.metric != "val/acc" or ax is axes[0]:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
