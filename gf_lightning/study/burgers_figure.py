@@ -22,22 +22,18 @@ from ..data.burgers import NU, burgers_exact
 from .events import read_scalars, values
 from .grid import label
 from .methods import COLORS
+from .sweep_figure import pyplot
 
+MARKERS = ("o", "s", "^", "v", "D", "P", "h", "<", ">", "*")
+DASHES = ("-", "--", "-.", ":")
+#: validation points of the methods at one step are drawn this fraction of the longest run apart
+DODGE = 0.006
 #: the table's order: the paper's Fig. 12 methods first, then the others of the project
 ORDER = ("adam", "adagrad", "rmsprop", "asav", "aressav", "arelsav", "sgd", "sav", "ieq")
 #: "converged": the training loss ends below this fraction of where it started (0.394 for every run here, seed 0) and
 #: below the running minimum × :data:`CONVERGED_SPREAD` (not in a spike), with every value finite
 CONVERGED_DROP = 1e-2
 CONVERGED_SPREAD = 10.0
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _build(spec: dict) -> object:
@@ -74,7 +70,7 @@ def solution_figure(net: nn.Module, path: str | Path, nu: float = NU, title: str
                     slices: tuple[float, ...] = (0.25, 0.5, 0.75)) -> float:
     """Draw u predicted, u* exact and ``u − u*`` as x–t heatmaps (top), and u, u* at the times ``slices`` (bottom), to
     ``path``; returns the relative L² error ``‖u − u*‖ / ‖u*‖`` on the figure's grid."""
-    plt = _pyplot()
+    plt = pyplot()
     xs, ts = grid(nx, nt)
     u = predict_grid(net, xs, ts)
     xg, tg = torch.meshgrid(xs, ts, indexing="xy")
@@ -145,18 +141,31 @@ def summarize(run: str | Path, method: str, lr: float) -> RunSummary:
 
 def curves_figure(runs: dict[float, dict[str, str | Path]], path: str | Path) -> None:
     """Training loss (top) and held-out relative L² error (bottom) against the step, one column per step size, every
-    method of ``runs`` (``{lr: {method: run folder}}``)."""
-    plt = _pyplot()
+    method of ``runs`` (``{lr: {method: run folder}}``). Each method has a marker and a dash of its own (hollow on the
+    validations and a little apart on the step axis, staggered along the loss), so that a curve under another still
+    shows; a run with fewer steps than the longest of its column (stopped early, or run shorter) ends in a ■ at its last step."""
+    from matplotlib.lines import Line2D
+
+    plt = pyplot()
     lrs = sorted(runs, reverse=True)
     fig, axes = plt.subplots(2, len(lrs), figsize=(6.5 * len(lrs), 8), squeeze=False, sharey="row")
     for col, lr in enumerate(lrs):
-        for method, run in runs[lr].items():
-            scalars = read_scalars(run)
-            style = dict(color=COLORS.get(method), label=label(method), lw=1.2)
+        read = {method: read_scalars(run) for method, run in runs[lr].items()}
+        longest = max((len(s.get("train/loss", [])) for s in read.values()), default=0)
+        for i, (method, scalars) in enumerate(read.items()):
+            style = dict(color=COLORS.get(method), label=label(method), lw=1.2, marker=MARKERS[i % len(MARKERS)], ms=5,
+                         ls=DASHES[i % len(DASHES)])
             loss = scalars.get("train/loss", [])
-            axes[0, col].plot([p.step for p in loss], [p.value for p in loss], **style)
+            axes[0, col].plot([p.step for p in loss], [p.value for p in loss],
+                              markevery=(i * 17 % 97, max(1, longest // 10)), **style)
             rel = scalars.get("val/rel_l2", [])
-            axes[1, col].plot([p.step for p in rel], [p.value for p in rel], marker=".", **style)
+            shift = (i - (len(read) - 1) / 2) * DODGE * longest  # validations side by side, none hidden under another
+            axes[1, col].plot([p.step + shift for p in rel], [p.value for p in rel], markerfacecolor="none", **style)
+            if loss and len(loss) < longest:
+                for row, points in ((0, loss), (1, rel)):
+                    if points:
+                        axes[row, col].plot([points[-1].step], [points[-1].value], marker="s", ms=9, ls="none",
+                                            color=style["color"], markeredgecolor="black")
         axes[0, col].set_title(f"lr = {lr:g}")
         for row, name in ((0, "training loss (PDE + initial + boundary)"), (1, "relative L² error ‖u − u*‖/‖u*‖")):
             axes[row, col].set_yscale("log")
@@ -164,7 +173,10 @@ def curves_figure(runs: dict[float, dict[str, str | Path]], path: str | Path) ->
             axes[row, col].grid(alpha=0.3, which="both")
             if col == 0:
                 axes[row, col].set_ylabel(name)
-        axes[0, col].legend(fontsize=8, ncol=2)
+        handles, _ = axes[0, col].get_legend_handles_labels()
+        stopped = Line2D([], [], marker="s", ms=8, ls="none", color="0.5", markeredgecolor="black",
+                         label="ended before the longest run: its last step")
+        axes[0, col].legend(handles=[*handles, stopped], fontsize=8, ncol=2)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
