@@ -1,6 +1,6 @@
-"""IEQ's exact step in parameter space (the push-through identity) against the residual-space step, the dense rows of
-``J`` (torch.func, the PINN's forward-propagated derivatives) against the residual's graph, ``solver="auto"``'s choice of
-space, the memory bound on ``J``, the random subset of rows, the adaptive ``Δt`` (Levenberg–Marquardt's rule), and a
+"""IEQ's exact step in parameter space (the push-through identity) against the residual-space step, the dense rows
+of ``J`` (torch.func, the PINN's forward-propagated derivatives) against the residual's graph, ``solver="auto"``'s
+choice of space, the memory bound on ``J``, the random subset of rows, the adaptive ``Δt`` (Levenberg–Marquardt's rule), and a
 float64 PINN run through the CLI."""
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from conftest import CONFIGS, QUIET, run_dir
 from gf_lightning.cli import cli_main
 from gf_lightning.components import MLP, BurgersPINN, MeanSquaredError, TwoLayerNet
 from gf_lightning.data import BurgersCollocation
+from gf_lightning.components.pinn import BurgersRows
 from gf_lightning.optim.ieq import IEQ
+from gf_lightning.optim.jacobian import GraphRows
 from test_ieq import cnn, reference_step, residual_and_jacobian
 
 F64 = torch.float64
 
 
-# -- problems: (net, x, y, objective), a closure and the objective's dense rows --------------------------------------------
+# -- problems: (net, x, y, objective), a closure and the objective's dense rows ----------------------------------------
 def pinn(width: int, depth: int, seed: int = 0):
     torch.manual_seed(seed)
     x, y = BurgersCollocation(n_x=6, n_t=4, n_initial=5, n_boundary=3).collocation()  # N = 35
@@ -90,6 +92,21 @@ def test_parameter_space_step_equals_residual_space_step(case, lr):
     assert float(opt_par.stats["optim/solver"]) == 2.0 and float(opt_ref.stats["optim/solver"]) == 0.0
 
 
+@pytest.mark.parametrize("activation", ["tanh", "sin", "sigmoid", "softplus"])
+@pytest.mark.parametrize("method", BurgersRows.methods)
+def test_pinn_rows_are_the_residuals_jacobian(activation, method):
+    """Catches a wrong derivative in the PINN's forward-propagated rows (an activation's second or third derivative, a
+    cotangent of u_x or u_xx, a row's scale): every row equals the residual graph's to 1e-12 in float64."""
+    net, x, y, obj = pinn(6, 3)
+    net = MLP(2, 1, 6, 3, activation=activation).to(F64)
+    s = obj.residual_scale(y)
+    q = obj.residual(obj.predict(net, x), y, s)
+    index = torch.arange(len(x))
+    expected = GraphRows(q, list(net.parameters())).block(index)
+    rows = BurgersRows(net, x, y, s, obj.nu, method=method).block(index)
+    assert float((rows - expected).abs().max()) <= 1e-12 * float(expected.abs().max())
+
+
 @pytest.mark.parametrize("batch, max_dense, expected", [
     (20, 4096, 0.0),  # N = 20 < P = 21: residual space
     (22, 4096, 2.0),  # N = 22 > P: parameter space
@@ -100,7 +117,8 @@ def test_auto_chooses_the_cheaper_space(batch, max_dense, expected):
     """Catches ``solver="auto"`` choosing by anything but the two spaces' multiply-adds, on both sides of N = P, and
     forming a system above ``max_dense``."""
     torch.manual_seed(0)
-    problem = regression(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(F64), torch.randn(batch, 3, dtype=F64))
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(F64)
+    problem = regression(net, torch.randn(batch, 3, dtype=F64))
     opt = IEQ(problem[0].parameters(), lr=0.5, max_dense=max_dense)
     step(problem, opt)
     assert float(opt.stats["optim/solver"]) == expected
@@ -120,8 +138,8 @@ class CountingRows:
 
 @pytest.mark.parametrize("solver", ["cholesky", "parameter"])
 def test_jacobian_memory_bound_takes_blocks(solver):
-    """Catches a dense path that reads more of J at once than ``max_jacobian_bytes`` allows, or whose blocked form is not
-    the held one's step: with a bound of three rows, no block is larger and the step agrees to 1e-12."""
+    """Catches a dense path that reads more of J at once than ``max_jacobian_bytes`` allows, or whose blocked form is
+    not the held one's step: with a bound of three rows, no block is larger and the step agrees to 1e-12."""
     problem = pinn(8, 2)
     n_params = sum(p.numel() for p in problem[0].parameters())
     bound = 3 * n_params * 8
@@ -166,7 +184,7 @@ def test_row_subset_is_the_exact_step_of_its_rows():
     assert float(opt.stats["energy/true"]) == pytest.approx(float(q.square().mean()), rel=1e-12)
 
 
-# -- the adaptive Δt --------------------------------------------------------------------------------------------------------------
+# -- the adaptive Δt ---------------------------------------------------------------------------------------------------
 def overshoot(seed: int = 0):
     """A tanh net fitted to sin 3x at Δt = 1000: the fixed step overshoots (measured: the loss 0.48 → 230 at step 2)."""
     torch.manual_seed(seed)
@@ -179,8 +197,8 @@ def overshoot(seed: int = 0):
 def test_adaptive_step_accepts_only_descent_and_each_is_an_exact_step(solver):
     """Catches an adaptive rule that keeps a step raising the true loss, that does not retry with a smaller Δt (weights
     restored), or whose accepted step is not IEQ's exact step at its Δt (so the energy law
-    ‖qⁿ⁺¹‖² + Δt‖Jᵀqⁿ⁺¹‖² = ⟨qⁿ, qⁿ⁺¹⟩ would not hold): where the fixed Δt raises the loss, the adaptive run lowers it at
-    every step, counts rejections, and every step equals the hand-built exact step at the Δt it logs."""
+    ‖qⁿ⁺¹‖² + Δt‖Jᵀqⁿ⁺¹‖² = ⟨qⁿ, qⁿ⁺¹⟩ would not hold): where the fixed Δt raises the loss, the adaptive run lowers
+    it at every step, counts rejections, and every step equals the hand-built exact step at the Δt it logs."""
     fixed = overshoot()
     opt_fixed = IEQ(fixed[0].parameters(), lr=1e3, solver="cholesky")
     losses = [float(step(fixed, opt_fixed, rows=False).square().mean()) for _ in range(4)]
@@ -221,10 +239,11 @@ def test_adaptive_dt_travels_in_the_state_dict():
     assert float((flat(a[0]) - flat(b[0])).abs().max()) == 0.0
 
 
-# -- float64 through the CLI -----------------------------------------------------------------------------------------------------
+# -- float64 through the CLI -------------------------------------------------------------------------------------------
 def test_float64_pinn_run_with_parameter_space_ieq(tmp_path):
     """Catches a PINN path that does not run in float64 (data, net or the dense rows left in float32) or an exact
-    parameter-space IEQ that does not train it: 5 adaptive steps at 64-true lower the loss at every step, by 2× in all, and log the parameter space."""
+    parameter-space IEQ that does not train it: 5 adaptive steps at 64-true lower the loss at every step, by 2× in
+    all, and log the parameter space."""
     from gf_lightning.study.events import read_scalars, values
 
     cli = cli_main(["fit", "--config", str(CONFIGS / "paper" / "burgers.yaml"), *QUIET, "--trainer.precision=64-true",

@@ -75,9 +75,9 @@ class Objective:
         return q if isinstance(s, float) and s == 1.0 else q * s
 
     def jacobian(self, net: nn.Module, x: Tensor, y: Tensor, scale: float | Tensor) -> JacobianRows | None:
-        """Dense rows of the Jacobian of :meth:`residual` (with ``scale``) in ``net``'s parameters that require grad, for
-        IEQ's exact solves (``IEQ.step(jacobian_fn=…)``): per-sample ``torch.func`` Jacobians of ``net(x)``; ``None`` where
-        samples are not independent (batch norm) or :meth:`predict` is not ``net(x)``."""
+        """Dense rows of the Jacobian of :meth:`residual` (with ``scale``) in ``net``'s parameters that require grad,
+        for IEQ's exact solves (``IEQ.step(jacobian_fn=…)``): per-sample ``torch.func`` Jacobians of ``net(x)``;
+        ``None`` where samples are not independent (batch norm) or :meth:`predict` is not ``net(x)``."""
         if type(self).predict is not Objective.predict or any(
                 isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
             return None

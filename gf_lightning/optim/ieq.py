@@ -122,14 +122,14 @@ class IEQ(EnergyOptimizer):
       A solve stopped short is not the exact IEQ step, only a stable one: a stop at the cap warns once (on rank zero) with
       the residual reached, logged as ``optim/cg_residual``. ``gram_fn`` is not used on this path.
     - **parameter space** (no closed form; ``solver="parameter"``, or ``"auto"``'s choice): the same ``qⁿ⁺¹`` by the
-      push-through identity, a ``P × P`` Cholesky of ``I + D^½JᵀJD^½`` (:mod:`gf_lightning.optim.ieq_solve`). ``J`` comes
-      in row blocks of at most ``max_jacobian_bytes`` from ``jacobian_fn`` when it returns dense rows
-      (:class:`~gf_lightning.optim.jacobian.JacobianRows`, e.g. :meth:`Objective.jacobian`), else from the residual's graph.
-      With dense rows the residual-space Cholesky is built from them too.
+      push-through identity, a ``P × P`` Cholesky of ``I + D^½JᵀJD^½`` (:mod:`gf_lightning.optim.ieq_solve`). ``J``
+      comes in row blocks of at most ``max_jacobian_bytes`` from ``jacobian_fn`` when it returns dense rows
+      (:class:`~gf_lightning.optim.jacobian.JacobianRows`, e.g. :meth:`Objective.jacobian`), else from the residual's
+      graph. With dense rows the residual-space Cholesky is built from them too.
     - ``solver="auto"`` without a closed form: the cheaper of the two dense spaces by multiply-adds (``N²P + N³/3``
       against ``NP² + P³/3``) among those of size ``≤ max_dense``; CG when both are larger.
-    - ``solver="auto"`` with a closed form: CG when ``N > max_dense`` (never an ``N × N`` matrix); below it, Cholesky unless
-      ``jacobian_fn`` is given, in which case the operator's multiply-add counts decide: the dense solve's (the Gram and ``N³/3``) against
+    - ``solver="auto"`` with a closed form: CG when ``N > max_dense`` (never an ``N × N`` matrix); below it, Cholesky
+      unless ``jacobian_fn`` is given, in which case the operator's multiply-add counts decide: the dense solve's (the Gram and ``N³/3``) against
       CG's set-up plus the expected iterations times a product's (plus :data:`CG_ITER_OVERHEAD`), the iterations being
       those measured on this run's CG solves (a running mean, kept in the state; :data:`PRIOR_CG_ITERS` before the first).
       Counts rather than wall-clock times keep the choice, and so the run, reproducible and independent of the machine's
@@ -144,12 +144,12 @@ class IEQ(EnergyOptimizer):
     ``row_fraction < 1`` solves a random subset of the residual's rows each step (drawn from the step count, without
     replacement; no closed form): the guarantee is then per step, for the rows solved, as with mini-batches.
 
-    ``adaptive_lr`` (Levenberg–Marquardt's rule on ``Δt``): every ``Δt_g`` is multiplied by a factor ``λ`` kept in the state
-    (``dt_scale``). A step whose true loss ``‖q(wⁿ⁺¹)‖²`` (at the rows solved) is below ``‖qⁿ‖²`` is accepted and ``λ`` grows
-    by ``lr_grow``; else the weights are restored, ``λ`` shrinks by ``lr_shrink`` and the step is solved again (the dense
-    paths reuse their Gram), at most ``max_retries`` times — then no move. Every accepted step is an exact IEQ step at its
-    ``Δt``, so the energy law holds for it. Rejections are counted in ``optim/rejected_steps``; the closure is called once
-    more per try (under ``no_grad``).
+    ``adaptive_lr`` (Levenberg–Marquardt's rule on ``Δt``): every ``Δt_g`` is multiplied by a factor ``λ`` kept in the
+    state (``dt_scale``). A step whose true loss ``‖q(wⁿ⁺¹)‖²`` (at the rows solved) is below ``‖qⁿ‖²`` is accepted and
+    ``λ`` grows by ``lr_grow``; else the weights are restored, ``λ`` shrinks by ``lr_shrink`` and the step is solved
+    again (the dense paths reuse their Gram), at most ``max_retries`` times — then no move. Every accepted step is an
+    exact IEQ step at its ``Δt``, so the energy law holds for it. Rejections are counted in ``optim/rejected_steps``;
+    the closure is called once more per try (under ``no_grad``).
 
     The solve runs in the residual's dtype (float32 for a 16-bit residual: there is no 16-bit Cholesky). With float32 and a
     very large ``Δt·‖J‖²`` (``≳ 1/ε``) the Cholesky factorisation can fail; the step is then skipped — no move, so the
@@ -183,9 +183,10 @@ class IEQ(EnergyOptimizer):
         lr: the time step ``Δt`` (> 0); seed default 0.1.
         solver: ``"auto"``, ``"cholesky"`` (dense in residual space, always), ``"parameter"`` (dense in parameter space,
             always) or ``"cg"`` (matrix-free, always).
-        max_dense: largest system (``N`` or ``P``) ``"auto"`` may form (≥ 1); ``"cholesky"`` or ``"parameter"`` above it is
-            an error.
-        max_jacobian_bytes: most bytes of ``J`` held at once by the dense paths (≥ 1); beyond it ``J`` is read in blocks.
+        max_dense: largest system (``N`` or ``P``) ``"auto"`` may form (≥ 1); ``"cholesky"`` or ``"parameter"`` above
+            it is an error.
+        max_jacobian_bytes: most bytes of ``J`` held at once by the dense paths (≥ 1); beyond it ``J`` is read in
+            blocks.
         cg_tol: relative residual at which CG stops (> 0). The default 1e-6 is float32's resolution (the solve never
             asks for less than ``10 ε``, 1.2e-6 in float32): the step is then the Cholesky step to the precision the
             float32 Cholesky itself has (its own error, ~κε, is ~1e-5 at MNIST's shape), at ~5 more iterations than
@@ -306,16 +307,17 @@ class IEQ(EnergyOptimizer):
         state["solve_failures"].add_(solve.failed)
         if solve.cg:
             state["cg_safeguards"].add_(solve.rescaled)
-        self._last = IEQStep(solve.entries, solve.norm_before, solve.norm_after, solve.cg, solve.cg_iters, solve.cg_residual,
-                             solve.solver, scale)
+        self._last = IEQStep(solve.entries, solve.norm_before, solve.norm_after, solve.cg, solve.cg_iters,
+                             solve.cg_residual, solve.solver, scale)
         return q.detach()
 
     def _subset(self, q: Tensor, rows: JacobianRows | None, closed: bool) -> tuple[Tensor, Any, Tensor]:
-        """``row_fraction`` of ``q``'s rows, drawn from the step count: the sub-residual (with its graph), its rows of ``J``
-        and their index."""
+        """``row_fraction`` of ``q``'s rows, drawn from the step count: the sub-residual (with its graph), its rows of
+        ``J`` and their index."""
         if closed:
-            raise GFConfigError(f"{type(self).__name__}: row_fraction={self.setting('row_fraction')!r} needs the generic "
-                                "path (the closed form gram_fn / jacobian_fn covers every row); allowed: 1.0 with them")
+            raise GFConfigError(f"{type(self).__name__}: row_fraction={self.setting('row_fraction')!r} needs the "
+                                "generic path (the closed form gram_fn / jacobian_fn covers every row); allowed: 1.0 "
+                                "with them")
         n = q.numel()
         gen = torch.Generator().manual_seed(int(self.global_state["step"]))
         index = torch.randperm(n, generator=gen)[: max(1, round(self.setting("row_fraction") * n))].sort().values
@@ -480,7 +482,8 @@ class IEQ(EnergyOptimizer):
         solver = self._choose(n_rows, n_params, gram_fn, op)
         generic = gram_fn is None and op is None
         # the dense rows: parameter space always; residual space when rows are given (or retries will reuse the Gram)
-        if solver == "parameter" or (solver == "cholesky" and generic and (rows is not None or self.setting("adaptive_lr"))):
+        reuse = rows is not None or self.setting("adaptive_lr")
+        if solver == "parameter" or (solver == "cholesky" and generic and reuse):
             if n_rows != q.numel():
                 raise GFConfigError(f"{name}: solver={solver!r} from dense rows has no global form under DDP; use "
                                     "distributed='block'")
@@ -539,7 +542,8 @@ class IEQ(EnergyOptimizer):
             for p in rows.params:
                 offsets[id(p)] = col
                 col += p.numel()
-            order = torch.cat([torch.arange(offsets[id(p)], offsets[id(p)] + p.numel(), device=rhs.device) for p in params])
+            order = torch.cat([torch.arange(offsets[id(p)], offsets[id(p)] + p.numel(), device=rhs.device)
+                               for p in params])
             index = torch.arange(rhs.numel(), device=rhs.device)
             space = "parameter" if solver == "parameter" else "residual"
             cache["system"] = build_system(rows, rhs, index, half, space, self.setting("max_jacobian_bytes"))
@@ -549,8 +553,8 @@ class IEQ(EnergyOptimizer):
         return sol
 
     def _choose(self, n_rows: int, n_params: int, gram_fn: Callable[[], Tensor] | None, op: Any) -> str:
-        """``"cholesky"``, ``"parameter"`` or ``"cg"``: the setting, or ``"auto"``'s choice (the class's docstring). No host
-        sync."""
+        """``"cholesky"``, ``"parameter"`` or ``"cg"``: the setting, or ``"auto"``'s choice (the class's docstring). No
+        host sync."""
         solver = self.setting("solver")
         if solver != "auto":
             return solver

@@ -1,7 +1,7 @@
 """IEQ's exact step from dense rows of ``J``, in the smaller space, as pure functions (no process group, no state).
 
-With ``J_s = J D^½`` (``D = diag(Δt_g)``, one entry per column) and ``λ`` the adaptive step's factor (1 for a fixed step),
-the residual-space and the parameter-space forms of the step are the same ``qⁿ⁺¹`` by the push-through identity
+With ``J_s = J D^½`` (``D = diag(Δt_g)``, one entry per column) and ``λ`` the adaptive step's factor (1 for a fixed
+step), the residual-space and the parameter-space forms of the step are the same ``qⁿ⁺¹`` by the push-through identity
 ``(I + λ J_s J_sᵀ)⁻¹ = I − λ J_s (I + λ J_sᵀ J_s)⁻¹ J_sᵀ``:
 
 .. code-block:: text
@@ -9,14 +9,14 @@ the residual-space and the parameter-space forms of the step are the same ``qⁿ
     residual space (N × N):   (I + λ J_s J_sᵀ) x = qⁿ,                 qⁿ⁺¹ = x,              Jᵀqⁿ⁺¹ = Jᵀ x
     parameter space (P × P):  (I + λ J_sᵀ J_s) z = J_sᵀ qⁿ,            qⁿ⁺¹ = qⁿ − λ J_s z,   Jᵀqⁿ⁺¹ = D^{-½} z
 
-(the last since ``J_sᵀ (I + λ J_s J_sᵀ)⁻¹ = (I + λ J_sᵀ J_s)⁻¹ J_sᵀ``). The move is ``w ← w − λ D Jᵀqⁿ⁺¹`` in both, so the
-energy law ``‖qⁿ⁺¹‖² + λ‖D^½Jᵀqⁿ⁺¹‖² = ⟨qⁿ, qⁿ⁺¹⟩`` and ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` hold in both. Cost in multiply-adds: the
+(the last since ``J_sᵀ (I + λ J_s J_sᵀ)⁻¹ = (I + λ J_sᵀ J_s)⁻¹ J_sᵀ``). The move is ``w ← w − λ D Jᵀqⁿ⁺¹`` in both, so
+the energy law ``‖qⁿ⁺¹‖² + λ‖D^½Jᵀqⁿ⁺¹‖² = ⟨qⁿ, qⁿ⁺¹⟩`` and ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` hold in both. Cost in multiply-adds: the
 residual form ``N²P + N³/3``, the parameter form ``NP² + P³/3``; the one big product (``J_s J_sᵀ`` or ``J_sᵀ J_s``) is
 the physical limit of either. The Gram is built once per step at ``λ = 1``; a retry at another ``λ`` only refactors it.
 
-``J`` is read in row blocks of at most ``max_bytes``. When all of ``J`` fits it is held; else the parameter form sums
-``J_bᵀ J_b`` block by block and reads the blocks again for ``J_s z``, and the residual form builds ``J_s J_sᵀ`` from pairs
-of blocks (each block read once per block before it). Memory: the system (``min(N, P)²``) plus ``max_bytes``.
+``J`` is read in row blocks of at most ``max_bytes``. When all of ``J`` fits it is held; else the parameter form
+sums ``J_bᵀ J_b`` block by block and reads the blocks again for ``J_s z``, and the residual form builds ``J_s J_sᵀ``
+from pairs of blocks (each block read once per block before it). Memory: the system (``min(N, P)²``) plus ``max_bytes``.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 graph, ``J·`` the double-backward trick; the Krylov solve itself is in :mod:`.krylov`) and as dense rows of ``J``
 (:class:`JacobianRows`) for the exact solves of :mod:`.ieq_solve`. ``D = diag(Δt_g)`` holds each parameter group's step.
 
-Dense rows, fastest first (float64, one CPU thread, the Burgers PINN of ``configs/paper/burgers.yaml``, 12 320 × 4 353):
-the objective's own (:meth:`BurgersPINN.jacobian`: the input derivatives propagated forward through the MLP, then
-``torch.func.vmap`` over points of ``grad``) 2.6 s; nested ``torch.func`` (``jacfwd(jacrev)`` for ``u_xx`` inside
-``vmap(grad)``) 19 s; :class:`GraphRows` (batched backward passes through the residual's double-backward graph, each
-row a backward of the whole batch) 560 s. :class:`PerSampleRows` is the middle way for ``q = s·(f(x) − target)``.
+Dense rows for the Burgers PINN of ``configs/paper/burgers.yaml`` (12 320 × 4 353, float64, one CPU thread), fastest
+first: the objective's own (:class:`~gf_lightning.components.pinn.BurgersRows`: the input derivatives propagated
+forward through the MLP, then one batched reverse pass) ~1.7 s; the same forward pass under ``torch.func.vmap`` of
+``grad`` 2.6–4.5 s; nested ``torch.func`` (``jacfwd(jacrev)`` for ``u_xx`` inside ``vmap(grad)``) 19 s;
+:class:`GraphRows` (batched backward passes through the residual's double-backward graph, each row a backward of the
+whole batch) 560 s. :class:`PerSampleRows` is the ``torch.func`` way for ``q = s·(f(x) − target)``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def vjp(q: Tensor, params: list[Tensor], v: Tensor, batched: bool = False) -> tu
 
 
 def gram_dense(q: Tensor, groups: list[Group], dtype: torch.dtype, max_bytes: int | None = None) -> Tensor:
-    """``J D Jᵀ`` (``N × N``, in ``dtype``) from ``q``'s graph, exactly, for any module; ``J`` is held when it takes at most
-    ``max_bytes`` (default :data:`MAX_JACOBIAN_BYTES`)."""
+    """``J D Jᵀ`` (``N × N``, in ``dtype``) from ``q``'s graph, exactly, for any module; ``J`` is held when it takes at
+    most ``max_bytes`` (default :data:`MAX_JACOBIAN_BYTES`)."""
     params = [p for _, ps in groups for p in ps]
     scales = [dt for dt, ps in groups for _ in ps]
     n_rows, n_params = q.numel(), sum(p.numel() for p in params)
@@ -95,7 +96,7 @@ def jdjt_operator(
     return apply
 
 
-# -- dense rows of J, for the exact solves ---------------------------------------------------------------------------------------
+# -- dense rows of J, for the exact solves -----------------------------------------------------------------------------
 class JacobianRows(Protocol):
     """Rows of ``J = ∂q/∂w`` on demand: ``block(index)`` is ``J[index]`` (``len(index) × P``, columns in ``params``'
     order, each parameter flattened), ``rows`` is ``N``. Built from the weights as they are when it is made."""
@@ -107,8 +108,8 @@ class JacobianRows(Protocol):
 
 
 class GraphRows:
-    """Rows of ``J`` from ``q``'s autograd graph by batched backward passes (any closure; each row costs a backward of the
-    whole batch, so this is the slow way: an objective's :meth:`jacobian` is the fast one)."""
+    """Rows of ``J`` from ``q``'s autograd graph by batched backward passes (any closure; each row costs a backward of
+    the whole batch, so this is the slow way: an objective's :meth:`jacobian` is the fast one)."""
 
     def __init__(self, q: Tensor, params: list[Tensor]) -> None:
         self.q, self.params, self.rows = q, params, q.numel()
