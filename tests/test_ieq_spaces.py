@@ -161,12 +161,14 @@ def test_jacobian_memory_bound_takes_blocks(solver):
     assert float((results[0][0] - results[1][0]).abs().max()) <= 1e-12
 
 
-def test_row_subset_is_the_exact_step_of_its_rows():
-    """Catches a subset step that is not IEQ's exact step on the rows drawn (the step count seeds the draw)."""
+@pytest.mark.parametrize("solver, rows", [("parameter", True), ("parameter", False), ("cholesky", False), ("cg", False)])
+def test_row_subset_is_the_exact_step_of_its_rows(solver, rows):
+    """Catches a subset step that is not IEQ's exact step on the rows drawn (the step count seeds the draw), from the
+    objective's rows or the residual's graph, on every path."""
     net, x, y, obj = problem = two_layer()
     ref = copy.deepcopy(net)
-    opt = IEQ(net.parameters(), lr=0.8, solver="parameter", row_fraction=0.5)
-    step(problem, opt)
+    opt = IEQ(net.parameters(), lr=0.8, solver=solver, row_fraction=0.5, cg_tol=1e-14, cg_max_iter=100)
+    step(problem, opt, rows=rows)
     index = torch.randperm(12, generator=torch.Generator().manual_seed(0))[:6].sort().values
     samples = torch.div(index, 2, rounding_mode="floor")
 

@@ -77,9 +77,11 @@ class Objective:
     def jacobian(self, net: nn.Module, x: Tensor, y: Tensor, scale: float | Tensor) -> JacobianRows | None:
         """Dense rows of the Jacobian of :meth:`residual` (with ``scale``) in ``net``'s parameters that require grad,
         for IEQ's exact solves (``IEQ.step(jacobian_fn=…)``): per-sample ``torch.func`` Jacobians of ``net(x)``;
-        ``None`` where samples are not independent (batch norm) or :meth:`predict` is not ``net(x)``."""
-        if type(self).predict is not Objective.predict or any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        ``None`` where samples are not independent (batch norm), the forward draws at random (dropout in training) or
+        :meth:`predict` is not ``net(x)``: IEQ then reads the rows from the residual's graph."""
+        coupled = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+        if type(self).predict is not Objective.predict or any(isinstance(m, coupled) and m.training
+                                                              for m in net.modules()):
             return None
         return PerSampleRows(net, x, scale)
 

@@ -322,7 +322,9 @@ class IEQ(EnergyOptimizer):
         gen = torch.Generator().manual_seed(int(self.global_state["step"]))
         index = torch.randperm(n, generator=gen)[: max(1, round(self.setting("row_fraction") * n))].sort().values
         index = index.to(q.device)
-        return q.reshape(-1)[index], None if rows is None else SubsetRows(rows, index), index
+        with torch.enable_grad():  # (the step runs under no_grad; the sub-residual keeps q's graph)
+            sub = q.reshape(-1)[index]
+        return sub, None if rows is None else SubsetRows(rows, index), index
 
     def _adaptive(self, closure: Callable[[], Tensor], q: Tensor, index: Tensor | None, groups: list[Group],
                   gram_fn: Any, op: Any, rows: Any, cache: dict[str, Any], scale: float) -> tuple[Solve, float]:
@@ -352,7 +354,8 @@ class IEQ(EnergyOptimizer):
             scale *= self.setting("lr_shrink")
             if "system" not in cache:  # the next try needs q's graph again (the weights moved under it)
                 q = self._residual(closure)
-                q = q if index is None else q.reshape(-1)[index]
+                with torch.enable_grad():
+                    q = q if index is None else q.reshape(-1)[index]
         state["dt_scale"].fill_(scale)
         for p in params:
             p.grad = None

@@ -43,7 +43,7 @@ class RaceSettings:
     every: float = 5.0  #: seconds between records
     adam_lr: float = 1e-3
     adam_share: float = 0.2  #: Adam → L-BFGS: the share of the budget spent in Adam
-    ieq_lr: float = 1.0  #: IEQ's Δt (the adaptive run's starting Δt)
+    ieq_lr: float = 0.01  #: IEQ's Δt (the adaptive run's starting Δt): docs/paper.md's Burgers setting
     row_fraction: float = 1.0  #: IEQ: the share of the rows solved each step
     threads: int = 1
 
