@@ -473,7 +473,6 @@ class IEQ(EnergyOptimizer):
         """``(I + λ J D Jᵀ)⁻¹ rhs`` (``λ = factor``) by the path the settings and the size choose."""
         name = type(self).__name__
         n_rows = rhs.numel()
-        n_params = sum(p.numel() for _, ps in groups for p in ps)
         if (gram_fn is not None or op is not None) and len({dt for dt, _ in groups}) > 1:
             given = "gram_fn" if gram_fn is not None else "jacobian_fn"
             raise GFConfigError(
@@ -482,7 +481,7 @@ class IEQ(EnergyOptimizer):
             )
         if op is not None and op.rows != n_rows:
             raise GFStepError(f"{name}.step: jacobian_fn must return the operator of J with {n_rows} rows; got {op.rows}")
-        solver = self._choose(n_rows, n_params, gram_fn, op)
+        solver = self._choose(n_rows, groups, gram_fn, op)
         generic = gram_fn is None and op is None
         # the dense rows: parameter space always; residual space when rows are given (or retries will reuse the Gram)
         reuse = rows is not None or self.setting("adaptive_lr")
@@ -490,7 +489,7 @@ class IEQ(EnergyOptimizer):
             if n_rows != q.numel():
                 raise GFConfigError(f"{name}: solver={solver!r} from dense rows has no global form under DDP; use "
                                     "distributed='block'")
-            size = n_params if solver == "parameter" else n_rows
+            size = sum(p.numel() for _, ps in groups for p in ps) if solver == "parameter" else n_rows
             if size > self.setting("max_dense"):
                 raise GFConfigError(
                     f"{name}: solver={self.setting('solver')!r} would form a {size} x {size} system, above max_dense="
@@ -555,7 +554,7 @@ class IEQ(EnergyOptimizer):
         sol.jtq = sol.jtq[cache["order"]]
         return sol
 
-    def _choose(self, n_rows: int, n_params: int, gram_fn: Callable[[], Tensor] | None, op: Any) -> str:
+    def _choose(self, n_rows: int, groups: list[Group], gram_fn: Callable[[], Tensor] | None, op: Any) -> str:
         """``"cholesky"``, ``"parameter"`` or ``"cg"``: the setting, or ``"auto"``'s choice (the class's docstring). No
         host sync."""
         solver = self.setting("solver")
@@ -563,6 +562,7 @@ class IEQ(EnergyOptimizer):
             return solver
         max_dense = self.setting("max_dense")
         if gram_fn is None and op is None:  # generic: the cheaper dense space that fits, else CG
+            n_params = sum(p.numel() for _, ps in groups for p in ps)
             fits = [s for s, size in (("residual", n_rows), ("parameter", n_params)) if size <= max_dense]
             if not fits:
                 return "cg"
