@@ -228,7 +228,8 @@ class GradientFlowModule(L.LightningModule):
 
             def closure() -> Tensor:
                 opt.zero_grad()
-                forward["out"] = out = objective.predict(self.net, x)
+                out = objective.predict(self.net, x)
+                forward.setdefault("out", out)  # (the first call's: an adaptive step calls again at trial weights)
                 return objective.residual(out, y, q_scale)
 
             gram, gram_fn = getattr(self.net, "jacobian_gram", None), None
@@ -246,6 +247,11 @@ class GradientFlowModule(L.LightningModule):
 
                     def jacobian_fn():
                         return operator(inputs, scale=q_scale)
+
+            elif gram is None and hasattr(objective, "jacobian"):  # dense rows of J for the exact solves (torch.func)
+
+                def jacobian_fn():
+                    return objective.jacobian(self.net, x, y, q_scale)
 
             opt.step(closure=closure, gram_fn=gram_fn, jacobian_fn=jacobian_fn)
             loss = self._shard_loss(forward["out"].detach(), y, total)

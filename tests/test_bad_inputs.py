@@ -95,6 +95,15 @@ LIBRARY = {
     "IEQ cg_tol = 0": (lambda: IEQ([p()], cg_tol=0.0), GFConfigError, ["cg_tol", "> 0"]),
     "IEQ cg_max_iter = 0": (lambda: IEQ([p()], cg_max_iter=0), GFConfigError, ["cg_max_iter", ">= 1"]),
     "IEQ unknown distributed": (lambda: IEQ([p()], distributed="rank"), GFConfigError, ["distributed", "'block'"]),
+    "IEQ max_jacobian_bytes = 0": (lambda: IEQ([p()], max_jacobian_bytes=0), GFConfigError, ["max_jacobian_bytes", ">= 1"]),
+    "IEQ row_fraction = 0": (lambda: IEQ([p()], row_fraction=0.0), GFConfigError, ["row_fraction", "(0, 1]"]),
+    "IEQ adaptive_lr not a flag": (lambda: IEQ([p()], adaptive_lr="yes"), GFConfigError, ["adaptive_lr", "'yes'"]),
+    "IEQ lr_grow < 1": (lambda: IEQ([p()], lr_grow=0.5), GFConfigError, ["lr_grow=0.5", "lr_grow >= 1"]),
+    "IEQ lr_shrink = 1": (lambda: IEQ([p()], lr_shrink=1.0), GFConfigError, ["lr_shrink=1.0", "(0, 1)"]),
+    "IEQ max_retries = 0": (lambda: IEQ([p()], max_retries=0), GFConfigError, ["max_retries", ">= 1"]),
+    "IEQ parameter above max_dense": (ieq_step(solver="parameter", max_dense=5), GFConfigError, ["max_dense=5", "54 x 54"]),
+    "IEQ row subset with the closed form": (ieq_step(gram=lambda net, x: net.jacobian_gram(x), row_fraction=0.5),
+                                            GFConfigError, ["row_fraction=0.5", "allowed: 1.0"]),
     "every group empty": (lambda: SAV([{"params": []}]), GFConfigError, ["every parameter group is empty"]),
     # per-group settings: lr (and lam) are a group's own, validated as strictly; C, variant, eta, eps, the solver are the
     # whole optimizer's, and a group that sets another value would be ignored by the step, so it is refused

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..optim.distributed import global_sum_, world_size
+from ..optim.jacobian import JacobianRows, PerSampleRows
 
 
 @dataclass
@@ -72,6 +73,17 @@ class Objective:
         q = (pred - self.target(y, pred)).reshape(-1)
         s = self.residual_scale(y) if scale is None else scale
         return q if isinstance(s, float) and s == 1.0 else q * s
+
+    def jacobian(self, net: nn.Module, x: Tensor, y: Tensor, scale: float | Tensor) -> JacobianRows | None:
+        """Dense rows of the Jacobian of :meth:`residual` (with ``scale``) in ``net``'s parameters that require grad,
+        for IEQ's exact solves (``IEQ.step(jacobian_fn=…)``): per-sample ``torch.func`` Jacobians of ``net(x)``;
+        ``None`` where samples are not independent (batch norm), the forward draws at random (dropout in training) or
+        :meth:`predict` is not ``net(x)``: IEQ then reads the rows from the residual's graph."""
+        coupled = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+        if type(self).predict is not Objective.predict or any(isinstance(m, coupled) and m.training
+                                                              for m in net.modules()):
+            return None
+        return PerSampleRows(net, x, scale)
 
     def shard_loss(self, pred: Tensor, y: Tensor, total: int) -> Tensor:
         """This rank's term of the global batch's loss (``total`` samples over all ranks): ``W / total · Σ`` its samples'

@@ -14,9 +14,10 @@ the 320 initial and boundary points from being drowned by the 12 000 interior on
 squared error against the exact solution and ``val/rel_l2`` the relative L² error ``‖u − u*‖ / ‖u*‖``.
 
 IEQ: the residual is the vector of those errors, each scaled by ``√(N / n_kind)`` (``N`` the batch's rows), so that
-``‖q‖² / N`` is the loss. Its Jacobian needs the PDE residual's derivatives in the weights, which no closed form gives:
-the LightningModule sends this objective (it overrides :meth:`predict`) to IEQ's generic path (dense ``J D Jᵀ`` for a few
-thousand rows, conjugate gradients with Jacobian-vector products above ``max_dense``).
+``‖q‖² / N`` is the loss. Its Jacobian needs the PDE residual's derivatives in the weights: for an :class:`MLP`,
+:meth:`BurgersPINN.jacobian` gives its dense rows (:class:`BurgersRows`: ``u, u_x, u_t, u_xx`` propagated forward
+through the layers, then ``torch.func``), which IEQ's exact solves read; for another network IEQ takes them from the residual's
+graph (slow), or conjugate gradients with Jacobian-vector products above ``max_dense``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,114 @@ from torch import Tensor, nn
 from ..data.burgers import INTERIOR, KINDS, NU, SOLUTION
 from ..errors import GFConfigError
 from ..optim.distributed import global_sum_, world_size
+from .nets import MLP
 from .objectives import Objective, Ratio
+
+#: an activation's value and its first three derivatives from its pre-activation ``h`` (Taylor mode through the MLP)
+_DERIVATIVES = {
+    "tanh": lambda h: (lambda z: (lambda d1: (z, d1, -2 * z * d1, -2 * (d1 * d1 - 2 * z * z * d1)))(1 - z * z))(
+        torch.tanh(h)),
+    "sin": lambda h: (torch.sin(h), torch.cos(h), -torch.sin(h), -torch.cos(h)),
+    "sigmoid": lambda h: (lambda z: (lambda d1: (z, d1, d1 * (1 - 2 * z), d1 * (1 - 2 * z) ** 2 - 2 * d1 * d1))(
+        z * (1 - z)))(torch.sigmoid(h)),
+    "softplus": lambda h: (lambda s: (nn.functional.softplus(h), s, s * (1 - s), s * (1 - s) * (1 - 2 * s)))(
+        torch.sigmoid(h)),
+    "relu": lambda h: (torch.relu(h), (h > 0).to(h.dtype), torch.zeros_like(h), torch.zeros_like(h)),
+}
+
+
+class BurgersRows:
+    """Dense rows of the Jacobian of :meth:`BurgersPINN.residual` for an :class:`MLP`, in its parameters' order.
+
+    The four channels ``(u, u_x, u_t, u_xx)`` of every point are propagated forward through the layers in one batched
+    pass (Taylor mode: ``h' = W a'``, ``a' = σ'(h) h'``, ``a'' = σ''(h) h'² + σ'(h) h''``), then one batched reverse pass
+    from each row's cotangent (``(u_x, u, 1, −ν)`` at an interior row, ``(1, 0, 0, 0)`` elsewhere) gives every row's
+    gradient at once: a layer's block of ``J`` is ``Σ_c h̄_c ⊗ a_c``, one batched product with four terms per point.
+    ``method="vmap"`` is the same forward pass for one point under ``torch.func.vmap`` of ``torch.func.grad``.
+    Measured on one CPU thread, float64, the 12 320 × 4 353 ``J`` of ``configs/paper/burgers.yaml``: see
+    ``scripts/bench_ieq_pinn.py`` (``vmap`` 2.6 s; nested ``torch.func``, ``jacfwd(jacrev)`` for ``u_xx``, 19 s; batched
+    backward passes through the residual's double-backward graph 560 s)."""
+
+    methods = ("taylor", "vmap")
+
+    def __init__(self, net: MLP, x: Tensor, y: Tensor, scale: float | Tensor, nu: float, method: str = "taylor") -> None:
+        self.net, self.x, self.y, self.scale, self.nu, self.method = net, x, y, scale, nu, method
+        self.params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
+        self.rows = len(x)
+
+    def block(self, index: Tensor) -> Tensor:
+        rows = self._taylor(index) if self.method == "taylor" else self._vmap(index)
+        s = self.scale
+        if isinstance(s, Tensor) and s.numel() > 1:
+            return rows.mul_(s.reshape(-1)[index].unsqueeze(1).to(rows.dtype))
+        return rows if isinstance(s, float) and s == 1.0 else rows.mul_(s)
+
+    @torch.no_grad()
+    def _taylor(self, index: Tensor) -> Tensor:
+        act, layers = _DERIVATIVES[self.net.activation], self.net.layers
+        x, y = self.x[index].detach(), self.y[index]
+        n, dtype = len(index), x.dtype
+        chans = torch.zeros(4, n, x.shape[1], dtype=dtype, device=x.device)  # (a, a_x, a_t, a_xx) of the input
+        chans[0], chans[1, :, 0], chans[2, :, 1] = x, 1.0, 1.0
+        saved = []
+        for i, layer in enumerate(layers):
+            h = chans @ layer.weight.detach().T
+            h[0] += layer.bias.detach()
+            saved.append(chans)
+            if i == len(layers) - 1:
+                break
+            z, d1, d2, d3 = act(h[0])
+            hx, ht, hxx = h[1], h[2], h[3]
+            chans = torch.stack([z, d1 * hx, d1 * ht, d2 * hx * hx + d1 * hxx])
+            saved[-1] = (saved[-1], hx, ht, hxx, d1, d2, d3)
+        u, ux = h[0, :, 0], h[1, :, 0]
+        interior = (y[:, 1] == INTERIOR).to(dtype)
+        bar = torch.stack([interior * ux + (1 - interior), interior * u, interior, -self.nu * interior]).unsqueeze(-1)
+        jac = torch.empty(n, sum(p.numel() for p in self.params), dtype=dtype, device=x.device)
+        col = jac.shape[1]
+        for i in range(len(layers) - 1, -1, -1):
+            inputs = saved[i] if i == len(layers) - 1 else saved[i][0]
+            weight = layers[i].weight.detach()
+            out_w, in_w = weight.shape
+            col -= out_w  # the bias
+            jac[:, col : col + out_w] = bar[0]
+            col -= out_w * in_w  # the weight: Σ_c h̄_c ⊗ a_c, one (out × 4)(4 × in) product per point
+            jac[:, col : col + out_w * in_w] = torch.bmm(bar.permute(1, 2, 0), inputs.transpose(0, 1)).reshape(n, -1)
+            if i == 0:
+                break
+            abar = bar @ weight  # the cotangents of the previous layer's (a, a_x, a_t, a_xx)
+            _, hx, ht, hxx, d1, d2, d3 = saved[i - 1]
+            bar = torch.stack([
+                abar[0] * d1 + abar[1] * d2 * hx + abar[2] * d2 * ht + abar[3] * (d3 * hx * hx + d2 * hxx),
+                abar[1] * d1 + abar[3] * 2 * d2 * hx,
+                abar[2] * d1,
+                abar[3] * d1,
+            ])
+        return jac
+
+    def _vmap(self, index: Tensor) -> Tensor:
+        from torch.func import grad, vmap
+
+        act, nu = _DERIVATIVES[self.net.activation], self.nu
+        n_layers = len(self.net.layers)
+
+        def row(ps: tuple[Tensor, ...], point: Tensor, target: Tensor, kind: Tensor) -> Tensor:
+            eye = torch.eye(2, dtype=point.dtype, device=point.device)
+            a, ax, at, axx = point, eye[0], eye[1], torch.zeros_like(point)
+            for i in range(n_layers):
+                W, b = ps[2 * i], ps[2 * i + 1]
+                h, hx, ht, hxx = W @ a + b, W @ ax, W @ at, W @ axx
+                if i == n_layers - 1:
+                    u, ux, ut, uxx = h[0], hx[0], ht[0], hxx[0]
+                    break
+                z, d1, d2, _ = act(h)
+                a, ax, at, axx = z, d1 * hx, d1 * ht, d2 * hx * hx + d1 * hxx
+            return torch.where(kind == INTERIOR, ut + u * ux - nu * uxx, u) - target
+
+        ps = tuple(p.detach() for p in self.params)
+        y = self.y[index]
+        grads = vmap(grad(row), in_dims=(None, 0, 0, 0))(ps, self.x[index].detach(), y[:, 0], y[:, 1])
+        return torch.cat([g.reshape(len(index), -1) for g in grads], dim=1)
 
 
 class BurgersPINN(Objective):
@@ -117,6 +225,13 @@ class BurgersPINN(Objective):
     def residual(self, pred: Tensor, y: Tensor, scale: float | Tensor | None = None) -> Tensor:
         s = self.residual_scale(y) if scale is None else scale
         return self.errors(pred, y) * s
+
+    def jacobian(self, net: nn.Module, x: Tensor, y: Tensor, scale: float | Tensor) -> BurgersRows | None:
+        """Dense rows of :meth:`residual`'s Jacobian (:class:`BurgersRows`) for an :class:`MLP` whose parameters all
+        require grad; ``None`` for another network (IEQ then reads them from the residual's graph)."""
+        if not isinstance(net, MLP) or not all(p.requires_grad for p in net.parameters()):
+            return None
+        return BurgersRows(net, x, y, scale, self.nu)
 
     # -- evaluation: the predicted solution against the exact one ------------------------------------------------------------
     @staticmethod

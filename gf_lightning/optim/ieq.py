@@ -13,9 +13,11 @@ from torch import Tensor
 
 from .base import NO_CLOSURE, EnergyOptimizer, GFConfigError, GFStepError
 from .distributed import gather_rows, global_max_, global_sum_, rank, world_size
-from .jacobian import Group, gram_dense, jdjt_operator
+from . import jacobian as jacobian_module
+from .ieq_solve import Solution, build_system, solve_dense, space_costs
+from .jacobian import GraphRows, Group, JacobianRows, SubsetRows, gram_dense, jdjt_operator
 from .krylov import conjugate_gradients, keep_guarantee, nystrom_costs, nystrom_preconditioner
-from .settings import check_choice, check_count, check_positive
+from .settings import check_choice, check_count, check_flag, check_fraction, check_positive
 
 #: ``solver="auto"``: the CG iterations assumed before any CG solve has been measured
 PRIOR_CG_ITERS = 20
@@ -24,18 +26,6 @@ PRIOR_CG_ITERS = 20
 CG_ITER_OVERHEAD = 2e6
 #: ``solver="auto"``: weight of the newest CG iteration count in the running estimate
 CG_ITERS_WEIGHT = 0.25
-
-
-@dataclass
-class Solution:
-    """``qⁿ⁺¹`` for one right-hand side, as the dense or the CG path found it."""
-
-    q_new: Tensor  #: flat; zero where the solve failed (no move)
-    failed: Tensor  #: 0-dim bool: the Cholesky factorisation failed, or CG's iterate was not finite
-    solver: str = "cholesky"  #: ``"cholesky"`` or ``"cg"``
-    cg_iters: int | None = None  #: CG only
-    cg_residual: float | None = None  #: CG only: ``‖qⁿ − (I + J D Jᵀ) qⁿ⁺¹‖ / ‖qⁿ‖``
-    rescaled: Tensor | None = None  #: CG only, 0-dim bool: the final check scaled the iterate back to ``‖qⁿ‖``
 
 
 @dataclass
@@ -51,6 +41,8 @@ class Solve:
     cg: bool  #: CG solved (on some rank, in block mode)
     cg_iters: int | None
     cg_residual: float | None
+    solver: str = "cholesky"  #: the path: ``"cholesky"`` (residual space), ``"parameter"`` or ``"cg"``
+    jtq: Tensor | None = None  #: ``Jᵀqⁿ⁺¹`` in the groups' parameter order, when the solve has it
 
 
 @dataclass(frozen=True)
@@ -63,6 +55,8 @@ class IEQStep:
     cg: bool
     cg_iters: int | None
     cg_residual: float | None
+    solver: str = "cholesky"
+    dt_scale: float = 1.0  #: the adaptive step's factor on every ``Δt_g`` in this step (1 for a fixed step)
 
 
 class IEQ(EnergyOptimizer):
@@ -127,8 +121,15 @@ class IEQ(EnergyOptimizer):
       (counted in ``optim/cg_safeguards``).
       A solve stopped short is not the exact IEQ step, only a stable one: a stop at the cap warns once (on rank zero) with
       the residual reached, logged as ``optim/cg_residual``. ``gram_fn`` is not used on this path.
-    - ``solver="auto"``: CG when ``N > max_dense`` (never an ``N × N`` matrix); below it, Cholesky unless ``jacobian_fn``
-      is given, in which case the operator's multiply-add counts decide: the dense solve's (the Gram and ``N³/3``) against
+    - **parameter space** (no closed form; ``solver="parameter"``, or ``"auto"``'s choice): the same ``qⁿ⁺¹`` by the
+      push-through identity, a ``P × P`` Cholesky of ``I + D^½JᵀJD^½`` (:mod:`gf_lightning.optim.ieq_solve`). ``J``
+      comes in row blocks of at most ``max_jacobian_bytes`` from ``jacobian_fn`` when it returns dense rows
+      (:class:`~gf_lightning.optim.jacobian.JacobianRows`, e.g. :meth:`Objective.jacobian`), else from the residual's
+      graph. With dense rows the residual-space Cholesky is built from them too.
+    - ``solver="auto"`` without a closed form: the cheaper of the two dense spaces by multiply-adds (``N²P + N³/3``
+      against ``NP² + P³/3``) among those of size ``≤ max_dense``; CG when both are larger.
+    - ``solver="auto"`` with a closed form: CG when ``N > max_dense`` (never an ``N × N`` matrix); below it, Cholesky
+      unless ``jacobian_fn`` is given, in which case the operator's multiply-add counts decide: the dense solve's (the Gram and ``N³/3``) against
       CG's set-up plus the expected iterations times a product's (plus :data:`CG_ITER_OVERHEAD`), the iterations being
       those measured on this run's CG solves (a running mean, kept in the state; :data:`PRIOR_CG_ITERS` before the first).
       Counts rather than wall-clock times keep the choice, and so the run, reproducible and independent of the machine's
@@ -140,6 +141,16 @@ class IEQ(EnergyOptimizer):
       Cholesky throughout and 71.4 % by this rule, docs/study.md). The choice is logged every step as
       ``optim/solver`` (0 Cholesky, 1 CG), the iterations as ``optim/cg_iters``.
 
+    ``row_fraction < 1`` solves a random subset of the residual's rows each step (drawn from the step count, without
+    replacement; no closed form): the guarantee is then per step, for the rows solved, as with mini-batches.
+
+    ``adaptive_lr`` (Levenberg–Marquardt's rule on ``Δt``): every ``Δt_g`` is multiplied by a factor ``λ`` kept in the
+    state (``dt_scale``). A step whose true loss ``‖q(wⁿ⁺¹)‖²`` (at the rows solved) is below ``‖qⁿ‖²`` is accepted and
+    ``λ`` grows by ``lr_grow``; else the weights are restored, ``λ`` shrinks by ``lr_shrink`` and the step is solved
+    again (the dense paths reuse their Gram), at most ``max_retries`` times — then no move. Every accepted step is an
+    exact IEQ step at its ``Δt``, so the energy law holds for it. Rejections are counted in ``optim/rejected_steps``;
+    the closure is called once more per try (under ``no_grad``).
+
     The solve runs in the residual's dtype (float32 for a 16-bit residual: there is no 16-bit Cholesky). With float32 and a
     very large ``Δt·‖J‖²`` (``≳ 1/ε``) the Cholesky factorisation can fail; the step is then skipped — no move, so the
     energy stays ``½‖qⁿ‖²`` and is logged so — and counted in ``optim/solve_failures``, with no host sync. A CG iterate that
@@ -149,9 +160,11 @@ class IEQ(EnergyOptimizer):
     ``½‖q‖²`` per entry of the residual, doubled — the mean squared residual, in the units of the loss (the MSE for
     regression), as the other methods log theirs: ``energy/true`` ``‖qⁿ‖²/N`` and ``energy/modified`` ``‖qⁿ⁺¹‖²/N``;
     ``energy/violations`` (steps with ``‖qⁿ⁺¹‖ > ‖qⁿ‖`` beyond rounding, ``(1 + 8ε√N)``; never expected),
-    ``optim/effective_lr`` (group 0's ``lr``), ``optim/solver``, ``optim/solve_failures`` and ``optim/cg_safeguards``
+    ``optim/effective_lr`` (group 0's ``lr`` times ``λ``), ``optim/solver`` (0 Cholesky, 1 CG, 2 parameter space),
+    ``optim/rejected_steps`` with ``adaptive_lr``, ``optim/solve_failures`` and ``optim/cg_safeguards``
     once there is one, and ``optim/cg_iters`` and ``optim/cg_residual`` on the CG path (the slowest rank's, in block mode).
-    State (``global_state``): ``step``, ``violations``, ``solve_failures``, ``cg_safeguards``, ``cg_iters_mean`` once
+    State (``global_state``): ``step``, ``violations``, ``solve_failures``, ``cg_safeguards``, ``dt_scale`` and
+    ``rejected_steps`` with ``adaptive_lr``, ``cg_iters_mean`` once
     CG has run, and ``cg_stopped_short`` once a CG solve stopped at ``cg_max_iter``.
 
     Under ``torch.distributed`` (DDP) with ``distributed="global"`` (the default) every rank gathers the global residual
@@ -168,9 +181,12 @@ class IEQ(EnergyOptimizer):
         params: parameters or parameter groups; each group may set its own ``lr`` (its time step); the other settings
             are the whole optimizer's.
         lr: the time step ``Δt`` (> 0); seed default 0.1.
-        solver: ``"auto"``, ``"cholesky"`` (dense, always) or ``"cg"`` (matrix-free, always).
-        max_dense: largest ``N`` for which ``"auto"`` may form the ``N × N`` system (≥ 1); ``"cholesky"`` above it is an
-            error.
+        solver: ``"auto"``, ``"cholesky"`` (dense in residual space, always), ``"parameter"`` (dense in parameter space,
+            always) or ``"cg"`` (matrix-free, always).
+        max_dense: largest system (``N`` or ``P``) ``"auto"`` may form (≥ 1); ``"cholesky"`` or ``"parameter"`` above
+            it is an error.
+        max_jacobian_bytes: most bytes of ``J`` held at once by the dense paths (≥ 1); beyond it ``J`` is read in
+            blocks.
         cg_tol: relative residual at which CG stops (> 0). The default 1e-6 is float32's resolution (the solve never
             asks for less than ``10 ε``, 1.2e-6 in float32): the step is then the Cholesky step to the precision the
             float32 Cholesky itself has (its own error, ~κε, is ~1e-5 at MNIST's shape), at ~5 more iterations than
@@ -184,15 +200,20 @@ class IEQ(EnergyOptimizer):
             none on the generic path), ``"nystrom"`` (a randomised Nyström preconditioner of rank ``precond_rank`` on
             either path), or ``"none"``.
         precond_rank: the Nyström preconditioner's rank (≥ 1).
+        row_fraction: the fraction of the residual's rows solved each step, in ``(0, 1]``.
+        adaptive_lr: Levenberg–Marquardt's accept/reject rule on ``Δt`` (above).
+        lr_grow: ``λ``'s factor after an accepted step (≥ 1). lr_shrink: its factor after a rejected one, in ``(0, 1)``.
+        max_retries: most rejected tries in one step (≥ 1).
     """
 
-    solvers = ("auto", "cholesky", "cg")
+    solvers = ("auto", "cholesky", "parameter", "cg")
     distributed_modes = ("global", "block")
     preconditioners = ("auto", "nystrom", "none")
     #: what the closure returns: the residual ``q``, not a loss (the LightningModule reads this)
     closure_returns = "residual"
     per_group_settings = {"lr": check_positive}
-    shared_settings = ("solver", "max_dense", "cg_tol", "cg_max_iter", "distributed", "preconditioner", "precond_rank")
+    shared_settings = ("solver", "max_dense", "cg_tol", "cg_max_iter", "distributed", "preconditioner", "precond_rank",
+                       "max_jacobian_bytes", "row_fraction", "adaptive_lr", "lr_grow", "lr_shrink", "max_retries")
     _carried = ("_last", "_cg_warned", "_cg_estimate", "_cg_short")
 
     def __init__(
@@ -206,6 +227,12 @@ class IEQ(EnergyOptimizer):
         distributed: str = "global",
         preconditioner: str = "auto",
         precond_rank: int = 32,
+        max_jacobian_bytes: int = 2**29,
+        row_fraction: float = 1.0,
+        adaptive_lr: bool = False,
+        lr_grow: float = 2.0,
+        lr_shrink: float = 0.25,
+        max_retries: int = 10,
     ) -> None:
         defaults = dict(
             lr=check_positive("lr", lr),
@@ -216,7 +243,16 @@ class IEQ(EnergyOptimizer):
             distributed=check_choice("distributed", distributed, self.distributed_modes),
             preconditioner=check_choice("preconditioner", preconditioner, self.preconditioners),
             precond_rank=check_count("precond_rank", precond_rank),
+            max_jacobian_bytes=check_count("max_jacobian_bytes", max_jacobian_bytes),
+            row_fraction=check_fraction("row_fraction", row_fraction),
+            adaptive_lr=check_flag("adaptive_lr", adaptive_lr),
+            lr_grow=check_positive("lr_grow", lr_grow),
+            lr_shrink=check_fraction("lr_shrink", lr_shrink),
+            max_retries=check_count("max_retries", max_retries),
         )
+        if lr_grow < 1.0 or lr_shrink >= 1.0:
+            what = f"lr_grow={lr_grow!r}" if lr_grow < 1.0 else f"lr_shrink={lr_shrink!r}"
+            raise GFConfigError(f"{what}: allowed lr_grow >= 1 and lr_shrink in (0, 1)")
         self._cg_warned = False
         self._cg_estimate: float | None = None  # the running mean of CG's iterations, mirrored in global_state
         self._cg_short = False  # a CG solve stopped short of its tolerance ("auto" then takes Cholesky), mirrored too
@@ -245,13 +281,24 @@ class IEQ(EnergyOptimizer):
         if not groups:
             raise GFStepError(f"{type(self).__name__}.step: no parameter of the optimizer requires grad")
         op = jacobian_fn() if jacobian_fn is not None else None  # (lazy: computes nothing until asked)
-        solve = self._solve(q, groups, gram_fn, op)
-        self._move(q, groups, solve.q_new, op)
-
+        rows = op if hasattr(op, "block") else None  # dense rows of J, not a closed form
+        op = None if rows is not None else op
         state = self.global_state
         for key in ("step", "violations", "solve_failures", "cg_safeguards"):
             if key not in state:
                 state[key] = self._scalar(0.0)
+        index = None
+        if self.setting("row_fraction") < 1.0:
+            q, rows, index = self._subset(q, rows, gram_fn is not None or op is not None)
+        adaptive = self.setting("adaptive_lr")
+        scale = float(state.get("dt_scale", 1.0)) if adaptive else 1.0
+        cache: dict[str, Any] = {}
+        if not adaptive:
+            solve = self._solve(q, groups, gram_fn, op, rows, cache)
+            self._move(q, groups, solve.q_new, op, solve.jtq)
+        else:
+            solve, scale = self._adaptive(closure, q, index, groups, gram_fn, op, rows, cache, scale)
+
         eps = torch.finfo(solve.q_new.dtype).eps
         entries = solve.entries
         slack = 1.0 + 8.0 * eps * (math.sqrt(entries) if isinstance(entries, float) else entries.sqrt())
@@ -260,8 +307,60 @@ class IEQ(EnergyOptimizer):
         state["solve_failures"].add_(solve.failed)
         if solve.cg:
             state["cg_safeguards"].add_(solve.rescaled)
-        self._last = IEQStep(solve.entries, solve.norm_before, solve.norm_after, solve.cg, solve.cg_iters, solve.cg_residual)
+        self._last = IEQStep(solve.entries, solve.norm_before, solve.norm_after, solve.cg, solve.cg_iters,
+                             solve.cg_residual, solve.solver, scale)
         return q.detach()
+
+    def _subset(self, q: Tensor, rows: JacobianRows | None, closed: bool) -> tuple[Tensor, Any, Tensor]:
+        """``row_fraction`` of ``q``'s rows, drawn from the step count: the sub-residual (with its graph), its rows of
+        ``J`` and their index."""
+        if closed:
+            raise GFConfigError(f"{type(self).__name__}: row_fraction={self.setting('row_fraction')!r} needs the "
+                                "generic path (the closed form gram_fn / jacobian_fn covers every row); allowed: 1.0 "
+                                "with them")
+        n = q.numel()
+        gen = torch.Generator().manual_seed(int(self.global_state["step"]))
+        index = torch.randperm(n, generator=gen)[: max(1, round(self.setting("row_fraction") * n))].sort().values
+        index = index.to(q.device)
+        with torch.enable_grad():  # (the step runs under no_grad; the sub-residual keeps q's graph)
+            sub = q.reshape(-1)[index]
+        return sub, None if rows is None else SubsetRows(rows, index), index
+
+    def _adaptive(self, closure: Callable[[], Tensor], q: Tensor, index: Tensor | None, groups: list[Group],
+                  gram_fn: Any, op: Any, rows: Any, cache: dict[str, Any], scale: float) -> tuple[Solve, float]:
+        """Levenberg–Marquardt's rule (the class's docstring): returns the accepted step's solve and ``λ``."""
+        state = self.global_state
+        for key, value in (("dt_scale", 1.0), ("rejected_steps", 0.0)):
+            if key not in state:
+                state[key] = self._scalar(value)
+        params = [p for _, ps in groups for p in ps]
+        saved = [p.detach().clone() for p in params]
+        for _ in range(self.setting("max_retries") + 1):
+            solve = self._solve(q, groups, gram_fn, op, rows, cache, scale)
+            scaled = [(dt * scale, ps) for dt, ps in groups]
+            self._move(q, scaled, solve.q_new, op, solve.jtq)
+            with torch.no_grad():
+                trial = closure().detach().reshape(-1)
+            trial = trial if index is None else trial[index]
+            after = trial.square().sum(dtype=self._scalar_dtype)
+            before = solve.norm_before.square()
+            if world_size() > 1:
+                after, before = global_sum_(torch.stack([after, q.detach().square().sum(dtype=self._scalar_dtype)]))
+            if bool(torch.isfinite(after)) and bool(after < before):
+                state["dt_scale"].fill_(min(scale * self.setting("lr_grow"), 1e12))
+                return solve, scale
+            torch._foreach_copy_(params, saved)
+            state["rejected_steps"] += 1
+            scale *= self.setting("lr_shrink")
+            if "system" not in cache:  # the next try needs q's graph again (the weights moved under it)
+                q = self._residual(closure)
+                with torch.enable_grad():
+                    q = q if index is None else q.reshape(-1)[index]
+        state["dt_scale"].fill_(scale)
+        for p in params:
+            p.grad = None
+        return Solve(torch.zeros_like(solve.q_new), solve.entries, solve.norm_before, solve.norm_before, solve.failed,
+                     solve.rescaled, solve.cg, solve.cg_iters, solve.cg_residual, solve.solver), scale
 
     def _residual(self, closure: Callable[[], Tensor] | None) -> Tensor:
         name = type(self).__name__
@@ -281,7 +380,7 @@ class IEQ(EnergyOptimizer):
             )
         return q
 
-    def _move(self, q: Tensor, groups: list[Group], q_new: Tensor, op: Any = None) -> None:
+    def _move(self, q: Tensor, groups: list[Group], q_new: Tensor, op: Any = None, jtq: Tensor | None = None) -> None:
         """``w_g ← w_g − Δt_g J_gᵀ qⁿ⁺¹``: one backward pass gives this rank's ``J_rᵀ qⁿ⁺¹_r`` (``torch.autograd.grad``,
         which leaves ``.grad`` alone and so never triggers DDP's gradient averaging); the ranks' shares are then summed.
         In one process with the closed-form operator, ``Jᵀ qⁿ⁺¹`` comes from it instead (its cached products: the same
@@ -289,6 +388,8 @@ class IEQ(EnergyOptimizer):
         holding ``Jᵀ qⁿ⁺¹``."""
         params = [p for _, ps in groups for p in ps]
         grads = self._closed_form_move(params, q_new, op) if op is not None and world_size() == 1 else None
+        if jtq is not None:  # the dense solve's own Jᵀqⁿ⁺¹
+            grads = [g.view_as(p).to(p.dtype) for g, p in zip(jtq.split([p.numel() for p in params]), params)]
         if grads is None:
             grads = torch.autograd.grad(q, params, grad_outputs=q_new.to(q.dtype).view_as(q), allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
@@ -312,7 +413,8 @@ class IEQ(EnergyOptimizer):
         return [by_param[id(p)].to(p.dtype) for p in params]
 
     # -- the solve ---------------------------------------------------------------------------------------------------------------
-    def _solve(self, q: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None, op: Any) -> Solve:
+    def _solve(self, q: Tensor, groups: list[Group], gram_fn: Callable[[], Tensor] | None, op: Any, rows: Any = None,
+               cache: dict[str, Any] | None = None, factor: float = 1.0) -> Solve:
         """Solve ``(I + J D Jᵀ) qⁿ⁺¹ = qⁿ``: the only place that needs all of ``q`` and ``J``.
 
         Under DDP with ``distributed="global"`` every rank gathers the global ``qⁿ`` and solves the global system, whose
@@ -329,7 +431,7 @@ class IEQ(EnergyOptimizer):
             )
         gathered = gather_rows(q_flat) if global_solve else None
         rhs = gathered.rows if global_solve else q_flat
-        sol = self._solve_system(q, rhs, groups, gram_fn, op)
+        sol = self._solve_system(q, rhs, groups, gram_fn, op, rows, {} if cache is None else cache, factor)
         sd = self._scalar_dtype
         failed, rescaled = sol.failed, sol.rescaled
         cg, iters, residual = sol.solver == "cg", sol.cg_iters, sol.cg_residual
@@ -352,7 +454,8 @@ class IEQ(EnergyOptimizer):
                 iters, residual = (int(worst[1]), worst[2]) if cg else (None, None)
         if cg and iters is not None:
             self._note_cg_iters(iters, converged=residual is not None and residual <= self._cg_tol(q_flat))
-        solve = Solve(q_new, entries, before, torch.where(failed, before, after), failed, rescaled, cg, iters, residual)
+        solve = Solve(q_new, entries, before, torch.where(failed, before, after), failed, rescaled, cg, iters, residual,
+                      sol.solver, sol.jtq)
         self._warn_if_short(solve, self._cg_tol(q_flat))
         return solve
 
@@ -363,8 +466,11 @@ class IEQ(EnergyOptimizer):
         groups: list[Group],
         gram_fn: Callable[[], Tensor] | None,
         op: Any,
+        rows: Any,
+        cache: dict[str, Any],
+        factor: float,
     ) -> Solution:
-        """``(I + J D Jᵀ)⁻¹ rhs`` by the path the settings and the size choose."""
+        """``(I + λ J D Jᵀ)⁻¹ rhs`` (``λ = factor``) by the path the settings and the size choose."""
         name = type(self).__name__
         n_rows = rhs.numel()
         if (gram_fn is not None or op is not None) and len({dt for dt, _ in groups}) > 1:
@@ -375,7 +481,21 @@ class IEQ(EnergyOptimizer):
             )
         if op is not None and op.rows != n_rows:
             raise GFStepError(f"{name}.step: jacobian_fn must return the operator of J with {n_rows} rows; got {op.rows}")
-        solver = self._choose(n_rows, gram_fn, op)
+        solver = self._choose(n_rows, groups, gram_fn, op)
+        generic = gram_fn is None and op is None
+        # the dense rows: parameter space always; residual space when rows are given (or retries will reuse the Gram)
+        reuse = rows is not None or self.setting("adaptive_lr")
+        if solver == "parameter" or (solver == "cholesky" and generic and reuse):
+            if n_rows != q.numel():
+                raise GFConfigError(f"{name}: solver={solver!r} from dense rows has no global form under DDP; use "
+                                    "distributed='block'")
+            size = sum(p.numel() for _, ps in groups for p in ps) if solver == "parameter" else n_rows
+            if size > self.setting("max_dense"):
+                raise GFConfigError(
+                    f"{name}: solver={self.setting('solver')!r} would form a {size} x {size} system, above max_dense="
+                    f"{self.setting('max_dense')}; raise max_dense or use solver='auto' or 'cg'")
+            return self._dense_rows(q, rhs, groups, rows, solver, cache, factor)
+        groups = [(dt * factor, ps) for dt, ps in groups]
         if solver == "cg":
             if op is None and n_rows != q.numel():
                 raise GFConfigError(
@@ -397,23 +517,58 @@ class IEQ(EnergyOptimizer):
                 raise GFStepError(f"{name}.step: gram_fn must return J Jᵀ of shape ({n_rows}, {n_rows}); got {shape}")
             system = system.to(rhs.dtype).mul_(groups[0][0])
         else:
-            system = gram_dense(q, groups, rhs.dtype)
+            bound = min(jacobian_module.MAX_JACOBIAN_BYTES, self.setting("max_jacobian_bytes"))
+            system = gram_dense(q, groups, rhs.dtype, bound)
         system.diagonal().add_(1.0)
         # factor in place; the transpose is the same symmetric matrix in the column-major layout LAPACK works in, which
         # spares cholesky_ex and cholesky_solve a copy of the N × N matrix each
-        factor = system.mT
+        chol = system.mT
         info = torch.empty((), dtype=torch.int32, device=system.device)
-        torch.linalg.cholesky_ex(factor, out=(factor, info))
-        q_new = torch.cholesky_solve(rhs.unsqueeze(1), factor).squeeze(1)
+        torch.linalg.cholesky_ex(chol, out=(chol, info))
+        q_new = torch.cholesky_solve(rhs.unsqueeze(1), chol).squeeze(1)
         failed = info != 0
         return Solution(q_new.masked_fill_(failed, 0.0), failed)
 
-    def _choose(self, n_rows: int, gram_fn: Callable[[], Tensor] | None, op: Any) -> str:
-        """``"cholesky"`` or ``"cg"``: the setting, or ``"auto"``'s choice (the class's docstring). No host sync."""
+    def _dense_rows(self, q: Tensor, rhs: Tensor, groups: list[Group], rows: Any, solver: str, cache: dict[str, Any],
+                    factor: float) -> Solution:
+        """The exact step from dense rows of ``J`` (:mod:`.ieq_solve`), the Gram built once per step (``cache``);
+        ``Jᵀqⁿ⁺¹`` returned in the groups' parameter order."""
+        if "system" not in cache:
+            params = [p for _, ps in groups for p in ps]
+            if rows is None or not {id(p) for p in params} <= {id(p) for p in rows.params}:
+                rows = GraphRows(q, params)
+            dt_of = {id(p): dt for dt, ps in groups for p in ps}
+            half = torch.cat([torch.full((p.numel(),), dt_of.get(id(p), 0.0) ** 0.5, dtype=rhs.dtype, device=rhs.device)
+                              for p in rows.params])
+            offsets, col = {}, 0
+            for p in rows.params:
+                offsets[id(p)] = col
+                col += p.numel()
+            order = torch.cat([torch.arange(offsets[id(p)], offsets[id(p)] + p.numel(), device=rhs.device)
+                               for p in params])
+            index = torch.arange(rhs.numel(), device=rhs.device)
+            space = "parameter" if solver == "parameter" else "residual"
+            cache["system"] = build_system(rows, rhs, index, half, space, self.setting("max_jacobian_bytes"))
+            cache["order"] = order
+        sol = solve_dense(cache["system"], factor)
+        sol.jtq = sol.jtq[cache["order"]]
+        return sol
+
+    def _choose(self, n_rows: int, groups: list[Group], gram_fn: Callable[[], Tensor] | None, op: Any) -> str:
+        """``"cholesky"``, ``"parameter"`` or ``"cg"``: the setting, or ``"auto"``'s choice (the class's docstring). No
+        host sync."""
         solver = self.setting("solver")
         if solver != "auto":
             return solver
-        if n_rows > self.setting("max_dense"):
+        max_dense = self.setting("max_dense")
+        if gram_fn is None and op is None:  # generic: the cheaper dense space that fits, else CG
+            n_params = sum(p.numel() for _, ps in groups for p in ps)
+            fits = [s for s, size in (("residual", n_rows), ("parameter", n_params)) if size <= max_dense]
+            if not fits:
+                return "cg"
+            space = space_costs(n_rows, n_params).cheaper if len(fits) == 2 else fits[0]
+            return "parameter" if space == "parameter" else "cholesky"
+        if n_rows > max_dense:
             return "cg"
         if op is None:
             return "cholesky"
@@ -501,9 +656,11 @@ class IEQ(EnergyOptimizer):
             "energy/true": record.norm_before.square() / entries,
             "energy/modified": record.norm_after.square() / entries,
             "energy/violations": state["violations"].clone(),
-            "optim/effective_lr": self._scalar(self.param_groups[0]["lr"]),
-            "optim/solver": self._scalar(1.0 if record.cg else 0.0),
+            "optim/effective_lr": self._scalar(self.param_groups[0]["lr"] * record.dt_scale),
+            "optim/solver": self._scalar(1.0 if record.cg else 2.0 if record.solver == "parameter" else 0.0),
         }
+        if "rejected_steps" in state:
+            out["optim/rejected_steps"] = state["rejected_steps"].clone()
         for key in ("solve_failures", "cg_safeguards"):
             if key in state and state[key] > 0:  # (a host sync, when the stats are read)
                 out[f"optim/{key}"] = state[key].clone()

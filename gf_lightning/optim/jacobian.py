@@ -1,15 +1,23 @@
-"""The Jacobian operators of IEQ's generic path, for any ``nn.Module`` (the Krylov solve itself is in :mod:`.krylov`).
+"""The Jacobian of IEQ's residual for any ``nn.Module``: as operators (``Jᵀv`` one backward pass through the residual's
+graph, ``J·`` the double-backward trick; the Krylov solve itself is in :mod:`.krylov`) and as dense rows of ``J``
+(:class:`JacobianRows`) for the exact solves of :mod:`.ieq_solve`. ``D = diag(Δt_g)`` holds each parameter group's step.
 
-``J = ∂q/∂w`` is never needed as a whole: ``Jᵀv`` is one backward pass through the residual's graph, and ``J·`` the
-double-backward trick. ``D = diag(Δt_g)`` holds each parameter group's step.
+Dense rows for the Burgers PINN of ``configs/paper/burgers.yaml`` (12 320 × 4 353, float64, one CPU thread), fastest
+first: the objective's own (:class:`~gf_lightning.components.pinn.BurgersRows`: the input derivatives propagated
+forward through the MLP, then one batched reverse pass) ~1.7 s; the same forward pass under ``torch.func.vmap`` of
+``grad`` 2.6–4.5 s; nested ``torch.func`` (``jacfwd(jacrev)`` for ``u_xx`` inside ``vmap(grad)``) 19 s;
+:class:`GraphRows` (batched backward passes through the residual's double-backward graph, each row a backward of the
+whole batch) 560 s. :class:`PerSampleRows` is the ``torch.func`` way for ``q = s·(f(x) − target)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
 
 #: the dense generic path materialises ``J`` (``N × n``) when it takes at most this many bytes, else it builds ``J D Jᵀ``
 #: column block by column block with Jacobian-vector products and never holds ``J``
@@ -34,14 +42,15 @@ def vjp(q: Tensor, params: list[Tensor], v: Tensor, batched: bool = False) -> tu
     return torch.autograd.grad(q, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
 
 
-def gram_dense(q: Tensor, groups: list[Group], dtype: torch.dtype) -> Tensor:
-    """``J D Jᵀ`` (``N × N``, in ``dtype``) from ``q``'s graph, exactly, for any module."""
+def gram_dense(q: Tensor, groups: list[Group], dtype: torch.dtype, max_bytes: int | None = None) -> Tensor:
+    """``J D Jᵀ`` (``N × N``, in ``dtype``) from ``q``'s graph, exactly, for any module; ``J`` is held when it takes at
+    most ``max_bytes`` (default :data:`MAX_JACOBIAN_BYTES`)."""
     params = [p for _, ps in groups for p in ps]
     scales = [dt for dt, ps in groups for _ in ps]
     n_rows, n_params = q.numel(), sum(p.numel() for p in params)
     itemsize = torch.finfo(dtype).bits // 8
     block = max(1, min(n_rows, BLOCK_BYTES // (itemsize * max(n_params, n_rows))))
-    if n_rows * n_params * itemsize <= MAX_JACOBIAN_BYTES:
+    if n_rows * n_params * itemsize <= (MAX_JACOBIAN_BYTES if max_bytes is None else max_bytes):
         # rows of J D^½ from batched backward passes, then one product
         jac = torch.zeros(n_rows, n_params, dtype=dtype, device=q.device)
         for start in range(0, n_rows, block):
@@ -85,3 +94,77 @@ def jdjt_operator(
         return jw.reshape(v.shape).to(dtype)
 
     return apply
+
+
+# -- dense rows of J, for the exact solves -----------------------------------------------------------------------------
+class JacobianRows(Protocol):
+    """Rows of ``J = ∂q/∂w`` on demand: ``block(index)`` is ``J[index]`` (``len(index) × P``, columns in ``params``'
+    order, each parameter flattened), ``rows`` is ``N``. Built from the weights as they are when it is made."""
+
+    params: list[Tensor]
+    rows: int
+
+    def block(self, index: Tensor) -> Tensor: ...
+
+
+class GraphRows:
+    """Rows of ``J`` from ``q``'s autograd graph by batched backward passes (any closure; each row costs a backward of
+    the whole batch, so this is the slow way: an objective's :meth:`jacobian` is the fast one)."""
+
+    def __init__(self, q: Tensor, params: list[Tensor]) -> None:
+        self.q, self.params, self.rows = q, params, q.numel()
+
+    def block(self, index: Tensor) -> Tensor:
+        n = len(index)
+        e = torch.zeros(n, self.rows, dtype=self.q.dtype, device=self.q.device)
+        e[torch.arange(n, device=e.device), index] = 1.0
+        grads = vjp(self.q, self.params, e.view(n, *self.q.shape), batched=True)
+        return torch.cat([torch.zeros(n, p.numel(), dtype=self.q.dtype, device=self.q.device) if g is None
+                          else g.reshape(n, -1) for g, p in zip(grads, self.params)], dim=1)
+
+
+class PerSampleRows:
+    """Rows of ``J`` for ``q = s ⊙ (net(x) − target)`` flattened sample-major (``s`` a number or one per row), by
+    ``torch.func``: ``vmap`` over the samples of ``jacrev`` of the network's output (the per-sample Jacobians; the
+    target does not enter ``J``). Any module that treats samples independently (no batch norm in training mode)."""
+
+    def __init__(self, net: nn.Module, x: Tensor, scale: float | Tensor = 1.0) -> None:
+        self.net, self.x, self.scale = net, x, scale
+        named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        self.names, self.params = [n for n, _ in named], [p for _, p in named]
+        with torch.no_grad():
+            self.k = int(net(x[:1]).numel())
+        self.rows = len(x) * self.k
+
+    def block(self, index: Tensor) -> Tensor:
+        samples = torch.unique(torch.div(index, self.k, rounding_mode="floor"))
+        ps = tuple(p.detach() for p in self.params)
+
+        def out(params: tuple[Tensor, ...], xi: Tensor) -> Tensor:
+            return functional_call(self.net, dict(zip(self.names, params)), (xi.unsqueeze(0),)).reshape(-1)
+
+        jac = vmap(jacrev(out), in_dims=(None, 0))(ps, self.x[samples])  # per parameter: (samples, k, *p.shape)
+        dense = torch.cat([j.reshape(len(samples), self.k, -1) for j in jac], dim=2).reshape(len(samples) * self.k, -1)
+        where = torch.searchsorted(samples, torch.div(index, self.k, rounding_mode="floor")) * self.k + index % self.k
+        rows = dense[where]
+        s = self.scale
+        if isinstance(s, Tensor) and s.numel() > 1:
+            return rows * s.reshape(-1)[index].unsqueeze(1).to(rows.dtype)
+        return rows if isinstance(s, float) and s == 1.0 else rows * s
+
+
+class SubsetRows:
+    """The rows ``index`` of another :class:`JacobianRows`, renumbered from 0."""
+
+    def __init__(self, rows: JacobianRows, index: Tensor) -> None:
+        self.inner, self.index, self.params, self.rows = rows, index, rows.params, len(index)
+
+    def block(self, index: Tensor) -> Tensor:
+        return self.inner.block(self.index[index])
+
+
+def row_blocks(index: Tensor, n_params: int, itemsize: int, max_bytes: int) -> Iterator[Tensor]:
+    """``index`` cut into consecutive blocks whose rows of ``J`` take at most ``max_bytes`` each (at least one row)."""
+    step = max(1, max_bytes // max(1, n_params * itemsize))
+    for start in range(0, len(index), step):
+        yield index[start : start + step]
