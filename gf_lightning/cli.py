@@ -22,7 +22,7 @@ from .module import GradientFlowModule
 from .optim import OPTIMIZERS
 from .resume import check_resume, run_settings
 from .run_folder import claim_logger_versions, run_name, tensorboard_logger
-from .validation import check_config_files, check_output_folders, check_trainer, one_line
+from .validation import check_config_files, check_output_folders, check_seed, check_trainer, one_line
 
 #: the command, as ``--help`` names it
 PROG = "python -m gf_lightning"
@@ -94,6 +94,8 @@ class OneLineParser(LightningArgumentParser):
             cfg = super().parse_args(args, *rest, **kwargs)
             subcommand = cfg.get("subcommand")
             section = cfg.get(subcommand) if subcommand else cfg
+            if section is not None:
+                check_seed(section.get("seed_everything"))
             # a printed config may be for another machine: its trainer and folders are not checked here
             if section is not None and section.get("trainer") is not None and not _printing():
                 check_trainer(section.get("trainer"))

@@ -160,6 +160,7 @@ class GradientFlowModule(L.LightningModule):
             raise GFConfigError(
                 f"model.objective ({self.objective!r}) is a {self.objective.task} objective but the data are {self.task}"
             )
+        self.objective.check_net(self.net)  # e.g. a PINN's network must have second derivatives
         if self.task == "classification" and self.eval_acc is None:
             self.eval_acc = MulticlassAccuracy(num_classes=getattr(self.net, "k", 10), average="micro")
 

@@ -313,6 +313,8 @@ def test_the_slurm_script_parses_and_runs_every_point_once(tmp_path, capsys):
     (["--method-args", "momentum=0.9"], "--method-args", "'momentum'"),
     (["--grid", "model.net.init_args.widthh=3"], "the CLI refuses it", "widthh"),
     (["--metric", "val/acc"], "--metric", "val/acc"),
+    (["--seeds", "0", "-1"], "--seeds", "'-1'"),
+    (["--grid", "seed_everything=4294967296"], "--grid seed_everything", "'4294967296'"),
 ])
 def test_bad_input_is_one_line_naming_the_setting_what_was_given_and_what_is_allowed(args, setting, given, tmp_path,
                                                                                        capsys):
