@@ -143,8 +143,7 @@ class BurgersPINN(Objective):
     # -- evaluation: the predicted solution against the exact one ------------------------------------------------------------
     @staticmethod
     def solution(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``(u, u*)`` at the rows of kind SOLUTION: what ``val/rel_err`` (``Σ(u − u*)²/Σu*²``) and ``val/rel_l2`` (its
-        square root, ``‖u − u*‖ / ‖u*‖``) compare."""
+        """``(u, u*)`` at the rows of kind SOLUTION: what ``val/rel_l2 = ‖u − u*‖ / ‖u*‖`` compares."""
         keep = y[:, 1] == SOLUTION
         return pred[keep, 0], y[keep, 0]
 
