@@ -89,7 +89,7 @@ def _settings_of(cls: type) -> dict[str, Any]:
 METHODS: dict[str, Method] = {
     "sgd": Method("torch.optim.SGD", {}, "SGD"),
     "adam": Method("torch.optim.Adam", {}, "Adam"),
-    "sav": Method("gf_lightning.optim.SAV", {"variant": "seed"}, "SAV"),
+    "sav": Method("gf_lightning.optim.SAV", {"variant": "seed"}, "SAV (restart)"),  # SAV's seed form is its restart form
     "sav-vanilla": Method("gf_lightning.optim.SAV", {"variant": "vanilla"}, "SAV (vanilla)"),
     "sav-relax": Method("gf_lightning.optim.SAV", {"variant": "relax"}, "SAV (relax)"),
     "expsav": Method("gf_lightning.optim.ExpSAV", {"variant": "seed"}, "ExpSAV"),
