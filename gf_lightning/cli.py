@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import sys
+import warnings
 
 import torch
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
@@ -236,8 +238,35 @@ def _config_error_in(err: BaseException) -> GFConfigError | None:
     return None
 
 
+#: Lightning's warnings that bury the project's own one-line messages, none of which a user can act on: torch's deprecation
+#: of a class Lightning 2.6 still uses, and the advice to save the weights before the step in manual optimization (a step
+#: checkpoint here is taken between complete steps, and resumes bit for bit)
+NOISE_WARNINGS = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", UserWarning),
+)
+#: the start of Lightning's info lines that advertise a product, dropped from its rank-zero loggers
+NOISE_INFO = ("💡 Tip: For seamless cloud logging",)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(NOISE_INFO)
+
+
+def quiet_lightning_noise() -> None:
+    """Silence :data:`NOISE_WARNINGS` and :data:`NOISE_INFO`, and nothing else (Lightning's other messages stay)."""
+    for message, category in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI | None:
     """Entry point; ``args`` as on the command line (tests pass a list). Known errors print one line and exit non-zero."""
+    quiet_lightning_noise()
     try:
         return GFLightningCLI(
             GradientFlowModule,
