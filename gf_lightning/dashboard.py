@@ -103,9 +103,9 @@ def experiment_summary(params: dict[str, Any]) -> Summary:
     return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
-#: tag → its log10 tag, written beside it by :class:`DashboardLogger`: the energies span decades (exp3's loss runs from
-#: ~1e-1 to ~1e-7), where a linear axis shows a drop and then a flat line. A value ≤ 0 has no log10 and is left out
-#: (``energy/modified`` of SAV, ``r² − C``, may dip below 0 as ``r`` falls).
+#: tag → its log10 tag, written beside it by :class:`DashboardLogger`: the energies span decades, which a linear axis shows
+#: as a drop and then a flat line. A value ≤ 0 has no log10 and is left out (``energy/modified`` of SAV, ``r² − C``, may
+#: dip below 0 as ``r`` falls).
 LOG10_TAGS = {"energy/true": "energy/true_log10", "energy/modified": "energy/modified_log10"}
 
 

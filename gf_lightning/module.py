@@ -388,7 +388,8 @@ class GradientFlowModule(L.LightningModule):
         if self.task == "classification":
             quality = (f"{prefix}/acc", self.eval_acc)
         else:
-            quality = (f"{prefix}/rel_err", self.eval_rel) if self._solution is None else (f"{prefix}/rel_l2", self.eval_rel_l2)
+            pde = self._solution is not None
+            quality = (f"{prefix}/rel_l2", self.eval_rel_l2) if pde else (f"{prefix}/rel_err", self.eval_rel)
         metrics = {f"{prefix}/loss": float(loss_metric.compute()), quality[0]: float(quality[1].compute())}
         self._write(metrics)
 

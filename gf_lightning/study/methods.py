@@ -11,7 +11,8 @@ NEW_METHODS = ("asav", "aressav", "arelsav", "aegd", "aegdm")
 ENERGY_METHODS = ("sav", "expsav", "ieq_adaptive", "ieq", *NEW_METHODS)
 #: a method's label; SAV's default variant (``seed``) is its restart form (``r`` reset to ``√(L + C)`` every step, so its
 #: energy may rise between steps), and says so
-LABELS = {"sgd": "SGD", "adam": "Adam", "sav": "SAV (restart)", "expsav": "ExpSAV", "ieq": "IEQ (full)", "ieq_adaptive": "IEQ adaptive",
+LABELS = {"sgd": "SGD", "adam": "Adam", "sav": "SAV (restart)", "expsav": "ExpSAV", "ieq": "IEQ (full)",
+          "ieq_adaptive": "IEQ adaptive",
           "asav": "A-SAV", "aressav": "A-ResSAV", "arelsav": "A-RelSAV", "aegd": "AEGD", "aegdm": "AEGDM"}
 #: a colour per method, the same in every figure (the reproduction's, the sweeps', the Burgers PINN's)
 COLORS = {"sgd": "tab:gray", "adam": "tab:brown", "sav": "tab:blue", "expsav": "tab:orange", "ieq": "tab:green",
