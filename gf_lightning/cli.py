@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import sys
+import warnings
 
 import torch
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
@@ -22,7 +24,7 @@ from .module import GradientFlowModule
 from .optim import OPTIMIZERS
 from .resume import check_resume, run_settings
 from .run_folder import claim_logger_versions, run_name, tensorboard_logger
-from .validation import check_config_files, check_output_folders, check_trainer, one_line
+from .validation import check_config_files, check_output_folders, check_seed, check_trainer, one_line
 
 #: the command, as ``--help`` names it
 PROG = "python -m gf_lightning"
@@ -94,6 +96,8 @@ class OneLineParser(LightningArgumentParser):
             cfg = super().parse_args(args, *rest, **kwargs)
             subcommand = cfg.get("subcommand")
             section = cfg.get(subcommand) if subcommand else cfg
+            if section is not None:
+                check_seed(section.get("seed_everything"))
             # a printed config may be for another machine: its trainer and folders are not checked here
             if section is not None and section.get("trainer") is not None and not _printing():
                 check_trainer(section.get("trainer"))
@@ -234,8 +238,35 @@ def _config_error_in(err: BaseException) -> GFConfigError | None:
     return None
 
 
+#: Lightning's warnings that bury the project's own one-line messages, none of which a user can act on: torch's deprecation
+#: of a class Lightning 2.6 still uses, and the advice to save the weights before the step in manual optimization (a step
+#: checkpoint here is taken between complete steps, and resumes bit for bit)
+NOISE_WARNINGS = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", UserWarning),
+)
+#: the start of Lightning's info lines that advertise a product, dropped from its rank-zero loggers
+NOISE_INFO = ("💡 Tip: For seamless cloud logging",)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(NOISE_INFO)
+
+
+def quiet_lightning_noise() -> None:
+    """Silence :data:`NOISE_WARNINGS` and :data:`NOISE_INFO`, and nothing else (Lightning's other messages stay)."""
+    for message, category in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI | None:
     """Entry point; ``args`` as on the command line (tests pass a list). Known errors print one line and exit non-zero."""
+    quiet_lightning_noise()
     try:
         return GFLightningCLI(
             GradientFlowModule,

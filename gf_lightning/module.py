@@ -66,7 +66,8 @@ class GradientFlowModule(L.LightningModule):
 
     Metrics (TensorBoard groups them by prefix), all against the optimizer step: ``train/loss`` (the objective, averaged
     over the epoch's batches by their sizes), ``val/loss`` (the objective on the held-out batches) and ``val/rel_err`` (regression:
-    ``Σ(f − y)² / Σy²``, which a network predicting zero scores 1) or ``val/acc`` (classification), per epoch; every
+    ``Σ(f − y)² / Σy²``, which a network predicting zero scores 1; for a PDE's objective ``val/rel_l2 = ‖u − u*‖/‖u*‖``
+    instead) or ``val/acc`` (classification), per epoch; every
     ``log_every_n_steps`` optimizer steps the optimizer's ``energy/…`` and ``optim/…`` scalars.
     """
 
@@ -163,6 +164,7 @@ class GradientFlowModule(L.LightningModule):
             raise GFConfigError(
                 f"model.objective ({self.objective!r}) is a {self.objective.task} objective but the data are {self.task}"
             )
+        self.objective.check_net(self.net)  # e.g. a PINN's network must have second derivatives
         if self.task == "classification" and self.eval_acc is None:
             self.eval_acc = MulticlassAccuracy(num_classes=getattr(self.net, "k", 10), average="micro")
 
@@ -357,15 +359,13 @@ class GradientFlowModule(L.LightningModule):
             self.log(f"{prefix}/rel_err", self.eval_rel, on_step=False, on_epoch=True, logger=to_logger)
         else:  # a PDE's objective: its predicted solution against the exact one, at the rows that have one
             u, u_exact = self._solution(out, y)
-            self.eval_rel.update(u, u_exact)
             self.eval_rel_l2.update(u, u_exact)
-            self.log(f"{prefix}/rel_err", self.eval_rel, on_step=False, on_epoch=True, logger=to_logger)
             self.log(f"{prefix}/rel_l2", self.eval_rel_l2, on_step=False, on_epoch=True, logger=to_logger)
 
     @property
     def _solution(self):
         """The objective's ``solution(pred, y) -> (u, u*)`` when it has one (:class:`~gf_lightning.components.BurgersPINN`),
-        else ``None``: ``val/rel_err`` is then ``Σ(u − u*)²/Σu*²`` over those rows and ``val/rel_l2`` its square root."""
+        else ``None``: validation then logs ``val/rel_l2 = ‖u − u*‖/‖u*‖`` over those rows in place of ``val/rel_err``."""
         return getattr(self.objective, "solution", None)
 
     def _fresh_eval_metrics(self) -> None:
@@ -396,10 +396,12 @@ class GradientFlowModule(L.LightningModule):
         loss_metric = self._eval_loss_metric
         if not self._fitting or self.trainer.sanity_checking or not self.loggers or not loss_metric.update_called:
             return
-        quality = (f"{prefix}/acc", self.eval_acc) if self.task == "classification" else (f"{prefix}/rel_err", self.eval_rel)
+        if self.task == "classification":
+            quality = (f"{prefix}/acc", self.eval_acc)
+        else:
+            pde = self._solution is not None
+            quality = (f"{prefix}/rel_l2", self.eval_rel_l2) if pde else (f"{prefix}/rel_err", self.eval_rel)
         metrics = {f"{prefix}/loss": float(loss_metric.compute()), quality[0]: float(quality[1].compute())}
-        if self.task != "classification" and self._solution is not None:
-            metrics[f"{prefix}/rel_l2"] = float(self.eval_rel_l2.compute())
         self._write(metrics)
 
     @property

@@ -20,6 +20,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from .dashboard import DashboardLogger
 from .optim import OPTIMIZERS
 
 #: where the runs go under ``trainer.default_root_dir``, as with Lightning's own default logger
@@ -73,8 +74,8 @@ def run_name(config: Any) -> RunName:
 
 def tensorboard_logger(root: str | os.PathLike, name: RunName) -> TensorBoardLogger:
     """The run's TensorBoard logger: ``root/lightning_logs/<experiment>/<run>/version_N`` (``hp_metric`` off: the run's
-    hyperparameters are written with its real metrics, :mod:`.dashboard`)."""
-    return TensorBoardLogger(save_dir=root, name=f"{LOGS}/{name.path}", default_hp_metric=False)
+    hyperparameters are written with its real metrics; the energies' log10 beside them: :mod:`.dashboard`)."""
+    return DashboardLogger(save_dir=root, name=f"{LOGS}/{name.path}", default_hp_metric=False)
 
 
 def claim_version(root: str | os.PathLike, start: int = 0) -> int:

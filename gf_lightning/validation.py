@@ -293,8 +293,38 @@ def config_files(args: list[str]) -> list[tuple[str, str]]:
     return found
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a mapping that gives a key twice raises :class:`_DuplicateKey` (PyYAML, and so
+    jsonargparse, keep the last value without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_seed(value: Any) -> None:
+    """``seed_everything``: true/false, or an integer that numpy's generator takes (Lightning seeds it too)."""
+    if value is None or isinstance(value, bool):
+        return
+    if not _is_int(value) or not 0 <= value <= 2**32 - 1:
+        raise GFConfigError(f"seed_everything={value!r}; allowed: an integer from 0 to {2**32 - 1} (numpy's range), "
+                            "true (a random seed) or false")
+
+
 def check_config_files(args: list[str]) -> None:
-    """Each config file decodes as UTF-8 (YAML's encoding) and is not empty."""
+    """Each config file decodes as UTF-8 (YAML's encoding), is not empty, and gives no key twice in one mapping."""
     for option, path in config_files(args):
         data = Path(path).read_bytes()
         try:
@@ -308,7 +338,12 @@ def check_config_files(args: list[str]) -> None:
         if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
             raise GFConfigError(f"{option} {path}: the file is empty (no settings); allowed: a YAML mapping of settings")
         try:
-            content = yaml.safe_load(text)
+            content = yaml.load(text, Loader=_UniqueKeyLoader)
+        except _DuplicateKey as dup:
+            raise GFConfigError(
+                f"{option} {path}: the key {dup.key!r} is given twice in one mapping (lines {dup.first} and {dup.second}); "
+                "YAML would keep the last silently; allowed: each key once"
+            ) from None
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""

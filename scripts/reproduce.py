@@ -17,13 +17,15 @@ This file only reads the command line: the reproduction is ``gf_lightning.study.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
 
 from gf_lightning.study.methods import METHODS, NEW_METHODS
 from gf_lightning.study.records import Settings
-from gf_lightning.study.reproduction import reproduce
+from gf_lightning.study.reproduction import config_path, reproduce
+from gf_lightning.study.runner import CONFIGS
 from gf_lightning.study.workers import default_jobs, usable_cores
 
 
@@ -51,12 +53,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "1 without --threads); --jobs 1 trains in this process, one run after the other")
     p.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
     opts = p.parse_args(argv)
-    if opts.epochs_scale <= 0:
-        p.error("--epochs-scale must be positive")
+    if not (math.isfinite(opts.epochs_scale) and opts.epochs_scale > 0):
+        refuse(f"--epochs-scale {opts.epochs_scale!r}; allowed: a finite number > 0")
     for name in ("threads", "jobs"):
         if getattr(opts, name) is not None and getattr(opts, name) < 1:
-            p.error(f"--{name} must be at least 1")
+            refuse(f"--{name} {getattr(opts, name)}; allowed: an integer >= 1")
+    experiments = [1, 2, 3, 4] if opts.experiment == "all" else [int(opts.experiment)]
+    known = sorted({path.stem.partition("_")[2] for path in CONFIGS.glob("exp[1-4]_*.yaml")})
+    unknown = [m for m in opts.methods if m not in known]
+    if unknown:
+        refuse(f"--methods: no config configs/exp<N>_NAME.yaml for {', '.join(map(repr, unknown))}; allowed: "
+               f"{', '.join(known)}")
+    if not any(config_path(exp, m).exists() for exp in experiments for m in opts.methods):
+        refuse(f"--methods {' '.join(opts.methods)}: none has a config in experiment {opts.experiment}; nothing to run")
     return opts
+
+
+def refuse(message: str) -> None:
+    """A bad command line: one line on stderr, exit 2."""
+    print(f"reproduce: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Sweep a grid of methods × step sizes (× any config settings) on one config, through the CLI, and report it.
 
     python scripts/sweep.py --config configs/exp3_sgd.yaml --methods sgd adam sav --lr 1e-3:1e1:5 --jobs 2 --out /tmp/sw3
-    python scripts/sweep.py --config configs/exp4_sgd.yaml --data-dir ../shared/data --lr 1e-2:1e1:7 --seeds 0 1 2
+    python scripts/sweep.py --config configs/exp4_sgd.yaml --data-dir data --lr 1e-2:1e1:7 --seeds 0 1 2
     python scripts/sweep.py --config configs/exp1_sgd.yaml --lr 1e-3:1:4 --grid model.net.init_args.init=fan_in,kaiming
     python scripts/sweep.py ... --slurm            # write <out>/sweep.sbatch (one array task per point) instead of running
     python scripts/sweep.py --report-only --out DIR   # gather the run folders (after SLURM) and write the report

@@ -1,4 +1,5 @@
-"""Callbacks the tests add to runs from the command line (``--trainer.callbacks+=helpers.KillAtEpoch``)."""
+"""Callbacks the tests add to runs from the command line (``--trainer.callbacks+=helpers.KillAtEpoch``), and readers of
+what a run wrote."""
 
 from __future__ import annotations
 
@@ -229,3 +230,43 @@ class CollapseAuxiliary(L.Callback):
             for key in ("log_r", "log_q"):
                 if key in state:
                     state[key].fill_(float("-inf"))
+
+
+@dataclass(frozen=True)
+class HParamsTab:
+    """What TensorBoard's HParams tab shows when it opens on a logdir."""
+
+    hparams: list[str]  #: the hyperparameter columns ticked
+    metrics: list[str]  #: the metric columns ticked
+    rows: int  #: the session groups (table rows)
+
+
+def hparams_tab_columns(logdir) -> HParamsTab:
+    """Ask TensorBoard's own HParams backend (the ``/experiment`` and ``/session_groups`` routes the browser calls) about
+    ``logdir``, and apply its frontend's rule (TensorBoard 2.21, ``tf-hparams-query-pane``): hyperparameters sorted with
+    those marked ``differs`` first, the first five ticked; the first five metrics ticked."""
+    from werkzeug.test import Client
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import hparams_plugin
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    context = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
+                                    data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    apps = hparams_plugin.HParamsPlugin(context).get_plugin_apps()
+
+    def post(route: str, body: dict) -> dict:
+        reply = Client(apps[route]).post(route, data=json.dumps(body), content_type="application/json")
+        assert reply.status_code == 200, reply.get_data()
+        return json.loads(reply.get_data())
+
+    experiment = post("/experiment", {"experimentName": "", "hparamsLimit": 1000})
+    infos = sorted(experiment["hparamInfos"], key=lambda info: not info.get("differs", False))  # stable, as the frontend
+    groups = post("/session_groups", {"experimentName": "", "startIndex": 0, "sliceSize": 1000,
+                                      "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                          "STATUS_RUNNING"],
+                                      "colParams": [{"hparam": info["name"]} for info in infos]})
+    return HParamsTab([info["name"] for info in infos[:5]],
+                      [m["name"]["tag"] for m in experiment["metricInfos"][:5]], int(groups.get("totalSize", 0)))

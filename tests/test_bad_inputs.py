@@ -93,6 +93,8 @@ LIBRARY = {
     "IEQ unknown solver": (lambda: IEQ([p()], solver="lu"), GFConfigError, ["solver", "'auto'", "'cg'"]),
     "IEQ max_dense = 0": (lambda: IEQ([p()], max_dense=0), GFConfigError, ["max_dense", ">= 1"]),
     "IEQ cg_tol = 0": (lambda: IEQ([p()], cg_tol=0.0), GFConfigError, ["cg_tol", "> 0"]),
+    "IEQ cg_tol = 1 (zero CG iterations: the weights never moved)": (lambda: IEQ([p()], cg_tol=1.0), GFConfigError,
+                                                                      ["cg_tol", "(0, 1)", "never move", "1.0"]),
     "IEQ cg_max_iter = 0": (lambda: IEQ([p()], cg_max_iter=0), GFConfigError, ["cg_max_iter", ">= 1"]),
     "IEQ unknown distributed": (lambda: IEQ([p()], distributed="rank"), GFConfigError, ["distributed", "'block'"]),
     "IEQ max_jacobian_bytes = 0": (lambda: IEQ([p()], max_jacobian_bytes=0), GFConfigError, ["max_jacobian_bytes", ">= 1"]),
@@ -361,6 +363,17 @@ CLI = {
     "config file not UTF-8 (traceback)": ("exp1_sgd", ["--config={tmp}/latin1.yaml"],
                                           ["latin1.yaml", "not UTF-8", "0xe9", "line 2"],
                                           write("latin1.yaml", "seed_everything: 0\n# caf\u00e9\n".encode("latin-1"))),
+    # --- issue 29 ---------------------------------------------------------------------------------------------------------
+    "seed below numpy's range (traceback)": ("exp1_sgd", ["--seed_everything=-1"],
+                                             ["seed_everything=-1", "0 to 4294967295"]),
+    "seed above numpy's range (traceback)": ("exp1_sgd", ["--seed_everything=4294967296"],
+                                             ["seed_everything=4294967296", "0 to 4294967295"]),
+    "a key twice in a config file (the last one kept silently)": (
+        "exp1_sgd", ["--config={tmp}/twice.yaml"], ["twice.yaml", "'max_epochs'", "lines 2 and 3", "each key once"],
+        write("twice.yaml", b"trainer:\n  max_epochs: 1\n  max_epochs: 5\n")),
+    "Burgers PINN with ReLU (trained without the viscous term)": (
+        "paper/burgers", ["--model.net.init_args.activation=relu"],
+        ["model.net (MLP with activation 'relu')", "u_xx = 0", "viscous term", "tanh"]),
 }
 
 

@@ -6,6 +6,7 @@ epochs of 2 steps, without a logger."""
 
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 from conftest import CONFIGS, SMALL_EXP1, subprocess_env
 from gf_lightning.checkpointing import DIGEST_KEY, SafeCheckpointIO, load_checkpoint, nonfinite_entry
 from gf_lightning.cli import cli_main
+from gf_lightning.errors import NonFiniteError
 from helpers import callback_arg
 from test_reliability import assert_same_state
 
@@ -189,16 +191,37 @@ def test_no_save_path_writes_non_finite_weights(path: str, tmp_path: Path, strai
 
 def test_collapsed_auxiliary_variable_is_saved_and_resumed(tmp_path: Path) -> None:
     """``log r = −∞`` (an auxiliary variable that collapsed to 0, a documented state) is no NaN/Inf to refuse: it is saved,
-    loads, and resumes. Catches: a non-finite check that refuses it (tried by allowing no −∞: the run stops at epoch 0)."""
+    loads, and resumes to the uninterrupted run's state — weights and optimizer state (``log r`` still −∞, the step
+    counter), not only the epoch. Catches: a non-finite check that refuses it (tried by allowing no −∞: the run stops at
+    epoch 0); a resume that drops the optimizer's state (tried: ``load_state_dict`` without its global scalars, which
+    restarts ``r`` at √… of the loss and moves the weights, passed the epoch-only check and fails here)."""
     root = tmp_path / "run"
     cli_main(fit_args(root, callback_arg("CollapseAuxiliary"), epochs=2))
     ckpt = load_checkpoint(checkpoints(root)["last.ckpt"])
     (state,) = ckpt["optimizer_states"][0]["state"].values()
     assert state["log_r"].item() == -math.inf and ckpt["epoch"] == 1
-    state["log_r"].fill_(math.nan)
-    assert "log_r" in nonfinite_entry(ckpt)  # NaN is refused, −∞ only is allowed
     cli_main(fit_args(tmp_path / "resumed", f"--ckpt_path={checkpoints(root)['last.ckpt']}", epochs=3))
-    assert load_checkpoint(checkpoints(tmp_path / "resumed")["last.ckpt"])["epoch"] == 2
+    cli_main(fit_args(tmp_path / "straight", callback_arg("CollapseAuxiliary"), epochs=3))
+    resumed = load_checkpoint(checkpoints(tmp_path / "resumed")["last.ckpt"])
+    straight = load_checkpoint(checkpoints(tmp_path / "straight")["last.ckpt"])
+    assert resumed["epoch"] == straight["epoch"] == 2
+    (state,) = resumed["optimizer_states"][0]["state"].values()
+    assert state["log_r"].item() == -math.inf and state["step"].item() == 2 * EPOCHS
+    assert_same_state(straight, resumed)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf], ids=["NaN", "+Inf"])
+def test_a_non_finite_auxiliary_variable_is_never_written(value: float, tmp_path: Path, straight) -> None:
+    """A checkpoint whose ``log r`` is NaN or +Inf (``r`` infinite) is refused by the writer, and no file appears; −∞ (a
+    collapsed ``r``, the test above) is the one non-finite value allowed. Catches: a check that lets every infinity of
+    ``log r`` through, not only −∞ (tried: fails the +Inf case)."""
+    ckpt = {**straight(), "optimizer_states": [copy.deepcopy(straight()["optimizer_states"][0])]}
+    (state,) = ckpt["optimizer_states"][0]["state"].values()
+    state["log_r"].fill_(value)
+    target = tmp_path / "bad.ckpt"
+    with pytest.raises(NonFiniteError, match="'log_r'.*" + ("NaN" if math.isnan(value) else "Inf")):
+        SafeCheckpointIO().save_checkpoint(ckpt, target)
+    assert not list(tmp_path.iterdir())
 
 
 def test_save_last_link_is_a_complete_file(tmp_path: Path) -> None:

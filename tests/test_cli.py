@@ -92,6 +92,26 @@ def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, one_thread):
     assert len(_scalars(log_dir.parent / "version_1").get("val/loss", [])) == 2
 
 
+def test_the_quick_start_logs_where_the_readme_says_without_lightnings_noise(tmp_path, one_thread):
+    """The README's Quick start command, from a fresh folder (its config path made absolute; 10 epochs, a step checkpoint
+    every 32 steps): its TensorBoard run lands in the folder the README names, and stderr holds none of Lightning's
+    litlogger tip, torch's ``LeafSpec`` deprecation or the 15-line ``every_n_train_steps`` advice, which buried the
+    project's own one-line messages (tried before the filters: all three printed)."""
+    readme = (ROOT / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):readme.index("## Running the experiments")]
+    command = re.search(r"&& python -m gf_lightning (fit --config \S+)", quick).group(1).split()
+    folder = re.search(r"`(lightning_logs/exp3/expsav/version_0)`", quick).group(1)
+    command[2] = str(ROOT / command[2])
+    proc = subprocess.run([sys.executable, "-m", "gf_lightning", *command, "--trainer.max_epochs=10",
+                           "--checkpoint.every_n_train_steps=32"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / folder).glob("events.out.tfevents*")) and (tmp_path / folder / "config.yaml").is_file()
+    assert list((tmp_path / folder / "checkpoints").glob("*.ckpt"))
+    for noise in ("litlogger", "LeafSpec", "every_n_train_steps"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_print_config(capsys):
     with pytest.raises(SystemExit) as info:
         cli_main(["fit", "--config", EXP1_SGD, "--print_config"])

@@ -3,6 +3,7 @@ beyond the seed's, the settings their documentation states)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,33 @@ def test_paper_config_prints_with_another_method(path, capsys):
     cfg = _print_config(["--config", str(path), "--model.optimizer=SAV", "--model.optimizer.C=100"], capsys)
     assert cfg["model"]["particle_time"] is True
     assert cfg["model"]["optimizer"]["class_path"] == "gf_lightning.optim.SAV"
+
+
+# --------------------------------------------------------------------------------------------------------------------------
+# the repository stands alone
+# --------------------------------------------------------------------------------------------------------------------------
+#: what a user who clones the repository reads: the README, the methods page, every config
+STANDALONE = [ROOT / "README.md", ROOT / "docs" / "methods.md", *ALL_YAML]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("path", STANDALONE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_repository_stands_alone(path):
+    """No path that climbs out of the repository (``../shared/spec/SPEC.md``, ``../shared/data``: a clone has neither),
+    and every relative Markdown link names a file of the repository and, with ``#``, one of its headings. Breakage: the
+    README's and the MNIST configs' paths into ``../shared`` (tried: fails for the README and 14 configs)."""
+    text = path.read_text(encoding="utf-8")
+    assert "../" not in text, [line for line in text.splitlines() if "../" in line][:3]
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if "://" in target:
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        assert linked.is_file() and ROOT in linked.parents, target
+        if anchor and linked.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), flags=re.M)
+            assert anchor in {_slug(h) for h in headings}, target

@@ -4,6 +4,7 @@ meaningless tag."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from conftest import CONFIGS, QUIET, version_dirs
 from gf_lightning.cli import cli_main
 from gf_lightning.study.events import read_scalars
+from helpers import hparams_tab_columns
 
 #: exp3 with 64 hidden units, 2 epochs of 4 optimizer steps (one training_step call each, at steps_per_call 32)
 SMALL = ["--model.net.init_args.m=64", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1", *QUIET,
          "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"]
 STEPS = 8
-ENERGY = {"energy/true", "energy/modified", "energy/violations", "optim/effective_lr"}
+ENERGY = {"energy/true", "energy/modified", "energy/violations", "optim/effective_lr", "energy/true_log10",
+          "energy/modified_log10"}
 EVAL = {"train/loss", "val/loss", "val/rel_err"}
 
 # run → (config, extra arguments, the run's folder under lightning_logs/, its method, its scalar tags — exactly)
@@ -93,6 +96,7 @@ def test_layout_and_hyperparameters(run: str, logs: Path) -> None:
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
     assert charts["loss: train and val"] == [r"^train/loss$", r"^val/loss$"]
     assert charts["energy: modified and true"] == [r"^energy/modified$", r"^energy/true$"]
+    assert charts["energy (log10): modified and true"] == [r"^energy/modified_log10$", r"^energy/true_log10$"]
     if "energy/true" in tags:
         assert all(pattern.strip("^$") in tags for patterns in charts.values() for pattern in patterns)
 
@@ -107,8 +111,32 @@ def test_layout_and_hyperparameters(run: str, logs: Path) -> None:
                             "solver", "batch_size", "seed", "params"}
     info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metrics = {m.name.tag for m in info.metric_infos}
-    assert metrics == {"val/loss", "val/rel_err", "val/acc", "train/loss", "energy/violations"}
+    assert metrics == {"val/loss", "val/rel_err", "val/rel_l2", "val/acc", "train/loss", "energy/violations"}
     quality = "val/acc" if config.startswith("exp4") else "val/rel_err"
     assert {"val/loss", quality, "train/loss"} <= tags and ("energy/violations" in tags) == ("energy/true" in tags)
     saved = (folder / "hparams.yaml").read_text()
     assert f"method: {method}" in saved and "batch_size: 256" in saved
+
+
+def test_the_hparams_tab_opens_on_method_variant_lr_lam_seed(logs: Path) -> None:
+    """TensorBoard's own HParams backend over the logdir of six methods, two experiments: the columns the tab shows when
+    it opens (TensorBoard 2.21's rule: the first five hyperparameters marked ``differs``, the first five metrics) are
+    method, variant, lr, lam and seed, and the held-out loss, the three quality measures and the energy violations; one
+    row per run folder. Breakage: torch's ``hparams`` summary, under which the tab opened on C, batch_size, c, eps, eta
+    (the first five by name) and hid method, variant, lr, lam and seed (tried: fails)."""
+    tab = hparams_tab_columns(logs / "lightning_logs")
+    assert sorted(tab.hparams) == ["lam", "lr", "method", "seed", "variant"]
+    assert tab.metrics == ["val/loss", "val/rel_err", "val/rel_l2", "val/acc", "energy/violations"]
+    assert tab.rows == len(version_dirs(logs))
+
+
+def test_energies_have_their_log10_beside_them(logs: Path) -> None:
+    """``energy/true_log10`` and ``energy/modified_log10`` are log10 of ``energy/true`` and ``energy/modified`` at the
+    same steps, where those are positive. Breakage: a log10 tag that is not the energy's (another tag's, or ln)."""
+    for path in ("exp3/sav", "exp3/ieq", "exp3/expsav-relax"):
+        scalars = read_scalars(logs / "lightning_logs" / path / "version_0")
+        for tag in ("energy/true", "energy/modified"):
+            plain = {p.step: p.value for p in scalars[tag] if p.value > 0}
+            logged = {p.step: p.value for p in scalars[f"{tag}_log10"]}
+            assert plain and logged.keys() == plain.keys(), (path, tag)
+            assert all(logged[k] == pytest.approx(math.log10(v), rel=1e-6, abs=1e-6) for k, v in plain.items()), (path, tag)

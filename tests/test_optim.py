@@ -24,7 +24,9 @@ import torch
 from conftest import ROOT, run_on_quadratic
 from references import relax_reference, scheme_reference
 
-from gf_lightning.optim import SAV, ExpSAV, IEQAdaptive
+from gf_lightning.components import TwoLayerNet
+from gf_lightning.optim import IEQ, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive, auxiliary
+from gf_lightning.optim.logspace import Relaxation
 
 F64 = torch.float64
 CLASSES = {"sav": SAV, "expsav": ExpSAV, "ieq": IEQAdaptive}
@@ -431,6 +433,63 @@ def test_sav_restarts_are_not_violations():
     assert rises > 10
     assert opt.stats["energy/restart_rises"].item() == rises
     assert opt.stats["energy/violations"].item() == 0
+
+
+def _aux_rise(cls, **kw):
+    """A SAV-family (or adaptive) optimizer on a quadratic; its step 2 runs with a relaxation that returns ``r`` above
+    ``rⁿ`` by a factor e^0.5 (a defect the scheme rules out), through the module's own ``relax``."""
+
+    def run(monkeypatch):
+        w = torch.nn.Parameter(torch.tensor([1.5, -0.5], dtype=F64))
+        opt = cls([w], variant="relax", **kw)
+
+        def closure():
+            opt.zero_grad()
+            loss = (w**2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        before = opt.stats
+        monkeypatch.setattr(auxiliary, "relax", lambda log_r, *rest: Relaxation(log_r + 0.5, 0.0))
+        opt.step(closure)
+        return before, opt.stats
+
+    return run
+
+
+def _ieq_rise(monkeypatch):
+    """IEQ (full) whose step 2 gets a "Gram" with negative eigenvalues, ``−0.75/Δt · I``: ``(I + Δt G)⁻¹`` then quadruples
+    ``q`` (a wrong ``gram_fn``)."""
+    torch.manual_seed(0)
+    net = TwoLayerNet(4, 9, 1).double()
+    x, y = torch.randn(6, 4, dtype=F64), torch.randn(6, 1, dtype=F64)
+    opt = IEQ(net.parameters(), lr=0.1, solver="cholesky")
+    opt.step(lambda: net(x) - y, gram_fn=lambda: net.jacobian_gram(x))
+    before = opt.stats
+    opt.step(lambda: net(x) - y, gram_fn=lambda: -7.5 * torch.eye(6, dtype=F64))
+    return before, opt.stats
+
+
+#: a family's scheme → a run of two steps whose second one raises the modified energy
+RISES = {
+    "SAV relax": _aux_rise(SAV, lr=0.1),
+    "ExpSAV relax": _aux_rise(ExpSAV, lr=0.1, C=1.0),
+    "A-RelSAV (the adaptive family)": _aux_rise(AdaptiveSAV, lr=0.1),
+    "IEQ (full), a Gram with negative eigenvalues": _ieq_rise,
+}
+
+
+@pytest.mark.parametrize("case", RISES)
+def test_a_rise_of_the_modified_energy_is_counted(case, monkeypatch):
+    """``energy/violations`` counts a step whose modified energy rose above where the step started: 0 after a good step,
+    1 after the forced rise, and the risen value is what ``energy/modified`` reports (kept, not hidden). Breakage: a
+    counter that never counts, which every other test passes (tried: ``violations`` never incremented fails here)."""
+    before, after = RISES[case](monkeypatch)
+    assert before["energy/violations"].item() == 0
+    assert after["energy/violations"].item() == 1
+    start = after["energy/true"] if case.startswith("IEQ") else before["energy/modified"]  # IEQ: ‖qⁿ‖²/N of this batch
+    assert after["energy/modified"].item() > start.item()
 
 
 # ---------------------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ two worker processes, checked against its own TensorBoard logs and against the s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import statistics
@@ -187,6 +188,26 @@ def test_a_run_that_goes_nan_is_recorded_and_the_next_one_still_runs(tmp_path, m
     assert runs["sgd"]["flag"] == "**NaN** in epoch 3" and len(runs["sgd"]["test_loss"]) == 2
     assert runs["sav"]["status"] == "ok" and len(runs["sav"]["test_loss"]) == 4
     assert "**NaN** in epoch 3" in (tmp_path / "exp3" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--experiment", "3", "--methods", "sgd", "nope"], ["--methods", "'nope'", "allowed:", "expsav_restart"]),
+    (["--experiment", "3", "--methods", "expsav_restart"], ["--methods expsav_restart", "experiment 3", "nothing to run"]),
+    (["--experiment", "3", "--epochs-scale", "nan"], ["--epochs-scale nan", "finite number > 0"]),
+    (["--experiment", "3", "--epochs-scale", "0"], ["--epochs-scale 0.0", "finite number > 0"]),
+])
+def test_bad_input_is_one_line_before_any_work(args, words, tmp_path, capsys):
+    """An unknown method, methods without a config in the experiment, a scale that is not a positive number: exit 2 and one
+    line, nothing written. Breakage: "nothing to run" and exit 0; ``--epochs-scale nan`` a traceback (tried: each fails)."""
+    spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "scripts" / "reproduce.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:
+        script.main([*args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("reproduce: error: "), err
+    assert all(word in err for word in words), err
+    assert not (tmp_path / "out").exists()
 
 
 def test_plan_scales_epochs_and_skips_missing_configs():

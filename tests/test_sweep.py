@@ -3,6 +3,7 @@ summarised over seeds and reported; its SLURM form; gradient descent's stability
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
@@ -19,7 +20,10 @@ import torch
 from conftest import CONFIGS, ROOT
 
 from gf_lightning.study import stability, sweep, sweep_report
-from gf_lightning.study.grid import LR_KEY, SEED_KEY, Plan
+from gf_lightning.study.grid import LR_KEY, METHODS, SEED_KEY, Plan
+from gf_lightning.study.grid import label as grid_label
+from gf_lightning.study.methods import LABELS as STUDY_LABELS
+from gf_lightning.study.methods import label as study_label
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
 
@@ -180,6 +184,38 @@ def test_a_method_replaces_the_configs_optimizer_entirely():
     assert type(built["config"]).__name__ == "ExpSAV" and (cfg["lr"], cfg["C"], cfg["lam"]) == (0.5, 1.0, 0.0)
 
 
+#: the methods whose optimizer takes a closure that returns the loss (IEQ full recomputes its residual every batch, and
+#: says so in the README)
+SCALAR_METHODS = [m for m, spec in METHODS.items() if spec.class_path.startswith("gf_lightning.optim.") and m != "ieq"]
+
+
+@pytest.mark.parametrize("method", SCALAR_METHODS)
+def test_a_method_whose_energy_may_rise_between_steps_is_labelled_a_restart(method):
+    """Six steps of the method on a loss that jumps up by 2 between steps: the logged modified energy rises between steps
+    exactly for the restart forms, and exactly those carry "restart" (or "Res") in their label — the sweep's and the
+    reproduction's alike. Breakage: SAV's default (``variant: seed``, which resets ``r`` every step) labelled plain "SAV",
+    read as a scheme whose curve never rises (tried: fails)."""
+    init = METHODS[method].optimizer(0.1)
+    module, _, name = init["class_path"].rpartition(".")
+    w = torch.nn.Parameter(torch.tensor([2.0, -1.0], dtype=torch.float64))
+    opt = getattr(importlib.import_module(module), name)([w], **init["init_args"])
+    energies = []
+    for k in range(6):
+        def closure(k=k):
+            opt.zero_grad()
+            loss = (w**2).sum() + 2.0 * k
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        energies.append(float(opt.stats["energy/modified"]))
+    rose = any(b > a for a, b in zip(energies, energies[1:]))
+    text = grid_label(method)
+    assert rose == ("restart" in text or "Res" in text), (text, energies)
+    if method in STUDY_LABELS:
+        assert study_label(method) == text
+
+
 def test_the_grid_is_the_cartesian_product_with_one_folder_per_point():
     """``--grid`` axes (any key, log-spaced or listed values) times the methods and seeds: every combination once, each
     with its own folder and its values in its command line. Breakage: a product that drops an axis, or folder names that
@@ -313,6 +349,8 @@ def test_the_slurm_script_parses_and_runs_every_point_once(tmp_path, capsys):
     (["--method-args", "momentum=0.9"], "--method-args", "'momentum'"),
     (["--grid", "model.net.init_args.widthh=3"], "the CLI refuses it", "widthh"),
     (["--metric", "val/acc"], "--metric", "val/acc"),
+    (["--seeds", "0", "-1"], "--seeds", "'-1'"),
+    (["--grid", "seed_everything=4294967296"], "--grid seed_everything", "'4294967296'"),
 ])
 def test_bad_input_is_one_line_naming_the_setting_what_was_given_and_what_is_allowed(args, setting, given, tmp_path,
                                                                                        capsys):

@@ -49,6 +49,10 @@ class Objective:
     def predict(self, net: nn.Module, x: Tensor) -> Tensor:
         return net(x)
 
+    def check_net(self, net: nn.Module) -> None:
+        """Refuse (``GFConfigError``) a network this objective would train to the wrong problem; called before any work.
+        The default accepts every network."""
+
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
 

@@ -234,6 +234,9 @@ class IEQ(EnergyOptimizer):
         lr_shrink: float = 0.25,
         max_retries: int = 10,
     ) -> None:
+        if check_positive("cg_tol", cg_tol) >= 1:  # CG's first residual, ‖qⁿ‖ itself, would already meet it
+            raise GFConfigError(f"cg_tol must be a number in (0, 1): at >= 1 conjugate gradients stop before their first "
+                                f"iteration and the weights never move; got {cg_tol!r}")
         defaults = dict(
             lr=check_positive("lr", lr),
             solver=check_choice("solver", solver, self.solvers),

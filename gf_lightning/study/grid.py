@@ -89,7 +89,7 @@ def _settings_of(cls: type) -> dict[str, Any]:
 METHODS: dict[str, Method] = {
     "sgd": Method("torch.optim.SGD", {}, "SGD"),
     "adam": Method("torch.optim.Adam", {}, "Adam"),
-    "sav": Method("gf_lightning.optim.SAV", {"variant": "seed"}, "SAV"),
+    "sav": Method("gf_lightning.optim.SAV", {"variant": "seed"}, "SAV (restart)"),  # SAV's seed form is its restart form
     "sav-vanilla": Method("gf_lightning.optim.SAV", {"variant": "vanilla"}, "SAV (vanilla)"),
     "sav-relax": Method("gf_lightning.optim.SAV", {"variant": "relax"}, "SAV (relax)"),
     "expsav": Method("gf_lightning.optim.ExpSAV", {"variant": "seed"}, "ExpSAV"),
@@ -318,6 +318,11 @@ class Plan:
                 ok = False
             if not ok:
                 raise SweepError(f"--lr: {v!r} is not a step size; allowed: positive numbers")
+        seed_axis = next((a for a in axes if a.key == SEED_KEY), None)
+        for v in seed_axis.values if seed_axis is not None else ():
+            if not re.fullmatch(r"\d+", v.strip()) or int(v) > 2**32 - 1:
+                option = "--seeds" if seeds else f"--grid {SEED_KEY}"
+                raise SweepError(f"{option}: {v!r} is not a seed; allowed: integers from 0 to {2**32 - 1} (numpy's range)")
         for key, option, value in (("trainer.max_epochs", "--max-epochs", max_epochs),
                                    ("data.init_args.data_dir", "--data-dir", data_dir)):
             if value is not None and key in keys:

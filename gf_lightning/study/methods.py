@@ -9,7 +9,10 @@ METHODS = ("sgd", "adam", "sav", "expsav", "ieq", "ieq_adaptive")
 NEW_METHODS = ("asav", "aressav", "arelsav", "aegd", "aegdm")
 #: the methods that log an energy (``energy/modified``, ``energy/true``, ``energy/violations``)
 ENERGY_METHODS = ("sav", "expsav", "ieq_adaptive", "ieq", *NEW_METHODS)
-LABELS = {"sgd": "SGD", "adam": "Adam", "sav": "SAV", "expsav": "ExpSAV", "ieq": "IEQ (full)", "ieq_adaptive": "IEQ adaptive",
+#: a method's label; SAV's default variant (``seed``) is its restart form (``r`` reset to ``√(L + C)`` every step, so its
+#: energy may rise between steps), and says so
+LABELS = {"sgd": "SGD", "adam": "Adam", "sav": "SAV (restart)", "expsav": "ExpSAV", "ieq": "IEQ (full)",
+          "ieq_adaptive": "IEQ adaptive",
           "asav": "A-SAV", "aressav": "A-ResSAV", "arelsav": "A-RelSAV", "aegd": "AEGD", "aegdm": "AEGDM"}
 #: a colour per method, the same in every figure (the reproduction's, the sweeps', the Burgers PINN's)
 COLORS = {"sgd": "tab:gray", "adam": "tab:brown", "sav": "tab:blue", "expsav": "tab:orange", "ieq": "tab:green",
@@ -27,6 +30,10 @@ def base(method: str) -> str:
 
 
 def label(method: str) -> str:
-    """``IEQ adaptive`` for ``ieq_adaptive``, ``ExpSAV (restart)`` for ``expsav_restart``."""
-    suffix = method[len(base(method)) + 1 :]
-    return LABELS.get(base(method), method) + (f" ({suffix.replace('_', ' ')})" if suffix else "")
+    """``IEQ adaptive`` for ``ieq_adaptive``, ``ExpSAV (restart)`` for ``expsav_restart``, ``SAV (restart, large step)``
+    for ``sav_large_step``."""
+    suffix = method[len(base(method)) + 1 :].replace("_", " ")
+    text = LABELS.get(base(method), method)
+    if not suffix:
+        return text
+    return f"{text[:-1]}, {suffix})" if text.endswith(")") else f"{text} ({suffix})"

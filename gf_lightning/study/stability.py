@@ -114,7 +114,8 @@ class InitialState:
     seconds: float = 0.0
     task: str = "regression"
     error: str = ""  #: why λ_max could not be computed ('' when it was)
-    #: the held-out metrics at the initial weights, as validation logs them (``val/loss``, ``val/rel_err`` or ``val/acc``)
+    #: the held-out metrics at the initial weights, as validation logs them (``val/loss``; ``val/rel_err``, ``val/rel_l2``
+    #: or ``val/acc``)
     val: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -179,7 +180,7 @@ def logged_tags(model, datamodule) -> list[str]:
     if task == "classification":
         return ["val/loss", "val/acc"]
     solution = getattr(getattr(model, "objective", None), "solution", None)
-    return ["val/loss", "val/rel_err", *(["val/rel_l2"] if solution is not None else [])]
+    return ["val/loss", "val/rel_err" if solution is None else "val/rel_l2"]
 
 
 def _held_out(model, x: Tensor, y: Tensor, loss_of: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
@@ -194,9 +195,11 @@ def _held_out(model, x: Tensor, y: Tensor, loss_of: Callable[[Tensor, Tensor], T
         else:
             solution = getattr(objective, "solution", None)
             u, target = solution(pred, y) if solution is not None else (pred, y)
-            out["val/rel_err"] = float((u - target).double().square().sum() / target.double().square().sum())
-            if solution is not None:
-                out["val/rel_l2"] = math.sqrt(out["val/rel_err"])
+            rel = float((u - target).double().square().sum() / target.double().square().sum())
+            if solution is None:
+                out["val/rel_err"] = rel
+            else:
+                out["val/rel_l2"] = math.sqrt(rel)
     return out
 
 
