@@ -11,13 +11,14 @@ import torch
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from . import components
 from .checkpointing import AtomicModelCheckpoint, FiniteCheckpointGuard, check_ckpt_path, with_safe_checkpoint_io
 from .dashboard import TensorBoardDashboard
 from .data.base import TensorDataModule
 from .errors import CheckpointWriteError, GFConfigError, GFStepError, NonFiniteError
+from .interruption import EXIT_SIGINT, EXIT_SIGTERM, InterruptedRun
 from .module import GradientFlowModule
 from .optim import OPTIMIZERS
 from .resume import check_resume, check_scoring, listed, run_settings
@@ -227,7 +228,7 @@ class GFLightningCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
         # every checkpoint written beside its target and renamed into place, never with NaN/Inf, with a checksum
         plugins = with_safe_checkpoint_io(kwargs.pop("plugins", trainer_cfg.get("plugins")))
-        callbacks.append(FiniteCheckpointGuard())
+        callbacks += [FiniteCheckpointGuard(), InterruptedRun()]
         # the default logger, named after the run (lightning_logs/<experiment>/<run>/version_N), and its dashboard
         name = run_name(self.config.get(str(self.subcommand), self.config))
         if trainer_cfg.get("logger") in (None, True):
@@ -280,3 +281,12 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI 
     except (NonFiniteError, GFStepError, CheckpointWriteError) as err:  # a full disk: the previous checkpoint is kept
         print(f"gf_lightning: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except SIGTERMException:  # Lightning stopped the run (exit 0 otherwise); InterruptedRun said where it stopped
+        raise SystemExit(EXIT_SIGTERM) from None
+    except KeyboardInterrupt:  # before the trainer started: Lightning turns one during the run into exit 1
+        print("gf_lightning: interrupted by Ctrl-C (SIGINT) before the run started", file=sys.stderr)
+        raise SystemExit(EXIT_SIGINT) from None
+    except SystemExit as err:
+        if isinstance(err.__context__, KeyboardInterrupt):  # Lightning's exit 1 after Ctrl-C during the run
+            raise SystemExit(EXIT_SIGINT) from None
+        raise
