@@ -25,6 +25,7 @@ from pathlib import Path
 
 from gf_lightning.errors import GFConfigError
 from gf_lightning.study.grid import DEFAULT_METHODS, GRID_FORM, LR_KEY, METHODS, Plan, SweepError
+from gf_lightning.study.interrupts import Interrupted, interruptible, interrupted_line
 from gf_lightning.study.sweep import execute
 from gf_lightning.study.sweep_report import DEFAULT_TARGET
 
@@ -73,27 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        for name in ("jobs", "threads"):
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise SweepError(f"--{name}: {getattr(args, name)} is not allowed; allowed: an integer >= 1")
-        jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
-        if args.report_only:
-            if not args.out:
-                raise SweepError("--report-only: no --out given; allowed: the folder of a sweep that was run or written")
-            plan = Plan.load(args.out)
-        else:
-            if not args.config:
-                raise SweepError("--config: not given; allowed: a config file such as configs/exp3_sgd.yaml")
-            out = args.out or Path("sweeps") / Path(args.config).stem
-            command = shlex.join(["python", "scripts/sweep.py", *(argv if argv is not None else sys.argv[1:])])
-            plan = Plan.build(args.config, args.methods, args.lr, args.grid, args.seeds, args.method_args, out,
-                              args.max_epochs, args.data_dir, args.checkpoints, command)
-        execute(plan, jobs=jobs, threads=args.threads, slurm=args.slurm, report_only=args.report_only,
-                hessian=not args.no_hessian, hessian_samples=args.hessian_samples, hessian_iters=args.hessian_iters,
-                metric=args.metric, target=args.target, python=args.python, sbatch=args.sbatch)
+        with interruptible():  # SIGTERM, SIGHUP and Ctrl-C stop the runs under way, and end in one line
+            for name in ("jobs", "threads"):
+                if getattr(args, name) is not None and getattr(args, name) < 1:
+                    raise SweepError(f"--{name}: {getattr(args, name)} is not allowed; allowed: an integer >= 1")
+            jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
+            if args.report_only:
+                if not args.out:
+                    raise SweepError("--report-only: no --out given; allowed: the folder of a sweep that was run or "
+                                     "written")
+                plan = Plan.load(args.out)
+            else:
+                if not args.config:
+                    raise SweepError("--config: not given; allowed: a config file such as configs/exp3_sgd.yaml")
+                out = args.out or Path("sweeps") / Path(args.config).stem
+                command = shlex.join(["python", "scripts/sweep.py", *(argv if argv is not None else sys.argv[1:])])
+                plan = Plan.build(args.config, args.methods, args.lr, args.grid, args.seeds, args.method_args, out,
+                                  args.max_epochs, args.data_dir, args.checkpoints, command)
+            execute(plan, jobs=jobs, threads=args.threads, slurm=args.slurm, report_only=args.report_only,
+                    hessian=not args.no_hessian, hessian_samples=args.hessian_samples, hessian_iters=args.hessian_iters,
+                    metric=args.metric, target=args.target, python=args.python, sbatch=args.sbatch)
     except GFConfigError as err:  # SweepError, or a setting the CLI's classes refuse
         print(f"sweep: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(interrupted_line("sweep", err), file=sys.stderr)
+        return Interrupted.of(err).exit_code
     return 0
 
 
