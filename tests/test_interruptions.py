@@ -174,8 +174,9 @@ def test_a_run_that_logged_fewer_epochs_than_asked_is_incomplete(tmp_path):
 def test_a_reproduction_stopped_by_sigterm_exits_non_zero(tmp_path):
     """``scripts/reproduce.py`` (its runs train in its own process with ``--jobs 1``) SIGTERMed while exp1's SGD trains:
     exit 143 and the run's one line (before: Lightning's handler ended the run, the script went on and exited 0)."""
-    args = ["--experiment", "1", "--methods", "sgd", "--jobs", "1", "--threads", "1", "--progress-every", "0"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "reproduce.py"), *args, "--out", str(tmp_path / "r")],
+    args = ["--experiment", "1", "--methods", "sgd", "--jobs", "1", "--threads", "1", "--progress-every", "0", "--out",
+            str(tmp_path / "r")]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "reproduce.py"), *args],
                             cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []
