@@ -13,16 +13,17 @@ import torch
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from . import components
 from .checkpointing import AtomicModelCheckpoint, FiniteCheckpointGuard, check_ckpt_path, with_safe_checkpoint_io
 from .dashboard import TensorBoardDashboard
 from .data.base import TensorDataModule
 from .errors import CheckpointWriteError, GFConfigError, GFStepError, NonFiniteError
+from .interruption import EXIT_SIGINT, EXIT_SIGTERM, InterruptedRun
 from .module import GradientFlowModule
 from .optim import OPTIMIZERS
-from .resume import check_resume, run_settings
+from .resume import check_resume, check_scoring, listed, run_settings
 from .run_folder import claim_logger_versions, run_name, tensorboard_logger
 from .validation import check_config_files, check_output_folders, check_seed, check_trainer, one_line
 
@@ -177,7 +178,8 @@ class GFLightningCLI(LightningCLI):
         parser.set_defaults({"progress_bar.refresh_rate": 10})
         parser.add_argument("--resume_with_changes", type=bool, default=False,
                             help="with --ckpt_path: continue the run with settings that differ from the checkpoint's "
-                                 "(the new values are used and recorded); without it such a resume is refused")
+                                 "(the new values are used and recorded), or (validate, test) score it on other data "
+                                 "or model settings than its run's; without it either is refused")
         parser.add_argument("--experiment", type=str | None, default=None,
                             help="the experiment the run belongs to: its logs go to lightning_logs/<experiment>/<run_name>/"
                                  "version_N (default: the data module's class, lower case; the configs set exp1 … exp4)")
@@ -195,6 +197,20 @@ class GFLightningCLI(LightningCLI):
                                    self.model.optimizer(probe), bool(config.get("resume_with_changes")))
             self.model.resume_changes = changed or None
         self._checkpoint = None  # Lightning loads it again to restore the run; this copy is not needed after the check
+
+    def before_validate(self) -> None:
+        """On ``--ckpt_path``, refuse to score the checkpoint on another run's data or model (:func:`check_scoring`),
+        or, with ``--resume_with_changes``, say in one line what differs."""
+        config = self.config[self.subcommand]
+        if self._checkpoint is not None:
+            changed = check_scoring(self._checkpoint, config.ckpt_path, run_settings(config), self.model,
+                                    bool(config.get("resume_with_changes")))
+            if changed:
+                print(f"gf_lightning: scoring {config.ckpt_path} with settings other than its run's "
+                      f"(--resume_with_changes): {listed(changed)}", file=sys.stderr)
+        self._checkpoint = None
+
+    before_test = before_predict = before_validate
 
     #: the ``--ckpt_path`` checkpoint, loaded and checked once by :meth:`_parse_ckpt_path` for :meth:`before_fit`
     _checkpoint: dict | None = None
@@ -216,7 +232,7 @@ class GFLightningCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
         # every checkpoint written beside its target and renamed into place, never with NaN/Inf, with a checksum
         plugins = with_safe_checkpoint_io(kwargs.pop("plugins", trainer_cfg.get("plugins")))
-        callbacks.append(FiniteCheckpointGuard())
+        callbacks += [FiniteCheckpointGuard(), InterruptedRun()]
         # the default logger, named after the run (lightning_logs/<experiment>/<run>/version_N), and its dashboard
         name = run_name(self.config.get(str(self.subcommand), self.config))
         if trainer_cfg.get("logger") in (None, True):
@@ -296,3 +312,12 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI 
     except (NonFiniteError, GFStepError, CheckpointWriteError) as err:  # a full disk: the previous checkpoint is kept
         print(f"gf_lightning: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except SIGTERMException:  # Lightning stopped the run (exit 0 otherwise); InterruptedRun said where it stopped
+        raise SystemExit(EXIT_SIGTERM) from None
+    except KeyboardInterrupt:  # before the trainer started: Lightning turns one during the run into exit 1
+        print("gf_lightning: interrupted by Ctrl-C (SIGINT) before the run started", file=sys.stderr)
+        raise SystemExit(EXIT_SIGINT) from None
+    except SystemExit as err:
+        if isinstance(err.__context__, KeyboardInterrupt):  # Lightning's exit 1 after Ctrl-C during the run
+            raise SystemExit(EXIT_SIGINT) from None
+        raise

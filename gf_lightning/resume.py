@@ -9,6 +9,10 @@ files are, how batches are handed to a call or evaluated (:data:`FREE`), how lon
 - other differing settings are refused, each named with both values, unless the command opts in with
   ``--resume_with_changes=true``; then the new values are used everywhere — the optimizer's loaded parameter groups take
   them too, instead of the checkpoint's — and the run's ``config.yaml`` and later checkpoints record them.
+
+``validate``/``test --ckpt_path`` score a checkpoint on the data and model of its own run: another experiment's data, a
+data seed that draws and splits other samples, another network setting are refused the same way (and with
+``--resume_with_changes=true`` scored, with one line that says so); how it trained (:data:`SCORING_FREE`) may differ.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ FREE = ("data.init_args.data_dir", "data.init_args.download", "data.init_args.st
         "data.init_args.eval_batch_size", "model.check_finite_every_n_steps")
 #: settings whose change leaves the checkpoint's state meaningless, opt-in or not
 STRUCTURAL = ("model.optimizer.class_path", "model.net.class_path", "data.class_path")
+#: settings that ``validate``/``test`` may change beside :data:`FREE`: how the run trained (the optimizer, the initial
+#: weights, the training batches, the gradient's time scale); the seeds count as the data's seed (:data:`DATA_SEED`)
+SCORING_FREE = ("model.optimizer.", "model.net.init_args.init", "model.particle_time", "data.init_args.batch_size",
+                "data.init_args.seed", "seed_everything")
+#: how a scoring check names the seed of the data's draw and split
+DATA_SEED = "data.init_args.seed (else seed_everything)"
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -95,9 +105,46 @@ def check_resume(checkpoint: dict[str, Any], path: str, settings: dict[str, Any]
         raise GFConfigError(f"ckpt_path={path!r} was saved by a run with {k}={changed[k][0]}, and this run has "
                             f"{k}={changed[k][1]}; its state cannot continue this run")
     if changed and not allow_changes:
-        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} here" for k, (old, new) in changed.items())
-        raise GFConfigError(f"resuming from {path!r} with other settings than its run: {listed}. A resume continues the "
-                            "same run: drop the changes, or pass --resume_with_changes=true to continue with the new values")
+        raise GFConfigError(f"resuming from {path!r} with other settings than its run: {listed(changed)}. A resume "
+                            "continues the same run: drop the changes, or pass --resume_with_changes=true to continue "
+                            "with the new values")
+    return changed
+
+
+def listed(changed: dict[str, tuple[Any, Any]]) -> str:
+    """``name: 0.01 in the checkpoint, 0.05 here; …``."""
+    return "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} here" for k, (old, new) in changed.items())
+
+
+def _data_seed(settings: dict[str, Any]) -> Any:
+    """The seed of the data draw and split: the data's own, else the run's ``seed_everything``."""
+    seed = settings.get("data.init_args.seed")
+    return settings.get("seed_everything") if seed is None else seed
+
+
+def check_scoring(checkpoint: dict[str, Any], path: str, settings: dict[str, Any], module: nn.Module,
+                  allow_changes: bool) -> dict[str, tuple[Any, Any]]:
+    """``validate``/``test --ckpt_path``: compare ``checkpoint`` with what this command scores it on (its ``settings``,
+    its module). Raises :class:`GFConfigError` (one line) for a network of another shape, and for other data or model
+    settings (:data:`SCORING_FREE` aside; the data's seed as :func:`_data_seed` resolves it) unless ``allow_changes``;
+    returns the changed settings, ``{name: (checkpoint's, this command's)}``."""
+    if "state_dict" not in checkpoint:
+        raise GFConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no 'state_dict')")
+    shapes = _shape_differences(checkpoint, module)
+    if shapes:
+        raise GFConfigError(f"ckpt_path={path!r} holds a network of another shape: {'; '.join(shapes[:3])}"
+                            f"{' …' if len(shapes) > 3 else ''}; score it with the network it was trained with")
+    saved = checkpoint.get(CHECKPOINT_KEY)
+    if saved is None:  # a checkpoint from before the settings were stored: its shapes are all there is to check
+        return {}
+    changed = {k: (saved.get(k), settings.get(k)) for k in sorted(saved.keys() | settings.keys())
+               if saved.get(k) != settings.get(k) and not k.startswith(FREE + SCORING_FREE)}
+    if _data_seed(saved) != _data_seed(settings):
+        changed[DATA_SEED] = (_data_seed(saved), _data_seed(settings))
+    if changed and not allow_changes:
+        raise GFConfigError(f"scoring {path!r} on other data or another model than its run's: {listed(changed)}. "
+                            "Its metrics would not be its run's: drop the changes, or pass --resume_with_changes=true "
+                            "to score it with them")
     return changed
 
 

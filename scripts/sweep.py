@@ -1,7 +1,7 @@
 """Sweep a grid of methods × step sizes (× any config settings) on one config, through the CLI, and report it.
 
     python scripts/sweep.py --config configs/exp3_sgd.yaml --methods sgd adam sav --lr 1e-3:1e1:5 --jobs 2 --out /tmp/sw3
-    python scripts/sweep.py --config configs/exp4_sgd.yaml --data-dir data --lr 1e-2:1e1:7 --seeds 0 1 2
+    python scripts/sweep.py --config configs/exp4_sgd.yaml --data-dir ../shared/data --lr 1e-2:1e1:7 --seeds 0 1 2
     python scripts/sweep.py --config configs/exp1_sgd.yaml --lr 1e-3:1:4 --grid model.net.init_args.init=fan_in,kaiming
     python scripts/sweep.py ... --slurm            # write <out>/sweep.sbatch (one array task per point) instead of running
     python scripts/sweep.py --report-only --out DIR   # gather the run folders (after SLURM) and write the report
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from gf_lightning.errors import GFConfigError
 from gf_lightning.study.grid import DEFAULT_METHODS, GRID_FORM, LR_KEY, METHODS, Plan, SweepError
+from gf_lightning.study.interrupts import Interrupted, interruptible, interrupted_line
 from gf_lightning.study.sweep import execute
 from gf_lightning.study.sweep_report import DEFAULT_TARGET, rewrite
 
@@ -76,34 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        for name in ("jobs", "threads"):
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise SweepError(f"--{name}: {getattr(args, name)} is not allowed; allowed: an integer >= 1")
-        jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
-        if args.from_results:
-            results = Path(args.from_results)
-            if not results.is_file():
-                raise SweepError(f"--from-results: {str(results)!r} is not a file; allowed: a sweep's results.json")
-            paths = rewrite(results, Path(args.out) if args.out else None)
-            print("sweep: wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-            return 0
-        if args.report_only:
-            if not args.out:
-                raise SweepError("--report-only: no --out given; allowed: the folder of a sweep that was run or written")
-            plan = Plan.load(args.out)
-        else:
-            if not args.config:
-                raise SweepError("--config: not given; allowed: a config file such as configs/exp3_sgd.yaml")
-            out = args.out or Path("sweeps") / Path(args.config).stem
-            command = shlex.join(["python", "scripts/sweep.py", *(argv if argv is not None else sys.argv[1:])])
-            plan = Plan.build(args.config, args.methods, args.lr, args.grid, args.seeds, args.method_args, out,
-                              args.max_epochs, args.data_dir, args.checkpoints, command)
-        execute(plan, jobs=jobs, threads=args.threads, slurm=args.slurm, report_only=args.report_only,
-                hessian=not args.no_hessian, hessian_samples=args.hessian_samples, hessian_iters=args.hessian_iters,
-                metric=args.metric, target=args.target, python=args.python, sbatch=args.sbatch)
+        with interruptible():  # SIGTERM, SIGHUP and Ctrl-C stop the runs under way, and end in one line
+            for name in ("jobs", "threads"):
+                if getattr(args, name) is not None and getattr(args, name) < 1:
+                    raise SweepError(f"--{name}: {getattr(args, name)} is not allowed; allowed: an integer >= 1")
+            jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
+            if args.from_results:
+                results = Path(args.from_results)
+                if not results.is_file():
+                    raise SweepError(f"--from-results: {str(results)!r} is not a file; allowed: a sweep's results.json")
+                paths = rewrite(results, Path(args.out) if args.out else None)
+                print("sweep: wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+                return 0
+            if args.report_only:
+                if not args.out:
+                    raise SweepError("--report-only: no --out given; allowed: the folder of a sweep that was run or "
+                                     "written")
+                plan = Plan.load(args.out)
+            else:
+                if not args.config:
+                    raise SweepError("--config: not given; allowed: a config file such as configs/exp3_sgd.yaml")
+                out = args.out or Path("sweeps") / Path(args.config).stem
+                command = shlex.join(["python", "scripts/sweep.py", *(argv if argv is not None else sys.argv[1:])])
+                plan = Plan.build(args.config, args.methods, args.lr, args.grid, args.seeds, args.method_args, out,
+                                  args.max_epochs, args.data_dir, args.checkpoints, command)
+            execute(plan, jobs=jobs, threads=args.threads, slurm=args.slurm, report_only=args.report_only,
+                    hessian=not args.no_hessian, hessian_samples=args.hessian_samples, hessian_iters=args.hessian_iters,
+                    metric=args.metric, target=args.target, python=args.python, sbatch=args.sbatch)
     except GFConfigError as err:  # SweepError, or a setting the CLI's classes refuse
         print(f"sweep: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(interrupted_line("sweep", err), file=sys.stderr)
+        return Interrupted.of(err).exit_code
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Callbacks the tests add to runs from the command line (``--trainer.callbacks+=helpers.KillAtEpoch``), and readers of
-what a run wrote."""
+"""Callbacks the tests add to runs from the command line (``--trainer.callbacks+=helpers.KillAtEpoch``), readers of what
+a run wrote, and what the tests that signal real runs and sweeps need to find and wait for processes."""
 
 from __future__ import annotations
 
@@ -270,3 +270,56 @@ def hparams_tab_columns(logdir) -> HParamsTab:
                                       "colParams": [{"hparam": info["name"]} for info in infos]})
     return HParamsTab([info["name"] for info in infos[:5]],
                       [m["name"]["tag"] for m in experiment["metricInfos"][:5]], int(groups.get("totalSize", 0)))
+
+
+# -- processes: the tests that signal real runs and sweeps ---------------------------------------------------------------
+def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05):
+    """``condition()``'s first true value, polled every ``every_s`` seconds; an AssertionError naming ``what`` after
+    ``timeout_s`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if value := condition():
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of process ``pid`` from ``/proc``; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def fit_children(pid: int) -> list[int]:
+    """The running ``python -m gf_lightning fit`` processes whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[1] == pid and running(int(entry.name)):
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"gf_lightning" in argv and b"fit" in argv:
+                out.append(int(entry.name))
+    return sorted(out)
+
+
+def kill_all(pids) -> None:
+    """SIGKILL each process of ``pids`` that still runs (a test's clean-up)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

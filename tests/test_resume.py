@@ -104,3 +104,58 @@ def test_a_checkpoint_without_a_checksum_resumes_with_a_warning(checkpoints, tmp
     with pytest.warns(UserWarning, match="integrity cannot be checked"):
         cli = cli_main(fit_args("exp3_sav", tmp_path / "run", "--trainer.max_epochs=2", f"--ckpt_path={path}"))
     assert cli.trainer.current_epoch == 2
+
+
+def score_args(subcommand: str, config: str, root: Path, *extra: str) -> list[str]:
+    return [subcommand, "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={root}", *QUIET,
+            *extra]
+
+
+#: validate/test of exp3's SAV checkpoint: what → (subcommand, config, extra arguments, words of the one-line message)
+NOT_ITS_RUN = {
+    "another experiment's checkpoint": ("test", "exp2_sav", [],
+                                        ["data.class_path: 'gf_lightning.data.GaussianRegression' in the checkpoint",
+                                         "'gf_lightning.data.QuadraticRegression' here", "--resume_with_changes=true"]),
+    "another data seed": ("validate", "exp3_sav", ["--data.init_args.seed=7"],
+                          ["data.init_args.seed (else seed_everything): 0 in the checkpoint, 7 here"]),
+    "another seed_everything, so another split": ("test", "exp3_sav", ["--seed_everything=3"],
+                                                  ["data.init_args.seed (else seed_everything)",
+                                                   "0 in the checkpoint, 3 here"]),
+    "another data size": ("validate", "exp3_sav", ["--data.init_args.n_samples=2000"],
+                          ["data.init_args.n_samples: 1000 in the checkpoint, 2000 here"]),
+    "another width": ("test", "exp3_sav", ["--model.net.init_args.m=64"], ["another shape", "net.W", "(41, 64)"]),
+}
+
+
+@pytest.mark.parametrize("case", NOT_ITS_RUN)
+def test_validate_and_test_refuse_to_score_a_checkpoint_on_another_runs_data(case, checkpoints, tmp_path, capsys):
+    """``validate``/``test --ckpt_path`` with another experiment's data, a seed that draws another split, another data
+    size, or a network of another shape: one line naming the setting and both values, exit 2, nothing scored. Breakage:
+    the code before scored all of them silently (metrics of another split, or of exp2's data) but the width, a
+    load_state_dict traceback."""
+    subcommand, config, extra, words = NOT_ITS_RUN[case]
+    with pytest.raises(SystemExit) as exc:
+        cli_main(score_args(subcommand, config, tmp_path, f"--ckpt_path={checkpoints['sav']}", *extra))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gf_lightning: error: ") and len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_a_checkpoint_is_scored_on_its_runs_data_or_with_the_opt_in_and_a_line(checkpoints, tmp_path, capsys):
+    """Settings of how it trained (the optimizer's step, the training batch) may differ: the test loss is the same as
+    with the config unchanged. Opted in, another data seed is scored, with one line that names it, on another split
+    (another loss)."""
+    ckpt = f"--ckpt_path={checkpoints['sav']}"
+    same = cli_main(score_args("test", "exp3_sav", tmp_path / "a", ckpt)).trainer.callback_metrics["test/loss"]
+    trained_otherwise = cli_main(score_args("test", "exp3_sav", tmp_path / "b", ckpt, "--data.init_args.batch_size=64",
+                                            "--model.optimizer.init_args.lr=0.5"))
+    assert trained_otherwise.trainer.callback_metrics["test/loss"] == same
+    assert "scoring" not in capsys.readouterr().err
+    other = cli_main(score_args("test", "exp3_sav", tmp_path / "c", ckpt, "--data.init_args.seed=7",
+                                "--resume_with_changes=true"))
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "scoring" in line]
+    assert line.startswith("gf_lightning: scoring ") and "(--resume_with_changes)" in line
+    assert "data.init_args.seed (else seed_everything): 0 in the checkpoint, 7 here" in line
+    assert other.trainer.callback_metrics["test/loss"] != same

@@ -338,6 +338,7 @@ class Plan:
                                          "setting")
         if max_epochs is not None and max_epochs < 1:
             raise SweepError(f"--max-epochs: {max_epochs} is not a number of epochs; allowed: an integer >= 1")
+        _check_out(out)
         common = ["--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false"]
         if not checkpoints:
             common.append("--trainer.enable_checkpointing=false")
@@ -402,16 +403,33 @@ class Plan:
 
     @classmethod
     def load(cls, out: str | Path) -> Plan:
+        """The plan in ``<out>/plan.json``, its runs in ``out`` (wherever the sweep first ran: a copied or moved sweep
+        is read and reported where it is now)."""
+        _check_out(out)
         path = Path(out) / "plan.json"
         if not path.is_file():
             raise SweepError(f"--report-only: {str(path)!r} does not exist; allowed: the --out folder of a sweep that was "
                              "run or written for SLURM")
-        return cls.from_json(json.loads(path.read_text()))
+        try:
+            plan = cls.from_json(json.loads(path.read_text()))
+            plan.points()
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            why = f"{type(err).__name__}: {' '.join(str(err).split())[:100]}"
+            raise SweepError(f"--out: {str(path)!r} is not a sweep's plan (truncated or edited: {why}); allowed: the "
+                             "plan.json a sweep wrote (run the sweep again with --config to write it anew)") from None
+        plan.out = str(Path(out).resolve())
+        return plan
 
 
 def _identity(args: list[str]) -> list[str]:
-    """What names a run: its command line but where the data are read from (the same files elsewhere)."""
-    return [a for a in args if not a.startswith("--data.init_args.data_dir=")]
+    """What names a run: its command line but where the data are read from and where it is written (the same run
+    elsewhere)."""
+    return [a for a in args if not a.startswith(("--data.init_args.data_dir=", "--trainer.default_root_dir="))]
+
+
+def _check_out(out: str | Path) -> None:
+    if Path(out).exists() and not Path(out).is_dir():
+        raise SweepError(f"--out: {str(out)!r} is a file; allowed: a folder (a new one, or a sweep's)")
 
 
 def _folder_safe(name: str) -> str:

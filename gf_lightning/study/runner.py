@@ -18,9 +18,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..cli import cli_main
 from ..errors import GFConfigError, GFStepError, NonFiniteError
+from ..interruption import EXIT_SIGTERM
 from .claims import MNIST
 from .events import read_scalars, values
 from .progress import Tick
@@ -75,6 +77,8 @@ def run_one(spec: RunSpec, settings: Settings, index: int = 0,
     result.log_every = cli.trainer.log_every_n_steps
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    except SIGTERMException:  # the run said where it stopped; the study stops too, not as if finished (exit 0)
+        raise SystemExit(EXIT_SIGTERM) from None
     except NonFiniteError as err:
         result.status, result.message = "nan", str(err)
         print(f"gf_lightning: {err}", file=sys.stderr)

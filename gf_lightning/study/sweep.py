@@ -5,12 +5,16 @@ A point's folder, ``<out>/runs/<name>/``, holds its TensorBoard run (``lightning
 stdout and stderr), ``started`` (the start, seconds since the epoch), ``exit_code``, and once read back ``result.json``. A
 local run and a SLURM array task write the same files, and one function reads them (:func:`collect`), so a sweep gathered
 from a cluster is reported by the same code as one run here. A point whose ``result.json`` (or ``exit_code``, from a
-SLURM task not yet gathered) says it finished — trained, frozen, unstable or diverged — is not run again; a point that failed
-otherwise (``error``: killed, refused) is.
+SLURM task not yet gathered) says it finished — trained, frozen, unstable or diverged — is not run again; a point that
+failed otherwise (``error``: killed, interrupted, refused, stopped before its last epoch) is.
 
 Outcomes (``RunRecord.status``): ``diverged``, ``unstable``, ``frozen`` or ``trained`` by :mod:`.outcome` (the one rule
 of every study; a run stopped by the CLI's non-finite guard, "training went non-finite …", is diverged), or ``error``:
-anything else (the CLI refused a setting, the process was killed); the message has the reason.
+anything else (the CLI refused a setting, the process was killed or interrupted — SIGTERM and Ctrl-C exit 143 and 130 —,
+or it logged fewer epochs than ``trainer.max_epochs``: ``incomplete``); the message has the reason.
+
+A sweep holds ``<out>/sweep.lock`` while it runs (:mod:`.folder_lock`); its runs are in its process group and end with
+it, even when it is SIGKILLed (:mod:`gf_lightning.lifeline`); interrupted, it stops them (:meth:`Runner.stop`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ..lifeline import PARENT_ENV
 from .events import read_scalars, values
+from .folder_lock import FolderLock
 from .grid import Plan, Point, SweepError, _identity, _write_atomic, label
 from .outcome import judge
 from .stability import InitialState, build, initial_state, logged_tags
@@ -41,6 +48,8 @@ DONE = ("trained", "frozen", "unstable", "diverged")
 NON_FINITE = "training went non-finite"
 #: the held-out tags read back, one list each in the record
 VAL_TAGS = ("val/loss", "val/rel_err", "val/rel_l2", "val/acc")
+#: seconds the runs under way get to stop after SIGTERM when the sweep is interrupted, before SIGKILL
+STOP_GRACE_S = 30.0
 
 
 @dataclass
@@ -140,13 +149,18 @@ def collect(point: Point, init_train_loss: float = math.nan) -> RunRecord:
     lr = values(scalars, "optim/effective_lr")
     record.last_effective_lr = lr[-1] if lr else math.nan
 
+    finals = [vals[-1] for vals in record.val.values() if vals]
     if record.exit_code is None:
         record.status, record.message = "error", "not finished: no exit code (still running, or killed)"
     elif record.exit_code != 0:
         record.status = "diverged" if NON_FINITE in log else "error"
         record.message = _reason(log)
+    elif any(not math.isfinite(v) for v in finals + record.train_loss[-1:]):
+        record.status, record.message = "diverged", "a non-finite loss or metric was logged"
     elif not record.train_loss:
         record.status, record.message = "error", "exit 0 but no training loss logged"
+    elif record.epochs < (asked := epochs_asked(folder)):
+        record.status, record.message = "error", f"incomplete: {record.epochs} of {asked} epochs done (run again)"
     else:
         rejudge(record)
     return record
@@ -161,6 +175,19 @@ def rejudge(record: RunRecord) -> RunRecord:
     return record
 
 
+def epochs_asked(folder: Path) -> int:
+    """``trainer.max_epochs`` of the run in ``folder``, from the ``config.yaml`` the CLI saved beside its logs; 0 where
+    the run is bounded otherwise (``max_steps``, ``max_time``) or saved no config."""
+    try:
+        trainer = yaml.safe_load(next(folder.rglob("config.yaml")).read_text())["trainer"]
+    except (StopIteration, OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return 0
+    epochs = trainer.get("max_epochs") if isinstance(trainer, dict) else None
+    if not isinstance(epochs, int) or trainer.get("max_steps") not in (None, -1) or trainer.get("max_time"):
+        return 0
+    return epochs
+
+
 def point_folder(point: Point) -> Path:
     for arg in point.args:
         if arg.startswith("--trainer.default_root_dir="):
@@ -169,13 +196,15 @@ def point_folder(point: Point) -> Path:
 
 
 def done(point: Point) -> RunRecord | None:
-    """The point's record when it finished (trained, frozen or diverged) with the command line it has now (but where the
-    data are read from: the same files in another folder)."""
-    record = RunRecord.load(point_folder(point))
+    """The point's record when it finished (trained, frozen, unstable or diverged; every epoch asked, but a divergence)
+    with the command line it has now (but where the data are read from and the run is written: the same run elsewhere)."""
+    folder = point_folder(point)
+    record = RunRecord.load(folder)
     if record is not None and record.exit_code == 0 and record.train_loss:
         rejudge(record)  # a record saved under an earlier rule
     same = record is not None and _identity(record.args) == _identity(list(point.args))
-    return record if same and record.status in DONE else None
+    cut_short = same and record.status != "diverged" and record.epochs < epochs_asked(folder)  # (exit 0 on SIGTERM)
+    return record if same and record.status in DONE and not cut_short else None
 
 
 # -- running points here -------------------------------------------------------------------------------------------------------
@@ -209,18 +238,21 @@ class Runner:
         self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._stopping = False  #: set by :meth:`stop`: no run starts after it
 
     def run_one(self, point: Point) -> None:
         folder = prepare(point)
         (folder / "started").write_text(f"{time.time():.3f}\n")
-        with open(folder / "log.txt", "w") as log:
+        env = {**child_env(self.threads), PARENT_ENV: str(os.getpid())}  # the run ends if this process dies
+        with open(folder / "log.txt", "w") as log, self._lock:  # in this process's group: a kill of the group ends it
+            if self._stopping:
+                return
             proc = subprocess.Popen([self.python, "-m", "gf_lightning", "fit", *point.args], stdout=log,
-                                    stderr=subprocess.STDOUT, env=child_env(self.threads), start_new_session=True)
-            with self._lock:
-                self._procs.add(proc)
-            code = proc.wait()
-            with self._lock:
-                self._procs.discard(proc)
+                                    stderr=subprocess.STDOUT, env=env)
+            self._procs.add(proc)
+        code = proc.wait()
+        with self._lock:
+            self._procs.discard(proc)
         (folder / "exit_code").write_text(f"{code}\n")
 
     def run(self, points: list[Point], init_loss: dict[str, float]) -> list[RunRecord]:
@@ -239,21 +271,32 @@ class Runner:
                 records.append(record)
                 self.echo(f"[{i}/{len(points)}] {point.name}: {record.status} ({record.wall_s:.1f} s)"
                           + (f": {record.message}" if record.status == "error" else ""))
-        except BaseException:  # Ctrl-C: no new runs, the runs under way ended (their folders say "error": redone later)
+        except BaseException:  # Ctrl-C, SIGTERM: no new runs; the runs under way end (their exit says so: redone later)
             pool.shutdown(wait=False, cancel_futures=True)
             self.stop()
             raise
         pool.shutdown()
         return records
 
-    def stop(self) -> None:
-        """End the runs under way (each in its own process group: the run and anything it started)."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """End the runs under way: SIGTERM (a run stops after its step and says so in its log; it passes the signal on
+        to processes it started), then SIGKILL for what is left after ``grace_s`` seconds or at a second interrupt."""
         with self._lock:
-            for proc in list(self._procs):
+            self._stopping = True
+            procs = list(self._procs)
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + grace_s
+        try:
+            for proc in procs:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
                     pass
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
 
 
 # -- SLURM ---------------------------------------------------------------------------------------------------------------------
@@ -327,7 +370,11 @@ def initial_states(plan: Plan, points: list[Point], samples: int = 4096, iters: 
     path = Path(plan.out) / "initial.json"
     try:
         cache = {k: InitialState(**v) for k, v in json.loads(path.read_text()).items()}
-    except (OSError, ValueError, TypeError):
+    except FileNotFoundError:
+        cache = {}
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # truncated, or not a dict of states
+        if echo:
+            echo(f"sweep: {path} is not a sweep's initial states ({type(err).__name__}); computing them again")
         cache = {}
     out = {}
     for point in points:
@@ -379,38 +426,48 @@ def execute(plan: Plan, jobs: int = 1, threads: int = 1, slurm: bool = False, re
     finished = {p.name: r for p in points if (r := done(p)) is not None}
     if not report_only:
         check([p for p in points if p.name not in finished])  # a bad setting stops here, before any output
-        plan.save()
-    states = initial_states(plan, points, hessian_samples, hessian_iters, hessian, echo)
-    task = next(iter(states.values())).task if states else "regression"
-    records: dict[str, RunRecord] = {}
-    pending = []
-    for point in points:
-        record = finished.get(point.name)
-        if record is None and (point_folder(point) / "exit_code").exists():  # a SLURM task's run, not gathered yet
-            record = collect(point, states[json.dumps(point.group())].train_loss)
-            record.save(point_folder(point))
-        if record is not None and (record.status in DONE or report_only):
-            records[point.name] = record
-        else:
-            pending.append(point)
-    if report_only:
-        echo(f"sweep: {len(records)} of {len(points)} points have an outcome; {len(pending)} not run")
-    else:
-        echo(f"sweep: {len(points)} points, {len(points) - len(pending)} done before (skipped), {len(pending)} to "
-             + ("write for SLURM" if slurm else f"run, {jobs} at a time, {threads} thread{'s' * (threads > 1)} each"))
-        if slurm:
-            if not pending:
-                echo("sweep: nothing to run")
+    with FolderLock(Path(plan.out)):  # one sweep at a time in a folder (a second one is refused)
+        if not report_only:
+            plan.save()
+        states = initial_states(plan, points, hessian_samples, hessian_iters, hessian, echo)
+        task = next(iter(states.values())).task if states else "regression"
+        records: dict[str, RunRecord] = {}
+        pending = []
+        for point in points:
+            record = finished.get(point.name)
+            if record is None and (point_folder(point) / "exit_code").exists():  # a SLURM task's run, not gathered yet
+                record = collect(point, states[json.dumps(point.group())].train_loss)
+                record.save(point_folder(point))
+            if record is not None and (record.status in DONE or report_only):
+                records[point.name] = record
             else:
-                path = write_slurm(plan, pending, threads, python or "python", sbatch)
-                echo(f"sweep: wrote {path}: submit it with 'sbatch {path}', then gather with "
-                     f"'python scripts/sweep.py --report-only --out {plan.out}'")
-                return {"slurm": path}
+                pending.append(point)
+        if report_only:
+            if not any(r.status in DONE for r in records.values()):
+                raise SweepError(f"--report-only: none of the {len(points)} points of {plan.out} has finished "
+                                 "(trained, frozen or diverged); allowed: a sweep with a finished point: run it (the "
+                                 "same command without --report-only), or wait for its SLURM tasks")
+            echo(f"sweep: {len(records)} of {len(points)} points have an outcome; {len(pending)} not run")
         else:
-            init_loss = {p.name: states[json.dumps(p.group())].train_loss for p in pending}
-            runner = Runner(jobs, threads, python or sys.executable, echo)
-            for record in runner.run(pending, init_loss):
-                records[record.name] = record
-    paths = report(plan, points, records, states, task, metric, target)
-    echo("sweep: wrote " + ", ".join(str(p) for p in paths.values()))
-    return paths
+            how = "write for SLURM" if slurm else f"run, {jobs} at a time, {threads} thread{'s' * (threads > 1)} each"
+            echo(f"sweep: {len(points)} points, {len(points) - len(pending)} done before (skipped), {len(pending)} to "
+                 + how)
+            if slurm:
+                if not pending:
+                    echo("sweep: nothing to run")
+                else:
+                    path = write_slurm(plan, pending, threads, python or "python", sbatch)
+                    echo(f"sweep: wrote {path}: submit it with 'sbatch {path}', then gather with "
+                         f"'python scripts/sweep.py --report-only --out {plan.out}'")
+                    return {"slurm": path}
+            else:
+                init_loss = {p.name: states[json.dumps(p.group())].train_loss for p in pending}
+                runner = Runner(jobs, threads, python or sys.executable, echo)
+                for record in runner.run(pending, init_loss):
+                    records[record.name] = record
+        if not any(r.status in DONE for r in records.values()):  # nothing to draw: say so instead of an empty report
+            echo(f"sweep: none of its {len(points)} points has finished; no report written")
+            return {}
+        paths = report(plan, points, records, states, task, metric, target)
+        echo("sweep: wrote " + ", ".join(str(p) for p in paths.values()))
+        return paths
