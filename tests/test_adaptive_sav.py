@@ -384,7 +384,7 @@ def test_registered_and_a_subclass_of_sav():
     assert AdaptiveSAV.variants == VARIANTS
     w = torch.nn.Parameter(torch.ones(2))
     assert AdaptiveSAV([w]).defaults == dict(lr=0.01, C=100.0, lam=4.0, variant="relax", betas=(0.9, 0.999), eps=1e-8,
-                                             eta=0.99)
+                                             eta=0.99, particles=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------------
