@@ -260,7 +260,7 @@ def test_coinciding_loss_curves_are_found_from_the_data():
     ((group, worst),) = figures.coinciding([sgd, adam, sav, expsav])
     assert group == [sgd, sav, expsav] and worst == pytest.approx(0.02 / 1.02)
     caption = figures.loss_caption([sgd, adam, sav, expsav])
-    assert "SGD, SAV and ExpSAV lie on one curve" in caption and "SGD and ExpSAV by 1.0e-07" in caption
+    assert "SGD, SAV (restart) and ExpSAV lie on one curve" in caption and "SGD and ExpSAV by 1.0e-07" in caption
     assert figures.loss_caption([sgd, adam]) == ""
 
 
