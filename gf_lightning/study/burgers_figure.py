@@ -22,9 +22,8 @@ from ..data.burgers import NU, burgers_exact
 from .events import read_scalars, values
 from .grid import label
 from .methods import COLORS
-from .sweep_figure import pyplot
+from .sweep_figure import MARKERS, pyplot
 
-MARKERS = ("o", "s", "^", "v", "D", "P", "h", "<", ">", "*")
 DASHES = ("-", "--", "-.", ":")
 #: validation points of the methods at one step are drawn this fraction of the longest run apart
 DODGE = 0.006

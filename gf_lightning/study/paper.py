@@ -16,7 +16,7 @@ from pathlib import Path
 from .events import read_scalars, values
 from .grid import Plan, Point, label
 from .sweep import RunRecord, done, execute
-from .sweep_figure import pyplot
+from .sweep_figure import MARKERS, pyplot
 from .sweep_report import Stat, experiment_name
 
 #: the paper's three SAV schemes by the project's names: Alg. 2 (vanilla), Alg. 3 (restart = the seed's form), Alg. 4
@@ -166,7 +166,6 @@ def _mean_curve(curves: list[list[float]]) -> tuple[list[float], list[float], li
     return [statistics.fmean(col) for col in columns], [min(col) for col in columns], [max(col) for col in columns]
 
 
-MARKERS = ("o", "s", "^", "v", "D", "P", "h", "<", ">", "*", "p", "d")
 DIVERGED_Y = 0.97  #: where a diverged run's ✕ is drawn: near the top of the panel (axes fraction), never on the data
 
 
