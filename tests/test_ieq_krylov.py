@@ -19,7 +19,8 @@ from gf_lightning.components.nets import TwoLayerNet
 from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.optim import ieq as ieq_module
 from gf_lightning.optim.ieq import IEQ
-from gf_lightning.optim.krylov import TwoLayerJacobian, conjugate_gradients
+from gf_lightning.components.jacobians import TwoLayerJacobian
+from gf_lightning.optim.krylov import conjugate_gradients
 
 F64 = torch.float64
 
