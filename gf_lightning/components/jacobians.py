@@ -46,7 +46,7 @@ class TwoLayerJacobian:
         self.dtype = torch.promote_types(x.dtype, net.W.dtype)
         self._parts: dict[str, Tensor] | None = None
 
-    # -- what is computed once -------------------------------------------------------------------------------------------
+    # -- what is computed once -----------------------------------------------------------------------------------------
     @property
     def c(self) -> float | Tensor:
         s2 = 1.0 / self.m**2 if self.net.mean_field else 1.0
@@ -69,7 +69,7 @@ class TwoLayerJacobian:
             self._parts = parts
         return self._parts
 
-    # -- products ----------------------------------------------------------------------------------------------------------
+    # -- products ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def gram(self, v: Tensor) -> Tensor:
         """``J Jᵀ v`` for flat ``v`` (``N``) or a block of columns (``N × r``)."""
@@ -159,7 +159,7 @@ class TwoLayerJacobian:
         xt_t = x.T @ T  # X̃ᵀ T without forming X̃: its last row (the bias's) is T's column sums
         return torch.addmm(T.sum(0, keepdim=True), x, xt_t)
 
-    # -- the structured preconditioner -------------------------------------------------------------------------------------
+    # -- the structured preconditioner ---------------------------------------------------------------------------------
     def _with_hidden_part(self) -> bool:
         """Whether the hidden layer's part (an ``m × m`` Woodbury correction) is worth building: when it costs at most
         a few products (at the MNIST shape it takes CG from 15 to 9 iterations; at exp1's ``m = 1000 ≫ B`` it would cost
@@ -228,7 +228,7 @@ class TwoLayerJacobian:
 
         return apply
 
-    # -- costs -------------------------------------------------------------------------------------------------------------
+    # -- costs ---------------------------------------------------------------------------------------------------------
     def _matvec_cost(self) -> float:
         B, k, m, d1 = self.B, self.k, self.m, self.d1
         cost = 2.0 * B * m * k if self.with_a else 0.0

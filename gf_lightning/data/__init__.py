@@ -1,5 +1,6 @@
 """Data modules: the three synthetic regressions of SPEC §3, the MNIST subsample and the Burgers collocation points
-(Ma, Mao & Shen 2024, Example 5; the problem itself is :mod:`gf_lightning.problems.burgers`), all as in-memory tensors."""
+(Ma, Mao & Shen 2024, Example 5; the problem itself: :mod:`gf_lightning.problems.burgers`), all as in-memory
+tensors."""
 
 from .base import TensorDataModule
 from .batching import Batch, TensorBatches

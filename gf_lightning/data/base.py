@@ -80,8 +80,8 @@ class TensorDataModule(L.LightningDataModule):
         here: the LightningModule picks it later), which would read their ``y`` as plain targets."""
         if objective is None and self.problem is not None:
             raise GFConfigError(
-                f"data ({type(self).__name__}) holds {self.problem.rows} whose y is ({', '.join(self.problem.y_columns)}): "
-                f"model.objective must be {self.problem.objective}; got None"
+                f"data ({type(self).__name__}) holds {self.problem.rows} whose y is "
+                f"({', '.join(self.problem.y_columns)}): model.objective must be {self.problem.objective}; got None"
             )
         check = getattr(objective, "check_data", None)
         if check is not None:

@@ -99,7 +99,8 @@ class BurgersCollocation(TensorDataModule):
             n = self.n_x * self.n_t
             xi = torch.rand(n, generator=gen, dtype=f64) * (X_MAX - X_MIN) + X_MIN
             ti = T_MAX - torch.rand(n, generator=gen, dtype=f64) * T_MAX  # (0, T_MAX]
-        x0 = torch.linspace(X_MIN, X_MAX, self.n_initial, dtype=f64) if self.n_initial > 1 else torch.zeros(1, dtype=f64)
+        x0 = (torch.linspace(X_MIN, X_MAX, self.n_initial, dtype=f64) if self.n_initial > 1
+              else torch.zeros(1, dtype=f64))
         tb = T_MAX * torch.arange(1, self.n_boundary + 1, dtype=f64) / self.n_boundary
         xs = torch.cat([xi, x0, torch.full_like(tb, X_MIN), torch.full_like(tb, X_MAX)])
         ts = torch.cat([ti, torch.zeros_like(x0), tb, tb])

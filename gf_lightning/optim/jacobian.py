@@ -1,5 +1,5 @@
-"""The Jacobian of IEQ's residual as the optimizer sees it: the two protocols a caller may hand ``IEQ.step(jacobian_fn=…)``
-— a closed-form operator (:class:`JacobianOperator`) or dense rows (:class:`JacobianRows`) — and, for any
+"""The Jacobian of IEQ's residual as the optimizer sees it: the two protocols a caller may hand
+``IEQ.step(jacobian_fn=…)`` — a closed-form operator (:class:`JacobianOperator`) or dense rows (:class:`JacobianRows`) — and, for any
 ``nn.Module``, the generic forms from the residual's graph (``Jᵀv`` one backward pass, ``J·`` the double-backward trick;
 the Krylov solve itself is in :mod:`.krylov`, the exact solves from rows in :mod:`.ieq_solve`). ``D = diag(Δt_g)`` holds
 each parameter group's step. The optimizer knows no network: a network offers its own operator (the two-layer net's is
@@ -51,8 +51,8 @@ class JacobianOperator(Protocol):
     """``J = ∂q/∂w`` in closed form, never as a matrix (``IEQ.step(jacobian_fn=…)`` returns one): ``rows`` is ``N``,
     ``gram(v)`` is ``J Jᵀ v`` for flat ``v`` (``N``) or a block of columns (``N × r``), ``preconditioner(dt)`` applies
     ``M⁻¹`` for a symmetric ``I ⪯ M ⪯ I + Δt J Jᵀ`` (or is ``None``), and ``costs(preconditioned)`` the multiply-adds
-    ``solver="auto"`` weighs. ``J`` is in exactly the optimizer's parameters that require grad. Two methods are optional,
-    used when present: ``dense()``, ``J Jᵀ`` itself (a fresh ``N × N`` tensor) for the Cholesky path, and ``vjp(v)``,
+    ``solver="auto"`` weighs. ``J`` is in exactly the optimizer's parameters that require grad. Two methods are
+    optional, used when present: ``dense()``, ``J Jᵀ`` itself (a fresh ``N × N`` tensor) for the Cholesky path, and ``vjp(v)``,
     ``Jᵀ v`` as a dict from each parameter's ``id`` to its gradient, for the move in one process."""
 
     rows: int
@@ -64,7 +64,7 @@ class JacobianOperator(Protocol):
     def costs(self, preconditioned: bool = True) -> Costs: ...
 
 
-# -- generic: J from the residual's graph ---------------------------------------------------------------------------------
+# -- generic: J from the residual's graph ------------------------------------------------------------------------------
 def unit_rows(start: int, rows: int, n_rows: int, like: Tensor) -> Tensor:
     """Rows ``start … start+rows−1`` of the ``n_rows × n_rows`` identity, shaped ``(rows, *like.shape)``."""
     e = torch.zeros(rows, n_rows, dtype=like.dtype, device=like.device)
@@ -189,6 +189,12 @@ class PerSampleRows:
         return rows if isinstance(s, float) and s == 1.0 else rows * s
 
 
+def draw_rows(n_rows: int, fraction: float, seed: int) -> Tensor:
+    """``round(fraction · n_rows)`` row indices (at least one), sorted, drawn without replacement from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_rows, generator=gen)[: max(1, round(fraction * n_rows))].sort().values
+
+
 class SubsetRows:
     """The rows ``index`` of another :class:`JacobianRows`, renumbered from 0."""
 
@@ -197,6 +203,18 @@ class SubsetRows:
 
     def block(self, index: Tensor) -> Tensor:
         return self.inner.block(self.index[index])
+
+
+def operator_vjp(op: JacobianOperator, params: list[Tensor], v: Tensor) -> list[Tensor] | None:
+    """``Jᵀ v`` per parameter from the operator's optional ``vjp``, in ``params``' dtypes; ``None`` when it has none or
+    does not cover exactly ``params``."""
+    vjp = getattr(op, "vjp", None)
+    if vjp is None:
+        return None
+    by_param = vjp(v)
+    if len(by_param) != len(params) or any(id(p) not in by_param for p in params):
+        return None
+    return [by_param[id(p)].to(p.dtype) for p in params]
 
 
 def row_blocks(index: Tensor, n_params: int, itemsize: int, max_bytes: int) -> Iterator[Tensor]:

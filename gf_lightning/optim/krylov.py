@@ -37,7 +37,8 @@ Cholesky is.
 The preconditioners here are both ``M = I + J D^½ Π D^½ Jᵀ`` for an orthogonal projection ``Π`` of parameter space, so
 besides being SPD they satisfy ``I ⪯ M ⪯ A``: ``M⁻¹A`` has its eigenvalues in ``[1, 1 + ‖(I − Π) D^½ Jᵀ‖²]``.
 
-- **structured** (:class:`~gf_lightning.components.jacobians.TwoLayerJacobian`, the default where the closed form is given): ``Π`` keeps every output-layer
+- **structured** (the two-layer net's, :class:`~gf_lightning.components.jacobians.TwoLayerJacobian`, the default
+  where the closed form is given): ``Π`` keeps every output-layer
   direction and the hidden-layer directions ``W = μ̂ βᵀ`` along one input direction ``μ̂`` (the batch's mean ``x̃``,
   bias included), i.e. ``M = I + Δt c [σσᵀ ⊗ I_k + (s sᵀ) ∘ (U Uᵀ)]`` with ``s = X̃ μ̂`` — exactly the output layer's Gram
   (the ``k``-fold repeated top eigenvalues of MNIST's ``J Jᵀ``) plus the hidden layer's Gram along the data's mean. It is
