@@ -16,8 +16,8 @@ import torch
 from conftest import CONFIGS, QUIET, on_ranks, run_dir
 from gf_lightning.cli import cli_main
 from gf_lightning.components import MLP, BurgersPINN
-from gf_lightning.data import BurgersCollocation, burgers_exact
-from gf_lightning.data.burgers import BOUNDARY, INITIAL, INTERIOR, MIN_NU, NU, SOLUTION
+from gf_lightning.data import BurgersCollocation
+from gf_lightning.problems.burgers import BOUNDARY, INITIAL, INTERIOR, MIN_NU, NU, SOLUTION, burgers_exact
 from gf_lightning.errors import GFConfigError
 from gf_lightning.module import GradientFlowModule
 

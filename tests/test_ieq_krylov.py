@@ -17,9 +17,10 @@ from conftest import CONFIGS, QUIET
 from gf_lightning.cli import cli_main
 from gf_lightning.components.nets import TwoLayerNet
 from gf_lightning.errors import GFConfigError, GFStepError
-from gf_lightning.optim import ieq as ieq_module
+from gf_lightning.optim import ieq_choice, ieq_solve
 from gf_lightning.optim.ieq import IEQ
-from gf_lightning.optim.krylov import TwoLayerJacobian, conjugate_gradients
+from gf_lightning.components.jacobians import TwoLayerJacobian
+from gf_lightning.optim.krylov import conjugate_gradients
 
 F64 = torch.float64
 
@@ -153,13 +154,13 @@ def test_truncated_cg_keeps_the_energy_law_and_the_guarantee(iters, monkeypatch)
     not symmetric (the structured one's Woodbury correction with different left and right factors: fails from two
     iterations on; the first iterate, a multiple of ``M⁻¹qⁿ``, satisfies the law for any ``M``)."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    real = ieq_module.keep_guarantee
+    real = ieq_solve.keep_guarantee
 
     def record(x, b):
         seen.append((x.clone(), b.clone()))
         return real(x, b)
 
-    monkeypatch.setattr(ieq_module, "keep_guarantee", record)
+    monkeypatch.setattr(ieq_solve, "keep_guarantee", record)
     gen = torch.Generator().manual_seed(100 + iters)
     worst_law, cases = 0.0, 0
     for i in range(45):
@@ -217,7 +218,7 @@ def test_the_safeguard_keeps_the_guarantee_when_rounding_does_not(monkeypatch):
     that returns 1.5 times its iterate) is scaled back to ``‖qⁿ‖``: no violation, ``optim/cg_safeguards`` counts it; a
     non-finite iterate skips the step (no move) and counts as a solve failure. Breakage caught: the final check removed
     (the violation is counted and energy/modified > energy/true)."""
-    real = ieq_module.conjugate_gradients
+    real = ieq_solve.conjugate_gradients
 
     def too_long(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -226,7 +227,7 @@ def test_the_safeguard_keeps_the_guarantee_when_rounding_does_not(monkeypatch):
 
     net, x, y = net_and_batch(8, 3, 6, 2)
     opt = IEQ(net.parameters(), lr=1e-3, solver="cg")
-    monkeypatch.setattr(ieq_module, "conjugate_gradients", too_long)
+    monkeypatch.setattr(ieq_solve, "conjugate_gradients", too_long)
     step(net, x, y, opt)
     stats = {key: float(v) for key, v in opt.stats.items()}
     assert stats["energy/modified"] == pytest.approx(stats["energy/true"], rel=1e-12)
@@ -237,7 +238,7 @@ def test_the_safeguard_keeps_the_guarantee_when_rounding_does_not(monkeypatch):
         result.x[0] = float("nan")
         return result
 
-    monkeypatch.setattr(ieq_module, "conjugate_gradients", not_finite)
+    monkeypatch.setattr(ieq_solve, "conjugate_gradients", not_finite)
     before = [p.detach().clone() for p in net.parameters()]
     step(net, x, y, opt)
     stats = {key: float(v) for key, v in opt.stats.items()}
@@ -286,8 +287,8 @@ def test_auto_learns_the_iteration_count_and_keeps_it_in_the_state():
     net, x, y = net_and_batch(*shape, dtype=torch.float32)
     x = x.abs()
     costs = net.jacobian_operator(x).costs(preconditioned=False)
-    break_even = (costs.dense - costs.setup) / (costs.per_iter + ieq_module.CG_ITER_OVERHEAD)
-    assert ieq_module.PRIOR_CG_ITERS < break_even  # the premise: CG first
+    break_even = (costs.dense - costs.setup) / (costs.per_iter + ieq_choice.CG_ITER_OVERHEAD)
+    assert ieq_choice.PRIOR_CG_ITERS < break_even  # the premise: CG first
     opt = IEQ(net.parameters(), lr=1e3, preconditioner="none", cg_tol=1e-4, cg_max_iter=5000)
     step(net, x, y, opt, gram=True)
     assert float(opt.stats["optim/solver"]) == 1.0

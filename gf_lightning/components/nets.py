@@ -11,15 +11,12 @@ connected :class:`MLP` of their physics-informed example.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import GFConfigError
-
-if TYPE_CHECKING:
-    from ..optim.krylov import TwoLayerJacobian
+from .jacobians import TwoLayerJacobian
 
 INITS = ("fan_in", "kaiming", "normal", "public")
 
@@ -97,10 +94,9 @@ class TwoLayerNet(nn.Module):
     def jacobian_operator(self, x: Tensor, scale: float | Tensor = 1.0) -> TwoLayerJacobian:
         """The Jacobian of ``q = scale · (f(x) − y)`` as IEQ's Krylov solve uses it (``IEQ.step(jacobian_fn=…)``): products
         with ``J Jᵀ`` without forming it, a preconditioner, and the costs ``solver="auto"`` weighs
-        (:class:`gf_lightning.optim.krylov.TwoLayerJacobian`). ``J`` is in the parameters that require grad, as in
+        (:class:`~gf_lightning.components.jacobians.TwoLayerJacobian`, a
+        :class:`~gf_lightning.optim.jacobian.JacobianOperator`). ``J`` is in the parameters that require grad, as in
         :meth:`jacobian_gram`; nothing is computed until the solve asks."""
-        from ..optim.krylov import TwoLayerJacobian
-
         return TwoLayerJacobian(self, x, scale)
 
     def extra_repr(self) -> str:

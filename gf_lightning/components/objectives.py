@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import GFConfigError
 from ..optim.distributed import global_sum_, world_size
 from ..optim.jacobian import JacobianRows, PerSampleRows
+from ..problems.problem import Problem
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Objective:
     task = "regression"
     #: the loss is the mean over the batch's samples of one term each
     per_sample = True
+    #: the problem whose rows this objective reads (``None``: plain targets, one column of ``y`` per output)
+    problem: Problem | None = None
 
     def predict(self, net: nn.Module, x: Tensor) -> Tensor:
         return net(x)
@@ -52,6 +56,17 @@ class Objective:
     def check_net(self, net: nn.Module) -> None:
         """Refuse (``GFConfigError``) a network this objective would train to the wrong problem; called before any work.
         The default accepts every network."""
+
+    def check_data(self, data: object) -> None:
+        """Refuse (``GFConfigError``) data whose rows this objective would misread; called before any step. The default
+        reads plain targets, and refuses data that carry a :class:`~gf_lightning.problems.Problem` (``data.problem``)
+        other than the objective's own :attr:`problem`."""
+        theirs = getattr(data, "problem", None)
+        if theirs is not None and theirs != self.problem:
+            raise GFConfigError(
+                f"data ({type(data).__name__}) holds {theirs.rows} whose y is ({', '.join(theirs.y_columns)}): "
+                f"model.objective must be {theirs.objective}; got {self!r}"
+            )
 
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError

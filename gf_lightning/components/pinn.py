@@ -27,9 +27,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..data.burgers import INTERIOR, KINDS, NU, SOLUTION
 from ..errors import GFConfigError
 from ..optim.distributed import global_sum_, world_size
+from ..problems.burgers import BURGERS, INTERIOR, KINDS, NU, SOLUTION
 from .nets import MLP
 from .objectives import Objective, Ratio
 
@@ -154,6 +154,7 @@ class BurgersPINN(Objective):
     """
 
     per_sample = False  # a sum of per-kind means
+    problem = BURGERS  # y is (target, kind)
 
     def __init__(self, nu: float = NU) -> None:
         if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not (math.isfinite(nu) and nu > 0):
@@ -195,6 +196,21 @@ class BurgersPINN(Objective):
                 f"model.net ({what}) has u_xx = 0 at every one of 64 points of the domain (a piecewise-linear network): "
                 f"{type(self).__name__} would drop the viscous term nu·u_xx and train the inviscid equation; allowed: a "
                 "network with a second derivative, such as MLP with activation tanh, sigmoid, softplus or sin"
+            )
+
+    def check_data(self, data: object) -> None:
+        """Refuse data that are not this problem's rows (:data:`~gf_lightning.problems.burgers.BURGERS`), or are of
+        another viscosity (``data.nu``): the PDE residual would be that of another equation."""
+        if getattr(data, "problem", None) != self.problem:
+            raise GFConfigError(
+                f"model.objective ({self!r}) reads rows whose y is ({', '.join(self.problem.y_columns)}); the data "
+                f"({type(data).__name__}) are not {self.problem.rows} of the {self.problem.name} problem"
+            )
+        nu = getattr(data, "nu", None)
+        if not math.isclose(self.nu, nu, rel_tol=1e-12):
+            raise GFConfigError(
+                f"model.objective.init_args.nu = {self.nu!r} differs from data.nu = {nu!r}; allowed: the same "
+                f"viscosity in both (the default of both is 0.01/π)"
             )
 
     # -- the loss --------------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Data modules: the three synthetic regressions of SPEC §3, the MNIST subsample and the Burgers collocation points
-(Ma, Mao & Shen 2024, Example 5), all as in-memory tensors."""
+(Ma, Mao & Shen 2024, Example 5; the problem itself: :mod:`gf_lightning.problems.burgers`), all as in-memory
+tensors."""
 
 from .base import TensorDataModule
 from .batching import Batch, TensorBatches
-from .burgers import BurgersCollocation, burgers_exact
+from .burgers import BurgersCollocation
 from .mnist import MNISTDataModule
 from .regression import GaussianRegression, QuadraticRegression, SinCosRegression, SyntheticRegression
 
@@ -17,5 +18,4 @@ __all__ = [
     "GaussianRegression",
     "MNISTDataModule",
     "BurgersCollocation",
-    "burgers_exact",
 ]

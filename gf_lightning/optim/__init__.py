@@ -5,9 +5,12 @@
 >>> loss = opt.step(closure)                                        # doctest: +SKIP
 
 The package, one concern a file: ``settings`` (validation), ``logspace`` (arithmetic in logarithms, the relaxation),
-``distributed`` (cross-rank reduction), ``jacobian`` (Jacobian operators and conjugate gradients), ``base`` (global
-state, settings, closure, ``stats``), ``auxiliary`` (the scalar-auxiliary-variable step), and one file per method
-(``aegd`` holds AEGD and its momentum form AEGDM, whose element-wise energy is not the scalar core's).
+``distributed`` (cross-rank reduction), ``jacobian`` (the Jacobian protocols IEQ works with, and ``J`` from a graph),
+``krylov`` (conjugate gradients that keep IEQ's guarantee), ``base`` (global state, settings, closure, ``stats``),
+``auxiliary`` (the scalar-auxiliary-variable step), and one file per method (``aegd`` holds AEGD and its momentum form
+AEGDM, whose element-wise energy is not the scalar core's); IEQ's step is split into ``ieq`` (the optimizer),
+``ieq_solve`` (its solves, pure functions), ``ieq_choice`` (``solver="auto"``) and ``ieq_distributed`` (DDP).
+optim/ imports neither lightning nor the networks: a network hands IEQ its own Jacobian operator.
 """
 
 from .adaptive_sav import AdaptiveSAV

@@ -1,6 +1,9 @@
-"""The Jacobian of IEQ's residual for any ``nn.Module``: as operators (``Jᵀv`` one backward pass through the residual's
-graph, ``J·`` the double-backward trick; the Krylov solve itself is in :mod:`.krylov`) and as dense rows of ``J``
-(:class:`JacobianRows`) for the exact solves of :mod:`.ieq_solve`. ``D = diag(Δt_g)`` holds each parameter group's step.
+"""The Jacobian of IEQ's residual as the optimizer sees it: the two protocols a caller may hand
+``IEQ.step(jacobian_fn=…)`` — a closed-form operator (:class:`JacobianOperator`) or dense rows (:class:`JacobianRows`) — and, for any
+``nn.Module``, the generic forms from the residual's graph (``Jᵀv`` one backward pass, ``J·`` the double-backward trick;
+the Krylov solve itself is in :mod:`.krylov`, the exact solves from rows in :mod:`.ieq_solve`). ``D = diag(Δt_g)`` holds
+each parameter group's step. The optimizer knows no network: a network offers its own operator (the two-layer net's is
+:class:`~gf_lightning.components.jacobians.TwoLayerJacobian`).
 
 Dense rows for the Burgers PINN of ``configs/paper/burgers.yaml`` (12 320 × 4 353, float64, one CPU thread), fastest
 first: the objective's own (:class:`~gf_lightning.components.pinn.BurgersRows`: the input derivatives propagated
@@ -13,11 +16,14 @@ whole batch) 560 s. :class:`PerSampleRows` is the ``torch.func`` way for ``q = s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
+
+from .krylov import Preconditioner
 
 #: the dense generic path materialises ``J`` (``N × n``) when it takes at most this many bytes, else it builds ``J D Jᵀ``
 #: column block by column block with Jacobian-vector products and never holds ``J``
@@ -29,6 +35,36 @@ BLOCK_BYTES = 64 * 2**20
 Group = tuple[float, list[Tensor]]
 
 
+# -- a closed-form Jacobian operator, for the CG path and "auto"'s choice ----------------------------------------------
+@dataclass(frozen=True)
+class Costs:
+    """Multiply-adds of the two ways to solve, from the problem's sizes: ``dense`` (form ``J Jᵀ`` in closed form, factor
+    it, solve), ``setup`` (what a CG solve does once: the operator's cached products, the preconditioner) and
+    ``per_iter`` (one CG iteration: a product with ``J Jᵀ`` and one with ``M⁻¹``)."""
+
+    dense: float
+    setup: float
+    per_iter: float
+
+
+class JacobianOperator(Protocol):
+    """``J = ∂q/∂w`` in closed form, never as a matrix (``IEQ.step(jacobian_fn=…)`` returns one): ``rows`` is ``N``,
+    ``gram(v)`` is ``J Jᵀ v`` for flat ``v`` (``N``) or a block of columns (``N × r``), ``preconditioner(dt)`` applies
+    ``M⁻¹`` for a symmetric ``I ⪯ M ⪯ I + Δt J Jᵀ`` (or is ``None``), and ``costs(preconditioned)`` the multiply-adds
+    ``solver="auto"`` weighs. ``J`` is in exactly the optimizer's parameters that require grad. Two methods are
+    optional, used when present: ``dense()``, ``J Jᵀ`` itself (a fresh ``N × N`` tensor) for the Cholesky path, and ``vjp(v)``,
+    ``Jᵀ v`` as a dict from each parameter's ``id`` to its gradient, for the move in one process."""
+
+    rows: int
+
+    def gram(self, v: Tensor) -> Tensor: ...
+
+    def preconditioner(self, dt: float) -> Preconditioner | None: ...
+
+    def costs(self, preconditioned: bool = True) -> Costs: ...
+
+
+# -- generic: J from the residual's graph ------------------------------------------------------------------------------
 def unit_rows(start: int, rows: int, n_rows: int, like: Tensor) -> Tensor:
     """Rows ``start … start+rows−1`` of the ``n_rows × n_rows`` identity, shaped ``(rows, *like.shape)``."""
     e = torch.zeros(rows, n_rows, dtype=like.dtype, device=like.device)
@@ -153,6 +189,12 @@ class PerSampleRows:
         return rows if isinstance(s, float) and s == 1.0 else rows * s
 
 
+def draw_rows(n_rows: int, fraction: float, seed: int) -> Tensor:
+    """``round(fraction · n_rows)`` row indices (at least one), sorted, drawn without replacement from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_rows, generator=gen)[: max(1, round(fraction * n_rows))].sort().values
+
+
 class SubsetRows:
     """The rows ``index`` of another :class:`JacobianRows`, renumbered from 0."""
 
@@ -161,6 +203,18 @@ class SubsetRows:
 
     def block(self, index: Tensor) -> Tensor:
         return self.inner.block(self.index[index])
+
+
+def operator_vjp(op: JacobianOperator, params: list[Tensor], v: Tensor) -> list[Tensor] | None:
+    """``Jᵀ v`` per parameter from the operator's optional ``vjp``, in ``params``' dtypes; ``None`` when it has none or
+    does not cover exactly ``params``."""
+    vjp = getattr(op, "vjp", None)
+    if vjp is None:
+        return None
+    by_param = vjp(v)
+    if len(by_param) != len(params) or any(id(p) not in by_param for p in params):
+        return None
+    return [by_param[id(p)].to(p.dtype) for p in params]
 
 
 def row_blocks(index: Tensor, n_params: int, itemsize: int, max_bytes: int) -> Iterator[Tensor]:
