@@ -1,4 +1,5 @@
-"""``python scripts/burgers_figure.py …``: the Burgers PINN's figure and table (:mod:`gf_lightning.study.paper.burgers_command`)."""
+"""``python scripts/burgers_figure.py …``: the Burgers PINN's figure and table
+(:mod:`gf_lightning.study.paper.burgers_command`)."""
 import sys
 
 from gf_lightning.study.paper.burgers_command import main as _main

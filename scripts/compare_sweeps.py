@@ -1,4 +1,5 @@
-"""``python scripts/compare_sweeps.py …``: several sweeps side by side (:mod:`gf_lightning.study.sweep.compare_command`)."""
+"""``python scripts/compare_sweeps.py …``: several sweeps side by side
+(:mod:`gf_lightning.study.sweep.compare_command`)."""
 import sys
 
 from gf_lightning.study.sweep.compare_command import main as _main

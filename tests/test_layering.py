@@ -21,7 +21,8 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path, modules: set[str]) -> set[str]:
-    """The package's modules that ``path`` imports (``from .x import y`` names ``x``, or ``x.y`` where that is a module)."""
+    """The package's modules that ``path`` imports (``from .x import y`` names ``x``, or ``x.y`` where that is a
+    module)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -35,7 +36,8 @@ def imports(path: Path, modules: set[str]) -> set[str]:
                 origin = ".".join(base + ([node.module] if node.module else []))
             else:
                 origin = node.module or ""
-            targets = [f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin for alias in node.names]
+            targets = [f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin
+                       for alias in node.names]
         else:
             continue
         for target in targets:

@@ -238,8 +238,8 @@ def test_the_grid_is_the_cartesian_product_with_one_folder_per_point():
 
 
 def _record(point, status, metric, seconds=None, train=(0.5,)):
-    return sweep_records.RunRecord(point.name, point.method, point.values, point.lr, point.seed, list(point.args), status=status,
-                           train_loss=list(train), val={"val/loss": list(metric)},
+    return sweep_records.RunRecord(point.name, point.method, point.values, point.lr, point.seed, list(point.args),
+                                   status=status, train_loss=list(train), val={"val/loss": list(metric)},
                            val_seconds=list(seconds or range(1, len(metric) + 1)), init_train_loss=1.0)
 
 

@@ -16,8 +16,8 @@ class Scalar:
 
 
 def read_scalars(root: str | Path) -> dict[str, list[Scalar]]:
-    """Every scalar in the event files under ``root`` (searched recursively), as ``tag → [Scalar, …]`` in step order (ties in
-    the order they were written)."""
+    """Every scalar in the event files under ``root`` (searched recursively), as ``tag → [Scalar, …]`` in step order
+    (ties in the order they were written)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list[Scalar]] = {}

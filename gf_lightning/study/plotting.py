@@ -1,5 +1,6 @@
-"""What every study's figures share: matplotlib without a display (:func:`pyplot`, imported only when a figure is drawn),
-one marker per series (:data:`MARKERS`, so that a curve under another still shows), and saving a figure atomically."""
+"""What every study's figures share: matplotlib without a display (:func:`pyplot`, imported only when a figure is
+drawn), one marker per series (:data:`MARKERS`, so that a curve under another still shows), and saving a figure
+atomically (:func:`save_atomic`)."""
 
 from __future__ import annotations
 

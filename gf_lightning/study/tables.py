@@ -42,8 +42,8 @@ def formatted(x: float | int | None, spec: str = ".3e") -> str:
 
 
 def mean_sd(s: Stat | None, pct: bool = False, unit: str = "", runs: int = 1, count: bool = True) -> str:
-    """``mean ± sd (n=k)`` (``count``: with the number of values); a single value alone, with ``(n=1)`` when ``runs`` (the
-    seeds asked) were more and ``count``. The spread of a percentage is in points, that of a number to 2 digits."""
+    """``mean ± sd (n=k)`` (``count``: with the number of values); a single value alone, with ``(n=1)`` when ``runs``
+    (the seeds asked) were more and ``count``. The spread of a percentage is in points, that of a number to 2 digits."""
     if s is None:
         return NONE
     text = number(s.mean, pct) + unit

@@ -1,11 +1,13 @@
-"""The Burgers figure's command: Fig. 12 of Ma, Mao & Shen (2024), the Burgers PINN: the table of runs, their curves, and u predicted / exact / difference.
+"""Fig. 12 of Ma, Mao & Shen (2024), the Burgers PINN: the table of runs, their curves, and u predicted / exact /
+difference (the Burgers figure's command line).
 
     python -m gf_lightning.study burgers-figure --root results/burgers --out docs/paper/fig12 --solution 0.01/ieq
 
 reads every run ``<root>/lr<LR>/lightning_logs/<experiment>/<method>/version_N`` (as docs/paper.md's commands write them:
 ``--trainer.default_root_dir=<root>/lr<LR> --run_name=<method>``; the newest version of each) and, if present,
-``<root>/times.tsv`` (``method, lr, user s, system s, wall s`` per run, from /usr/bin/time: the table's CPU column), and writes
-``<out>/burgers_curves.png``, ``<out>/burgers_solution.png`` (the run ``--solution LR/METHOD``) and ``<out>/burgers_table.md``.
+``<root>/times.tsv`` (``method, lr, user s, system s, wall s`` per run, from /usr/bin/time: the table's CPU column), and
+writes ``<out>/burgers_curves.png``, ``<out>/burgers_solution.png`` (the run ``--solution LR/METHOD``) and
+``<out>/burgers_table.md``.
 The figures and the table are :mod:`.burgers`.
 """
 

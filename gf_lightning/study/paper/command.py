@@ -1,10 +1,10 @@
-"""The paper's command: measure the figures of Ma, Mao & Shen (2024) on the paper configs (:mod:`.figures`).
+"""Measure the figures of Ma, Mao & Shen (2024) on the paper configs (:mod:`.figures`; the paper's command line).
 
     python -m gf_lightning.study paper --figures fig1 fig3 --out paper_runs --jobs 2
     python -m gf_lightning.study paper --figures all --out paper_runs --data-dir ../shared/data
 
-Each figure's runs go through the CLI, as a sweep's points, under ``<out>/<figure>/``; a second call skips the runs that are
-done. Writes ``<out>/<figure>/curves.png`` and ``table.md``; docs/paper.md sets them beside the paper's claims.
+Each figure's runs go through the CLI, as a sweep's points, under ``<out>/<figure>/``; a second call skips the runs that
+are done. Writes ``<out>/<figure>/curves.png`` and ``table.md``; docs/paper.md sets them beside the paper's claims.
 """
 
 from __future__ import annotations

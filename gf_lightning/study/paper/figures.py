@@ -1,5 +1,6 @@
 """The figures of Ma, Mao & Shen (2024), measured: each figure's runs as small grids on the paper configs, run by the
-sweep's process runner (:mod:`..sweep.runner`), and drawn as the paper draws them — loss against epochs, one line per method and step.
+sweep's process runner (:mod:`..sweep.runner`), and drawn as the paper draws them — loss against epochs, one line per
+method and step.
 
 A figure is a list of :class:`Part`\\ s (one grid each: methods × step sizes × other settings); its runs live under
 ``<out>/<figure>/<part>/runs/<point>``, so a second call skips what is done. :func:`measure` runs a figure and writes
@@ -236,7 +237,8 @@ def curves(figure: Figure, runs: list[Run], path: Path, configs: Path = Path("co
         axes[2].grid(True, alpha=0.3)
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     seeds = len(SEEDS)
-    fig.suptitle(f"{figure.name}: {experiment_name(figure.config_path(configs))}, {figure.epochs} epochs; lines: mean over {seeds} "
+    name = experiment_name(figure.config_path(configs))
+    fig.suptitle(f"{figure.name}: {name}, {figure.epochs} epochs; lines: mean over {seeds} "
                  f"seeds, bands: their range", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 3.1 / fig.get_figwidth(), 1))
     path.parent.mkdir(parents=True, exist_ok=True)

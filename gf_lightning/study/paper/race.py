@@ -178,7 +178,8 @@ def run_race(settings: RaceSettings, out: Path, log: Callable[[str], None] = pri
                 runs.append(run)
                 log(f"{method:<12} {dtype} seed {seed}: {run.steps} steps, error {run.points[-1][1]:.3g} after "
                     f"{run.points[-1][0]:.1f} s (best {min(e for _, e in run.points):.3g})")
-                write_atomic(out / "race.json", json_text({"settings": asdict(settings), "runs": [asdict(r) for r in runs]}))
+                record = {"settings": asdict(settings), "runs": [asdict(r) for r in runs]}
+                write_atomic(out / "race.json", json_text(record))
     return runs
 
 

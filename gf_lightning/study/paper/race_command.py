@@ -1,8 +1,9 @@
-"""The PINN race's command: the Burgers PINN race (docs/pinn.md): relative L² error against wall-clock seconds, every method × dtype × seed.
+"""The Burgers PINN race (docs/pinn.md): relative L² error against wall-clock seconds, every method × dtype × seed
+(the race's command line).
 
-    python -m gf_lightning.study pinn-race --out results/pinn_race                       # the race: 30 minutes a run, 3 seeds
-    python -m gf_lightning.study pinn-race --out /tmp/smoke --budget 60 --seeds 0        # a smoke
-    python -m gf_lightning.study pinn-race --out results/pinn_race --report-only         # redraw race.png and race.md
+    gf-pinn-race --out results/pinn_race                       # the race: 30 minutes a run, 3 seeds
+    gf-pinn-race --out /tmp/smoke --budget 60 --seeds 0        # a smoke
+    gf-pinn-race --out results/pinn_race --report-only         # redraw race.png and race.md
 
 The race is :mod:`.race`.
 """
@@ -21,7 +22,8 @@ PROG = "python -m gf_lightning.study pinn-race"
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Race (or, with ``--report-only``, report) as ``argv`` (default: the process's arguments) asks."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     default = RaceSettings()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--config", default=default.config)

@@ -1,7 +1,8 @@
-"""The reproduction's command: reproduce the four experiments of SPEC §3 in one command and report what was measured beside what the seed claims.
+"""Reproduce the four experiments of SPEC §3 in one command and report what was measured beside what the seed claims
+(the reproduction's command line).
 
-    python scripts/reproduce.py --experiment all --threads 1                      # everything: ~11 min on 2 idle cores
-    python scripts/reproduce.py --experiment 3 --epochs-scale 0.05 --out /tmp/r3  # a quick pass: 5 epochs per method
+    gf-reproduce --experiment all --threads 1                      # everything: ~11 min on 2 idle cores
+    gf-reproduce --experiment 3 --epochs-scale 0.05 --out /tmp/r3  # a quick pass: 5 epochs per method
 
 Every method runs through the same CLI and config a user runs (``python -m gf_lightning fit --config configs/expN_M.yaml``),
 with TensorBoard logs under ``<out>/exp<N>/<method>/``: with ``--jobs N``, in N worker processes at once, the longest runs

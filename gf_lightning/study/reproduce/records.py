@@ -131,8 +131,8 @@ class RunResult:
 
     @property
     def flag(self) -> str:
-        """How the run ended: NaN, error, *unstable* by the studies' one rule (:mod:`.outcome`, from the held-out loss at
-        the initial weights, the same split's start the reproduction records), frozen or stalled, else ok."""
+        """How the run ended: NaN, error, *unstable* by the studies' one rule (:mod:`..outcome`, from the held-out loss
+        at the initial weights, the same split's start the reproduction records), stuck (frozen or stalled), else ok."""
         if self.status == "nan":
             return f"**NaN** in epoch {self.epochs_done + 1}"
         if self.status == "error":
@@ -147,8 +147,8 @@ class RunResult:
 def collapsed_from(r: RunResult) -> int | None:
     """The index in ``r.energy_steps`` from which the run stays collapsed to its last logged step, or None: where the
     effective step (``optim/effective_lr``, logged with ``energy/modified`` at the same steps) collapsed
-    (:func:`..outcome.step_collapsed`), or where the modified energy is ±∞ or NaN (as ``RunResult.stuck``, which looks
-    at the last step only)."""
+    (:func:`..outcome.step_collapsed`), or where the modified energy is ±∞ or NaN (as ``RunResult.stuck``, which
+    looks at the last step only)."""
     n = len(r.energy)
     lr = r.effective_lr if len(r.effective_lr) == n else [math.nan] * n
     start = n

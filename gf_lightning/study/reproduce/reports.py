@@ -36,13 +36,15 @@ def accuracy_table(exp: int, results: list[RunResult]) -> str:
     if exp == MNIST:
         header = ["method", "epochs", "final test loss", "seed: final loss", "best test loss", "final acc",
                   "seed: final acc", "best acc", "epochs to 90 %", "seed: epochs to 90 %", "flag"]
-        rows = [[r.method, str(len(r.test_loss)), formatted(r.final_loss), claim(exp, "final_loss", r.method), formatted(r.best_loss),
-                 number(r.final_acc, pct=True), claim(exp, "final_acc", r.method), number(r.best_acc, pct=True), formatted(r.epochs_to_target, "d"),
+        rows = [[r.method, str(len(r.test_loss)), formatted(r.final_loss), claim(exp, "final_loss", r.method),
+                 formatted(r.best_loss), number(r.final_acc, pct=True), claim(exp, "final_acc", r.method),
+                 number(r.best_acc, pct=True), formatted(r.epochs_to_target, "d"),
                  claim(exp, "epochs_to", r.method), r.flag] for r in results]
     else:
         header = ["method", "epochs", "final test MSE", "seed: final MSE", "best test MSE", "final rel err",
                   "best rel err", "epochs to MSE < 1e-4", "seed: epochs to 1e-4", "flag"]
-        rows = [[r.method, str(len(r.test_loss)), formatted(r.final_loss), claim(exp, "final_loss", r.method), formatted(r.best_loss),
+        rows = [[r.method, str(len(r.test_loss)), formatted(r.final_loss), claim(exp, "final_loss", r.method),
+                 formatted(r.best_loss),
                  formatted(r.final_rel_err), formatted(r.best_rel_err), formatted(r.epochs_to_target, "d"),
                  claim(exp, "epochs_to", r.method), r.flag] for r in results]
     return md_table(header, rows)
@@ -56,7 +58,8 @@ def cost_table(exp: int, results: list[RunResult]) -> str:
     for r in results:
         lr = f"{r.effective_lr[0]:.3g} → {r.effective_lr[-1]:.3g}" if r.effective_lr else "—"
         rows.append([r.method, formatted(r.seconds_per_epoch, ".4f"), _times(r.seconds_per_epoch / sgd),
-                     claim(exp, "time", r.method), formatted(r.violations, ".0f"), formatted(r.restart_rises, ".0f"), lr,
+                     claim(exp, "time", r.method), formatted(r.violations, ".0f"),
+                     formatted(r.restart_rises, ".0f"), lr,
                      formatted(r.init_test_loss, ".6e"),
                      f"`{r.init_weights or '—'}`", f"`{r.init_data or '—'}`"])
     return md_table(header, rows)
@@ -103,7 +106,8 @@ def write_results(exp: int, results: list[RunResult], skipped: list[str], settin
         f"- machine: {machine_line()}",
         f"- epochs: each config's `max_epochs` × {settings.epochs_scale:g} (at least 1); wall time of this experiment "
         f"{wall_s:.1f} s",
-        f"- each run, {where_runs(settings)}: `{run_command(results[0], settings)}`, with each method's config (`args` in "
+        f"- each run, {where_runs(settings)}: `{run_command(results[0], settings)}`, with each method's config "
+        "(`args` in "
         "`results.json`); "
         f"TensorBoard logs in `exp{exp}/<method>/`",
         "",
@@ -165,7 +169,8 @@ def write_summary(done: dict[int, list[RunResult]], settings: Settings, wall_s: 
         lines += [f"## [Experiment {exp}](exp{exp}/results.md): {EXPERIMENTS[exp]}", ""]
         header = ["method", "final test loss", "best test loss", "final acc" if exp == MNIST else "final rel err", "flag"]
         rows = [[r.method, formatted(r.final_loss), formatted(r.best_loss),
-                 number(r.final_acc, pct=True) if exp == MNIST else formatted(r.final_rel_err), r.flag] for r in results]
+                 number(r.final_acc, pct=True) if exp == MNIST else formatted(r.final_rel_err), r.flag]
+                for r in results]
         lines += [md_table(header, rows), ""]
     path = settings.out / "summary.md"
     path.write_text("\n".join(lines))

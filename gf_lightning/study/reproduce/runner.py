@@ -61,7 +61,8 @@ def run_one(spec: RunSpec, settings: Settings, index: int = 0,
     run_dir = settings.out / f"exp{spec.experiment}" / spec.method
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run replaces the old one: the logs read back are this run's
     args = cli_args(spec, run_dir, settings)
-    result = RunResult(spec.experiment, spec.method, root_path(spec.config, settings.root), str(run_dir), spec.epochs, args)
+    result = RunResult(spec.experiment, spec.method, root_path(spec.config, settings.root), str(run_dir), spec.epochs,
+                       args)
     if report is not None:
         report(Tick(index, 0, spec.epochs))
     start = time.monotonic()

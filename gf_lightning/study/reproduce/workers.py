@@ -157,8 +157,8 @@ def _relay(ticks, report: Callable[[Tick], None] | None) -> None:
 
 def _lost(spec: RunSpec, settings: Settings, err: BaseException) -> RunResult:
     run_dir = settings.out / f"exp{spec.experiment}" / spec.method
-    result = RunResult(spec.experiment, spec.method, runner.root_path(spec.config, settings.root), str(run_dir), spec.epochs,
-                       runner.cli_args(spec, run_dir, settings))
+    result = RunResult(spec.experiment, spec.method, runner.root_path(spec.config, settings.root), str(run_dir),
+                       spec.epochs, runner.cli_args(spec, run_dir, settings))
     result.status, result.message = "error", f"its worker process ended: {type(err).__name__}: {err}"
     return result
 

@@ -1,11 +1,12 @@
-"""The sweep's command: sweep a grid of methods × step sizes (× any config settings) on one config, through the CLI, and report it.
+"""Sweep a grid of methods × step sizes (× any config settings) on one config, through the CLI, and report it
+(the sweep's command line).
 
-    python scripts/sweep.py --config configs/exp3_sgd.yaml --methods sgd adam sav --lr 1e-3:1e1:5 --jobs 2 --out /tmp/sw3
-    python scripts/sweep.py --config configs/exp4_sgd.yaml --data-dir ../shared/data --lr 1e-2:1e1:7 --seeds 0 1 2
-    python scripts/sweep.py --config configs/exp1_sgd.yaml --lr 1e-3:1:4 --grid model.net.init_args.init=fan_in,kaiming
-    python scripts/sweep.py ... --slurm            # write <out>/sweep.sbatch (one array task per point) instead of running
-    python scripts/sweep.py --report-only --out DIR   # gather the run folders (after SLURM) and write the report
-    python scripts/sweep.py --from-results DIR/results.json   # the report again from results.json alone
+    gf-sweep --config configs/exp3_sgd.yaml --methods sgd adam sav --lr 1e-3:1e1:5 --jobs 2 --out /tmp/sw3
+    gf-sweep --config configs/exp4_sgd.yaml --data-dir ../shared/data --lr 1e-2:1e1:7 --seeds 0 1 2
+    gf-sweep --config configs/exp1_sgd.yaml --lr 1e-3:1:4 --grid model.net.init_args.init=fan_in,kaiming
+    gf-sweep ... --slurm            # write <out>/sweep.sbatch (one array task per point) instead of running
+    gf-sweep --report-only --out DIR   # gather the run folders (after SLURM) and write the report
+    gf-sweep --from-results DIR/results.json   # the report again from results.json alone
 
 Every point runs ``python -m gf_lightning fit --config CONFIG <overrides>`` in its own process and folder
 (``<out>/runs/<point>/``), ``--jobs`` at once; points already done (trained, frozen or diverged) are skipped on a re-run.
@@ -13,8 +14,8 @@ The method replaces the config's optimizer entirely (class and every setting: th
 variant, then ``--method-args`` where the class takes them). Writes ``<out>/sweep.png`` (final and best held-out metric
 against Δt, diverged and frozen runs marked, gradient descent's stability limits), ``<out>/sweep.md`` (per method: the
 largest Δt that trains, the best Δt and its metric as mean ± spread over the seeds, the time to a target) and
-``<out>/results.json``. ``gf_lightning.study.sweep`` holds the code; its modules' docstrings define every term. The same command is
-``python -m gf_lightning.study sweep …`` and ``gf-sweep …``.
+``<out>/results.json``. ``gf_lightning.study.sweep`` holds the code; its modules' docstrings define every term.
+``gf-sweep`` is ``python -m gf_lightning.study sweep`` and ``python scripts/sweep.py``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""The comparison's command: several sweeps side by side (:mod:`.compare`): one row per sweep, one column per panel, mean ± s.d.
-over the seeds.
+"""Several sweeps side by side (:mod:`.compare`): one row per sweep, one column per panel, mean ± s.d. over the
+seeds (the comparison's command line).
 
 For example, every method of exp1 at its own config under two initialisations:
 
     for f in configs/exp1_*.yaml; do m=$(basename $f .yaml); m=${m#exp1_}
-      python -m gf_lightning.study sweep --config $f --methods config --lr <its lr> --seeds 0 1 2 \\
+      gf-sweep --config $f --methods config --lr <its lr> --seeds 0 1 2 \\
           --grid model.net.init_args.init=fan_in,public --out sweeps/inits/exp1/$m
     done
-    python -m gf_lightning.study compare sweeps/inits/exp1/* --out sweeps/inits/exp1_compare --title "exp1, two initialisations"
+    python -m gf_lightning.study compare sweeps/inits/exp1/* --out sweeps/inits/exp1_compare \\
+        --title "exp1, two initialisations"
 """
 
 from __future__ import annotations

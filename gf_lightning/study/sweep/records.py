@@ -45,7 +45,7 @@ class RunRecord:
     lr: float
     seed: str | None
     args: list[str]  #: what followed ``python -m gf_lightning fit``
-    status: str = "error"  #: trained, frozen, unstable, diverged (:mod:`.outcome`) or error
+    status: str = "error"  #: trained, frozen, unstable, diverged (:mod:`..outcome`) or error
     message: str = ""
     exit_code: int | None = None
     wall_s: float = math.nan  #: the process's wall time, start-up included

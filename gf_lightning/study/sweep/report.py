@@ -191,7 +191,7 @@ def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], state
 
 def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) -> dict[str, Path]:
     """Write a sweep's report again from its ``results.json`` alone (the run folders need not exist), into ``out`` (default:
-    the folder of ``results.json``), with every finished record judged again by the current rule (:mod:`.outcome`)."""
+    the folder of ``results.json``), with every finished record judged again by the current rule (:mod:`..outcome`)."""
     results = Path(results)
     data = json.loads(results.read_text())
     plan = dataclasses.replace(Plan.from_json(data["plan"]), out=str((out or results.parent).resolve()))
