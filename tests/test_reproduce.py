@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from conftest import CONFIGS, METHODS, ROOT
 from gf_lightning.cli import cli_main
-from gf_lightning.study.reproduce import claims, figures, records, reproduction, runner, workers
+from gf_lightning.study.reproduce import claims, figures, records, reproduction, workers
+from gf_lightning.study.reproduce import in_process as runner
 from gf_lightning.study.events import read_scalars
 from gf_lightning.study.methods import ENERGY_METHODS
 from helpers import callback_arg

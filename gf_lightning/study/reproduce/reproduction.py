@@ -15,7 +15,7 @@ import yaml
 from .progress import ProgressLines
 from .records import RunResult, RunSpec, Settings
 from .reports import write_results, write_summary
-from .runner import intra_op_threads, quiet_lightning
+from .in_process import intra_op_threads, quiet_lightning
 from .workers import run_plan, usable_cores
 
 

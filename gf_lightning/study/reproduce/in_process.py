@@ -1,6 +1,7 @@
-"""One run of a study: a method's config through the same CLI a user runs (``python -m gf_lightning fit --config …``), in
-this process, with the callbacks that record where it started and report its progress; afterwards its TensorBoard events
-are read back into a :class:`~.records.RunResult`."""
+"""One run of the reproduction in this process (the sweep's runs are processes: :mod:`..sweep.runner`): a method's
+config through the same CLI a user runs (``python -m gf_lightning fit --config …``), with the callbacks that record where
+it started and report its progress; afterwards its TensorBoard events are read back into a
+:class:`~.records.RunResult`."""
 
 from __future__ import annotations
 
