@@ -1,48 +1,12 @@
-"""The Burgers PINN race (docs/pinn.md): relative L² error against wall-clock seconds, every method × dtype × seed.
-
-    python scripts/pinn_race.py --out results/pinn_race                       # the race: 30 minutes a run, 3 seeds
-    python scripts/pinn_race.py --out /tmp/smoke --budget 60 --seeds 0        # a smoke
-    python scripts/pinn_race.py --out results/pinn_race --report-only         # redraw race.png and race.md
-
-The code is :mod:`gf_lightning.study.race`.
-"""
-
-from __future__ import annotations
-
-import argparse
+"""``python scripts/pinn_race.py …``: the Burgers PINN race (:mod:`gf_lightning.study.paper.race_command`)."""
 import sys
-from pathlib import Path
 
-from gf_lightning.errors import GFConfigError
-from gf_lightning.study.race import DTYPES, METHODS, RaceSettings, report, run_race
+from gf_lightning.study.paper.race_command import main as _main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = RaceSettings()
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--config", default=default.config)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"some of {', '.join(METHODS)}")
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), help=f"some of {', '.join(DTYPES)}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(default.seeds))
-    parser.add_argument("--budget", type=float, default=default.budget, help="training seconds a run")
-    parser.add_argument("--every", type=float, default=default.every, help="seconds between records")
-    parser.add_argument("--ieq-lr", type=float, default=default.ieq_lr)
-    parser.add_argument("--row-fraction", type=float, default=default.row_fraction)
-    parser.add_argument("--threads", type=int, default=default.threads)
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args()
-    settings = RaceSettings(config=args.config, methods=tuple(args.methods), dtypes=tuple(args.dtypes),
-                            seeds=tuple(args.seeds), budget=args.budget, every=args.every, ieq_lr=args.ieq_lr,
-                            row_fraction=args.row_fraction, threads=args.threads)
-    try:
-        if not args.report_only:
-            run_race(settings, args.out)
-        report(args.out)
-    except GFConfigError as err:
-        sys.exit(f"pinn_race: {err}")
-    print((args.out / "race.md").read_text())
+def main(argv: list[str] | None = None) -> int:
+    return _main(argv, prog="python scripts/pinn_race.py")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

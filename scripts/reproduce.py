@@ -1,97 +1,12 @@
-"""Reproduce the four experiments of SPEC §3 in one command and report what was measured beside what the seed claims.
-
-    python scripts/reproduce.py --experiment all --threads 1                      # everything: ~11 min on 2 idle cores
-    python scripts/reproduce.py --experiment 3 --epochs-scale 0.05 --out /tmp/r3  # a quick pass: 5 epochs per method
-
-Every method runs through the same CLI and config a user runs (``python -m gf_lightning fit --config configs/expN_M.yaml``),
-with TensorBoard logs under ``<out>/exp<N>/<method>/``: with ``--jobs N``, in N worker processes at once, the longest runs
-first, each process on ``--threads`` intra-op threads (with ``--threads 1``, a run's numbers are bit for bit those of the
-same run alone in one process); with ``--jobs 1``, in this process, one after the other. When an experiment's last run
-has ended, its event files are read back and ``<out>/exp<N>/`` gets ``loss.png``, ``energy.png``, ``results.md``
-(measured | claimed) and ``results.json``. ``--experiment all`` also writes ``<out>/summary.md``. A run that goes
-non-finite is recorded as such; the others go on.
-
-This file only reads the command line: the reproduction is ``gf_lightning.study.reproduction``.
-"""
-
-from __future__ import annotations
-
-import argparse
-import math
-import shlex
+"""``python scripts/reproduce.py …``: :mod:`gf_lightning.study.reproduce.command` with this repository's configs."""
 import sys
 from pathlib import Path
 
-from gf_lightning.study.methods import METHODS, NEW_METHODS
-from gf_lightning.study.records import Settings
-from gf_lightning.study.reproduction import config_path, reproduce
-from gf_lightning.study.runner import CONFIGS
-from gf_lightning.study.workers import default_jobs, usable_cores
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", choices=["1", "2", "3", "4", "all"], required=True)
-    p.add_argument("--methods", nargs="+", default=list(METHODS),
-                   help=f"default: every config that exists for the experiment among {', '.join(METHODS)} (the seed's; "
-                        f"beyond it: {', '.join(NEW_METHODS)}); NAME runs "
-                        "configs/exp<N>_NAME.yaml, so a variant config such as exp4_expsav_restart.yaml runs as expsav_restart")
-    p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies each config's max_epochs (min 1 epoch)")
-    p.add_argument("--accelerator", default="cpu", help="--trainer.accelerator (default cpu)")
-    p.add_argument("--devices", default="1", help="--trainer.devices (default 1)")
-    p.add_argument("--out", type=Path, default=Path("results"))
-    default_data = "../shared/data" if Path("../shared/data").exists() else "data"
-    p.add_argument("--data-dir", default=default_data, help=f"MNIST folder holding MNIST/raw/ (default {default_data})")
-    p.add_argument("--log-every-n-steps", type=int, default=None,
-                   help="--trainer.log_every_n_steps: how often energies are logged (default: the config's, 10)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads of each process that trains (default: torch's choice, or with --jobs N the "
-                        "cores ÷ N; on a few busy shared cores 1 can be much faster)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help=f"runs trained at once, each in a worker process of its own (default: as many as the "
-                        f"{usable_cores()} usable cores hold at --threads each, here {default_jobs(1)} with --threads 1; "
-                        "1 without --threads); --jobs 1 trains in this process, one run after the other")
-    p.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
-    opts = p.parse_args(argv)
-    if not (math.isfinite(opts.epochs_scale) and opts.epochs_scale > 0):
-        refuse(f"--epochs-scale {opts.epochs_scale!r}; allowed: a finite number > 0")
-    for name in ("threads", "jobs"):
-        if getattr(opts, name) is not None and getattr(opts, name) < 1:
-            refuse(f"--{name} {getattr(opts, name)}; allowed: an integer >= 1")
-    experiments = [1, 2, 3, 4] if opts.experiment == "all" else [int(opts.experiment)]
-    known = sorted({path.stem.partition("_")[2] for path in CONFIGS.glob("exp[1-4]_*.yaml")})
-    unknown = [m for m in opts.methods if m not in known]
-    if unknown:
-        refuse(f"--methods: no config configs/exp<N>_NAME.yaml for {', '.join(map(repr, unknown))}; allowed: "
-               f"{', '.join(known)}")
-    if not any(config_path(exp, m).exists() for exp in experiments for m in opts.methods):
-        refuse(f"--methods {' '.join(opts.methods)}: none has a config in experiment {opts.experiment}; nothing to run")
-    return opts
-
-
-def refuse(message: str) -> None:
-    """A bad command line: one line on stderr, exit 2."""
-    print(f"reproduce: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+from gf_lightning.study.reproduce.command import main as _main
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    settings = Settings(
-        out=opts.out,
-        command=shlex.join(["python", "scripts/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
-        epochs_scale=opts.epochs_scale,
-        accelerator=opts.accelerator,
-        devices=opts.devices,
-        data_dir=opts.data_dir,
-        log_every_n_steps=opts.log_every_n_steps,
-        threads=opts.threads,
-        jobs=opts.jobs or default_jobs(opts.threads),
-        progress_every=opts.progress_every,
-    )
-    experiments = [1, 2, 3, 4] if opts.experiment == "all" else [int(opts.experiment)]
-    reproduce(experiments, opts.methods, settings, summary=opts.experiment == "all")
-    return 0
+    return _main(argv, prog="python scripts/reproduce.py", configs=Path(__file__).resolve().parents[1] / "configs")
 
 
 if __name__ == "__main__":

@@ -330,8 +330,8 @@ def test_the_sweeps_initial_state_of_a_pinn_point(tmp_path):
     ``samples`` rows (the interior points only), and the held-out error of ``u`` against the ``(target, kind)`` rows
     instead of the exact solution. The initial state must hold the loss over all collocation rows at once, the relative
     L² error validation would log, and a λ_max taken on every row."""
-    from gf_lightning.study import stability
-    from gf_lightning.study.grid import Plan
+    from gf_lightning.study.sweep import stability
+    from gf_lightning.study.sweep.grid import Plan
 
     grid = [f"data.init_args.{k}={v}" for k, v in TINY.items()]
     plan = Plan.build(BURGERS, ["adam"], "0.01", grid, out=str(tmp_path))

@@ -20,8 +20,9 @@ from conftest import CONFIGS, ROOT, SMALL_EXP1, subprocess_env
 from helpers import fit_children, kill_all, running, wait_until
 
 from gf_lightning.cli import cli_main
-from gf_lightning.study import sweep
-from gf_lightning.study.grid import Plan
+from gf_lightning.study.sweep import records as sweep_records
+from gf_lightning.study.sweep import runner as sweep_runner
+from gf_lightning.study.sweep.grid import Plan
 
 #: exp3 shrunk (160 training samples, 32 hidden units) and run for as long as it takes to be stopped
 ENDLESS = 1_000_000
@@ -143,7 +144,7 @@ def test_a_run_cut_short_by_sigterm_is_not_done_and_runs_again(tmp_path, capsys)
     assert record["status"] == "error" and record["exit_code"] == 143, record["message"]
     assert record["message"].startswith("gf_lightning: interrupted by SIGTERM")
     (point,) = Plan.load(out).points()
-    assert sweep.done(point) is None
+    assert sweep_records.done(point) is None
     assert _script().main([*SWEEP, "--lr", "0.1", "--checkpoints", "--out", str(out), "--slurm"]) == 0
     assert "1 points, 0 done before (skipped), 1 to write for SLURM" in capsys.readouterr().err
 
@@ -155,7 +156,7 @@ def test_a_run_that_logged_fewer_epochs_than_asked_is_incomplete(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     (point,) = Plan.build(CONFIGS / "exp3_sgd.yaml", ["sgd"], "0.1", max_epochs=5, out=tmp_path).points()
-    folder = sweep.prepare(point)
+    folder = sweep_runner.prepare(point)
     logs = folder / "lightning_logs" / "exp3" / "sgd" / "version_0"
     writer = SummaryWriter(str(logs))
     for epoch, loss in enumerate([0.9, 0.5]):
@@ -165,11 +166,11 @@ def test_a_run_that_logged_fewer_epochs_than_asked_is_incomplete(tmp_path):
     (logs / "config.yaml").write_text("trainer:\n  max_epochs: 5\n  max_steps: -1\n")
     for name, text in (("log.txt", "Seed set to 0\n"), ("started", "0\n"), ("exit_code", "0\n")):
         (folder / name).write_text(text)
-    record = sweep.collect(point, init_train_loss=1.0)
+    record = sweep_records.collect(point, init_train_loss=1.0)
     assert (record.status, record.message) == ("error", "incomplete: 2 of 5 epochs done (run again)")
     record.status = "trained"  # as the code before this check recorded it
     record.save(folder)
-    assert sweep.done(point) is None
+    assert sweep_records.done(point) is None
 
 
 def test_a_reproduction_stopped_by_sigterm_exits_non_zero(tmp_path):

@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from gf_lightning.study.grid import Point
 from gf_lightning.study.outcome import FROZEN_DROP, UNSTABLE_RISE, judge
-from gf_lightning.study.sweep import RunRecord, rejudge
-from gf_lightning.study.sweep_report import cells, limits, summaries
+from gf_lightning.study.sweep.cells import cells, limits, summaries
+from gf_lightning.study.sweep.grid import Point
+from gf_lightning.study.sweep.records import RunRecord, rejudge
 
 L0 = 2.0  # the training loss at the initial weights
 

@@ -1,4 +1,4 @@
-"""The Burgers PINN race runner (gf_lightning.study.race) with a budget of seconds: every method records its error
+"""The Burgers PINN race runner (gf_lightning.study.paper.race) with a budget of seconds: every method records its error
 against its training time, the report's table reads the records as stated, and a bad setting stops in one line."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, subprocess_env
 from gf_lightning.errors import GFConfigError
-from gf_lightning.study.race import METHODS, RaceRun, RaceSettings, check, report, run_race, table
+from gf_lightning.study.paper.race import METHODS, RaceRun, RaceSettings, check, report, run_race, table
 
 TINY_CONFIG = """
 model:

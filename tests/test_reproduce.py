@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from conftest import CONFIGS, METHODS, ROOT
 from gf_lightning.cli import cli_main
-from gf_lightning.study import claims, figures, records, reproduction, runner, workers
+from gf_lightning.study.reproduce import claims, figures, records, reproduction, workers
+from gf_lightning.study.reproduce import in_process as runner
 from gf_lightning.study.events import read_scalars
 from gf_lightning.study.methods import ENERGY_METHODS
 from helpers import callback_arg
@@ -242,13 +243,13 @@ def test_energy_figure_marks_a_freeze_and_leaves_minus_infinity_out(tmp_path):
     run = records.RunResult(1, "expsav", "", "", 1, energy_steps=[10, 20, 30, 40], energy_true=[1.0, 1.0, 1.0, 1.0],
                               energy=[0.9, -1e13, -1.7e38, -math.inf], effective_lr=[0.1, 1e-12, 0.0, 0.0],
                               nominal_lr=0.1, violations=0.0, log_every=10)
-    assert records.frozen_from(run) == 1 and run.frozen
+    assert records.collapsed_from(run) == 1 and run.stuck
     figures.plot_energy([run], tmp_path / "energy.png")
     with Image.open(tmp_path / "energy.png") as img:
         img.verify()
     assert "ExpSAV at step 20 (modified energy then −∞)" in figures.energy_caption([run])
     run.energy, run.effective_lr = [0.9, 0.5, 0.4, 0.3], [0.1, 1e-12, 1e-12, 0.1]  # a restart form that recovers
-    assert records.frozen_from(run) is None and "Frozen" not in figures.energy_caption([run])
+    assert records.collapsed_from(run) is None and "Frozen" not in figures.energy_caption([run])
 
 
 def test_coinciding_loss_curves_are_found_from_the_data():

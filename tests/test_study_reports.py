@@ -10,10 +10,10 @@ from pathlib import Path
 
 from conftest import ROOT
 
-from gf_lightning.study.paper import FIGURES, Run, table
-from gf_lightning.study.sweep import RunRecord
-from gf_lightning.study.sweep_report import portable, rewrite, shown_path
-from gf_lightning.study.grid import Plan
+from gf_lightning.study.paper.figures import FIGURES, Run, table
+from gf_lightning.study.sweep.grid import Plan
+from gf_lightning.study.sweep.records import RunRecord
+from gf_lightning.study.sweep.report import portable, rewrite, shown_path
 
 
 def _record(name: str, status: str, loss: list[float], test: list[float]) -> RunRecord:

@@ -19,11 +19,15 @@ import torch
 
 from conftest import CONFIGS, ROOT
 
-from gf_lightning.study import stability, sweep, sweep_report
-from gf_lightning.study.grid import LR_KEY, METHODS, SEED_KEY, Plan
-from gf_lightning.study.grid import label as grid_label
 from gf_lightning.study.methods import LABELS as STUDY_LABELS
+from gf_lightning.study.methods import METHODS
+from gf_lightning.study.methods import label as grid_label
 from gf_lightning.study.methods import label as study_label
+from gf_lightning.study.sweep import cells as sweep_cells
+from gf_lightning.study.sweep import records as sweep_records
+from gf_lightning.study.sweep import runner as sweep_runner
+from gf_lightning.study.sweep import stability
+from gf_lightning.study.sweep.grid import LR_KEY, SEED_KEY, Plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
 
@@ -234,8 +238,8 @@ def test_the_grid_is_the_cartesian_product_with_one_folder_per_point():
 
 
 def _record(point, status, metric, seconds=None, train=(0.5,)):
-    return sweep.RunRecord(point.name, point.method, point.values, point.lr, point.seed, list(point.args), status=status,
-                           train_loss=list(train), val={"val/loss": list(metric)},
+    return sweep_records.RunRecord(point.name, point.method, point.values, point.lr, point.seed, list(point.args),
+                                   status=status, train_loss=list(train), val={"val/loss": list(metric)},
                            val_seconds=list(seconds or range(1, len(metric) + 1)), init_train_loss=1.0)
 
 
@@ -251,12 +255,12 @@ def test_the_report_gives_mean_and_spread_over_seeds():
         v = finals[p.values[LR_KEY]][int(p.seed)]
         status = "diverged" if v != v else "trained"
         records[p.name] = _record(p, status, [0.9, v], seconds=[1.0, 2.0 + int(p.seed)])
-    cells = {c.lr: c for c in sweep_report.cells(points, records, "val/loss", target=0.45)}
+    cells = {c.lr: c for c in sweep_cells.cells(points, records, "val/loss", target=0.45)}
     assert cells[0.1].final.mean == pytest.approx(0.2) and cells[0.1].final.sd == pytest.approx(0.1)
     assert cells[0.1].final.n == 3 and cells[0.1].status == "trained"
     assert cells[1.0].status == "diverged" and cells[1.0].counts == {"trained": 2, "diverged": 1}
     assert cells[0.01].seconds is None  # seed 1 ends at 0.5: not every seed reached 0.45
-    (summary,) = sweep_report.summaries(list(cells.values()), "val/loss")
+    (summary,) = sweep_cells.summaries(list(cells.values()), "val/loss")
     assert (summary.largest_trained, summary.best_lr) == (0.1, 0.1)
     assert summary.fastest.mean == pytest.approx(3.0) and summary.fastest_lr == 0.1
 
@@ -269,12 +273,12 @@ def test_a_step_that_ends_worse_on_held_out_data_than_it_started_does_not_train(
     finals = {0.01: 0.001, 1.0: 1500.0}
     records = {p.name: _record(p, "trained", [0.5, finals[p.lr]]) for p in points}
     initial = {p.name: 0.01 for p in points}  # the untrained network's held-out loss
-    cells = {c.lr: c for c in sweep_report.cells(points, records, "val/loss", target=None, initial=initial)}
+    cells = {c.lr: c for c in sweep_cells.cells(points, records, "val/loss", target=None, initial=initial)}
     assert (cells[0.01].status, cells[1.0].status) == ("trained", "worse")
     assert "worse than at the start" in cells[1.0].outcome
-    (summary,) = sweep_report.summaries(list(cells.values()), "val/loss")
+    (summary,) = sweep_cells.summaries(list(cells.values()), "val/loss")
     assert summary.largest_trained == 0.01
-    better = {c.lr: c for c in sweep_report.cells(points, {p.name: _record(p, "trained", [0.5, 0.05]) for p in points},
+    better = {c.lr: c for c in sweep_cells.cells(points, {p.name: _record(p, "trained", [0.5, 0.05]) for p in points},
                                                      "val/loss", target=None, initial={p.name: 0.1 for p in points})}
     assert all(c.status == "trained" for c in better.values())  # better than the start: trains
 
@@ -288,7 +292,7 @@ def test_a_finished_run_is_read_back_as_trained_frozen_diverged_or_error(case, t
 
     plan = Plan.build(CONFIGS / "exp3_sgd.yaml", ["sgd"], "0.1", out=tmp_path)
     (point,) = plan.points()
-    folder = sweep.prepare(point)
+    folder = sweep_runner.prepare(point)
     logs = folder / "lightning_logs" / "exp3" / "sgd" / "version_0"
     writer = SummaryWriter(str(logs))
     final = {"trained": 0.9, "frozen": 0.995}.get(case, 0.95)
@@ -301,7 +305,7 @@ def test_a_finished_run_is_read_back_as_trained_frozen_diverged_or_error(case, t
     (folder / "log.txt").write_text(f"Seed set to 0\n{line}\n")
     (folder / "started").write_text("0\n")
     (folder / "exit_code").write_text(f"{code}\n")
-    record = sweep.collect(point, init_train_loss=1.0)
+    record = sweep_records.collect(point, init_train_loss=1.0)
     assert record.status == case
     if line:
         assert record.message == line
@@ -325,9 +329,9 @@ def test_the_slurm_script_parses_and_runs_every_point_once(tmp_path, capsys):
     assert len(points) == 12 and "#SBATCH --array=0-11" in text and "#SBATCH --time=0:10:00" in text
     assert sorted(int(i) for i, _, _ in tasks) == list(range(12))
     by_folder = {shlex.split(folder)[0]: shlex.split(cmd) for _, folder, cmd in tasks}
-    assert sorted(by_folder) == sorted(str(sweep.point_folder(p)) for p in points)
+    assert sorted(by_folder) == sorted(str(sweep_records.point_folder(p)) for p in points)
     for p in points:
-        assert by_folder[str(sweep.point_folder(p))] == ["-m", "gf_lightning", "fit", *p.args]
+        assert by_folder[str(sweep_records.point_folder(p))] == ["-m", "gf_lightning", "fit", *p.args]
     assert not (out / "runs").exists()
 
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "PYTHON": sys.executable}
@@ -379,7 +383,7 @@ def test_sweeps_compared_side_by_side(tmp_path, capsys):
     reversed."""
     import statistics
 
-    from gf_lightning.study import compare
+    from gf_lightning.study.sweep import compare
 
     grid = ["--grid", *TINY[1:4], "model.net.init_args.init=fan_in,public", *TINY[4:], "--seeds", "0", "1"]
     folders = []

@@ -1,7 +1,7 @@
 """A study stopped by a signal ends with one line, not a traceback: inside :func:`interruptible`, SIGTERM and SIGHUP
 raise :class:`Interrupted` in the main thread as Ctrl-C raises ``KeyboardInterrupt``, so that the runs under way are
-stopped on the way out (:meth:`.sweep.Runner.stop`); the script then prints :func:`interrupted_line` and exits
-``128 + signal``."""
+stopped on the way out (:meth:`.sweep.runner.ProcessRunner.stop`); the command then prints :func:`interrupted_line` and
+exits ``128 + signal``."""
 
 from __future__ import annotations
 

@@ -10,7 +10,13 @@ training loss at the initial weights ``L₀``:
 - ``trained``: neither: its loss fell by more than ``FROZEN_DROP`` and never rose far above the start.
 
 ``worse`` (a trained run whose held-out metric ends worse than the untrained network's) is a property of a sweep's cell,
-read against the held-out metric at the initial weights (:mod:`.sweep_report`).
+read against the held-out metric at the initial weights (:mod:`.sweep.cells`).
+
+The reproduction's reports also flag a run that got *stuck*, another thing than *frozen* above (which reads the loss
+against its start): its effective step *collapsed* (:func:`step_collapsed`: the step that multiplies the gradient fell
+below ``STEP_COLLAPSE`` × the nominal one, an energy method's auxiliary variable gone to 0), or its loss *stalled*
+(:func:`stalled`: it moved by at most ``STALL_REL`` of itself in each of the last ``STALL_EPOCHS`` epochs). Their
+reports call these "frozen" and "stalled" in words, as they always have.
 """
 
 from __future__ import annotations
@@ -57,3 +63,23 @@ def judge(train_loss: Sequence[float], initial: float, finals: Sequence[float] =
         return Outcome("frozen", f"training loss {train_loss[-1]:.4g} after {len(train_loss)} epochs vs {initial:.4g} at "
                                  f"the initial weights (fell by less than {FROZEN_DROP:.0%})")
     return Outcome("trained")
+
+
+#: collapsed: the effective step is below STEP_COLLAPSE × the nominal one, Δt / (1 + Δt λ)
+STEP_COLLAPSE = 1e-6
+#: stalled: the training loss moved by at most STALL_REL (relative) in each of the last STALL_EPOCHS epochs
+STALL_EPOCHS, STALL_REL = 5, 1e-6
+
+
+def step_collapsed(effective_lr: float, nominal_lr: float) -> bool:
+    """Whether the effective step ``effective_lr`` is below :data:`STEP_COLLAPSE` × ``nominal_lr`` (False for NaN)."""
+    return effective_lr < STEP_COLLAPSE * nominal_lr
+
+
+def stalled(train_loss: Sequence[float]) -> bool:
+    """Whether the per-epoch training loss moved by at most :data:`STALL_REL` of itself in each of the last
+    :data:`STALL_EPOCHS` epochs (needs more than that many epochs)."""
+    loss = list(train_loss)
+    return len(loss) > STALL_EPOCHS and all(
+        abs(b - a) <= STALL_REL * abs(a) for a, b in zip(loss[-STALL_EPOCHS - 1 :], loss[-STALL_EPOCHS:])
+    )

@@ -1,5 +1,6 @@
 """What a study passes around: its settings, the runs it plans (:class:`RunSpec`) and what each measured
-(:class:`RunResult`, with the numbers the tables show as properties), and when a run counts as frozen."""
+(:class:`RunResult`, with the numbers the tables show as properties), and when a run got stuck (its step collapsed or its
+loss stalled, by :mod:`..outcome`'s rules)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..outcome import STALL_EPOCHS, judge, stalled, step_collapsed
 from .claims import ACCURACY_TARGET, MNIST, REGRESSION_TARGET
-from .outcome import judge
-
-LR_COLLAPSE = 1e-6  # frozen: the last effective step < 1e-6 × the nominal one, Δt / (1 + Δt λ)
-STALL_EPOCHS, STALL_REL = 5, 1e-6  # stalled: train/loss moved < 1e-6 (relative) in each of the last 5 epochs
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,12 @@ class Settings:
     threads: int | None = None  #: intra-op threads of each process that trains; None: torch's choice
     jobs: int = 1  #: processes that train at once: 1 trains in this process, one run after the other
     progress_every: float = 10.0  #: seconds between a run's progress lines
+    configs: Path = Path("configs")  #: the folder of the configs ``exp<N>_<method>.yaml``
+
+    @property
+    def root(self) -> Path:
+        """The folder that holds the configs' folder (a repository's root): the reports quote paths relative to it."""
+        return self.configs.resolve().parent
 
 
 @dataclass(frozen=True)
@@ -115,22 +119,20 @@ class RunResult:
         return statistics.median(gaps) if gaps else math.nan
 
     @property
-    def frozen(self) -> str:
-        """'' or why the run counts as frozen (see ``reports.FREEZE_NOTE``)."""
+    def stuck(self) -> str:
+        """'' or why the run got stuck: its last effective step collapsed, or its loss stalled (see
+        ``reports.FREEZE_NOTE``; the reports call the first "frozen")."""
         lr = [v for v in self.effective_lr if v == v]
-        if lr and lr[-1] < LR_COLLAPSE * self.nominal_lr:
+        if lr and step_collapsed(lr[-1], self.nominal_lr):
             return f"frozen: step {lr[-1] / self.nominal_lr:.1e} × nominal"
-        loss = self.train_loss
-        if len(loss) > STALL_EPOCHS and all(
-            abs(b - a) <= STALL_REL * abs(a) for a, b in zip(loss[-STALL_EPOCHS - 1 :], loss[-STALL_EPOCHS:])
-        ):
+        if stalled(self.train_loss):
             return f"stalled: train loss flat for the last {STALL_EPOCHS} epochs"
         return ""
 
     @property
     def flag(self) -> str:
-        """How the run ended: NaN, error, *unstable* by the studies' one rule (:mod:`.outcome`, from the held-out loss at
-        the initial weights, the same split's start the reproduction records), frozen or stalled, else ok."""
+        """How the run ended: NaN, error, *unstable* by the studies' one rule (:mod:`..outcome`, from the held-out loss
+        at the initial weights, the same split's start the reproduction records), stuck (frozen or stalled), else ok."""
         if self.status == "nan":
             return f"**NaN** in epoch {self.epochs_done + 1}"
         if self.status == "error":
@@ -139,17 +141,18 @@ class RunResult:
         outcome = judge(self.train_loss, self.init_test_loss)
         if outcome.status in ("unstable", "diverged"):
             return f"{outcome.status}: {outcome.message}"
-        return self.frozen or "ok"
+        return self.stuck or "ok"
 
 
-def frozen_from(r: RunResult) -> int | None:
-    """The index in ``r.energy_steps`` from which the run stays frozen to its last logged step, or None: frozen where the
-    effective step (``optim/effective_lr``, logged with ``energy/modified`` at the same steps) is below LR_COLLAPSE × the
-    nominal one, or where the modified energy is ±∞ or NaN (as ``RunResult.frozen``, which looks at the last step only)."""
+def collapsed_from(r: RunResult) -> int | None:
+    """The index in ``r.energy_steps`` from which the run stays collapsed to its last logged step, or None: where the
+    effective step (``optim/effective_lr``, logged with ``energy/modified`` at the same steps) collapsed
+    (:func:`..outcome.step_collapsed`), or where the modified energy is ±∞ or NaN (as ``RunResult.stuck``, which
+    looks at the last step only)."""
     n = len(r.energy)
     lr = r.effective_lr if len(r.effective_lr) == n else [math.nan] * n
     start = n
-    while start > 0 and (not math.isfinite(r.energy[start - 1]) or lr[start - 1] < LR_COLLAPSE * r.nominal_lr):
+    while start > 0 and (not math.isfinite(r.energy[start - 1]) or step_collapsed(lr[start - 1], r.nominal_lr)):
         start -= 1
     return start if start < n else None
 

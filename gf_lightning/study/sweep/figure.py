@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from .methods import COLORS  # (a method without one takes matplotlib's cycle)
-from .outcome import UNSTABLE_RISE
-from .sweep_report import Cell, Limits, METRIC_NAMES, higher_is_better, series_label, settings_text
-
-MARKERS = ("o", "s", "^", "v", "D", "P", "h", "<", ">", "*", "p", "d")
+from ..methods import COLORS  # (a method without one takes matplotlib's cycle)
+from ..outcome import UNSTABLE_RISE
+from ..plotting import MARKERS, pyplot, save_atomic
+from .cells import Cell, Limits, series_label, settings_text
+from .metrics import METRIC_NAMES, higher_is_better
 #: series at one Δt are drawn side by side, ``10**(DODGE·k)`` apart on the x-axis, so that no marker hides another
 DODGE = 0.012
 #: the top strip of each panel, above the data, where diverged steps are marked (axes fraction)
@@ -47,15 +47,6 @@ def _headroom(ax, log: bool) -> None:
     ax.set_ylim(lo, hi)
     ax.add_patch(Rectangle((0, STRIP), 1, 1 - STRIP, transform=ax.transAxes, color="0.93", lw=0, zorder=0))
     ax.text(0.01, (1 + STRIP) / 2, "diverged", transform=ax.transAxes, fontsize=7, color="0.4", va="center")
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def figure(cells: list[Cell], lims: list[Limits], metric: str, path: Path, title: str = "") -> Path:
@@ -149,9 +140,4 @@ def figure(cells: list[Cell], lims: list[Limits], metric: str, path: Path, title
         h.set_label(lbl)
     fig.legend(handles=legend, loc="center right", fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / (6.2 * len(panels) + 2.6), 1))
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_atomic(fig, path, dpi=110)

@@ -1,261 +1,35 @@
-"""A sweep's report: the runs summarised over seeds (mean and spread) per method and step size, gradient descent's
-stability limits, and ``sweep.md``, ``results.json`` (and ``sweep.png`` through :mod:`.sweep_figure`).
-
-Definitions the report states with its numbers:
-
-- a cell is one method (with the grid's other optimizer settings), one panel (the grid's settings outside the optimizer)
-  and one step size ``Δt``, over the seeds; its numbers are mean ± standard deviation over the seeds whose run finished
-  finite (the sample standard deviation; none with one seed);
-- a cell *trains* when every seed trained (:mod:`.outcome` defines trained, frozen, unstable and diverged); it is
-  *diverged* when any seed diverged, else *unstable* when any was, else *frozen* when any froze;
-- *largest Δt that trains*: the largest step of a cell that trains; *best Δt*: among those, the step with the best mean
-  final metric; *time to target*: seconds from the start of training (the run's first TensorBoard event) to the first
-  validation at which the metric reached the target, the mean over the seeds when every seed reached it; the table gives
-  the fastest over the method's steps that train;
-- gradient descent's stability limit: the largest SGD step at which every seed trained (the grid's SGD runs: above it
-  SGD diverged, blew up (unstable) or froze), and
-  ``2 / (gradient_scale · λ_max)`` of the training loss's Hessian at the initial weights (:mod:`.stability`).
-"""
+"""A sweep's report: ``sweep.md`` (every cell's numbers, the summaries and limits of :mod:`.cells`, every point's
+command), ``results.json`` (all of it, and every record) and ``sweep.png`` (:mod:`.figure`); and the short form that
+docs/study.md shows (:func:`overview`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import shlex
-import statistics
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from .grid import LR_KEY, SEED_KEY, Plan, Point, _write_atomic, label
+from ..io import write_atomic
+from ..outcome import RULE
+from ..tables import Stat, md_table, mean_sd, number
+from .cells import Cell, Limits, Summary, cells, limits, series_label, settings_text, summaries
+from .figure import figure as draw_figure
+from .grid import LR_KEY, SEED_KEY, Plan, Point, experiment_name
+from .metrics import DEFAULT_METRIC, METRIC_NAMES, default_target, higher_is_better
+from .records import RunRecord, rejudge
 from .stability import InitialState
-from .outcome import RULE
-from .sweep import RunRecord
-
-#: the default metric and target per task: the seed's "epochs to test loss < 1e-4" (regression) and "epochs to 90 %
-#: accuracy" (MNIST); the held-out cross-entropy's target is the seed's final loss for SGD (0.25–0.35)
-DEFAULT_METRIC = {"regression": "val/loss", "classification": "val/acc"}
-DEFAULT_TARGET = {"val/loss": {"regression": 1e-4, "classification": 0.3}, "val/rel_err": {"regression": 0.01},
-                  "val/rel_l2": {"regression": 0.1}, "val/acc": {"classification": 0.90}}
-METRIC_NAMES = {"val/loss": "test loss", "val/rel_err": "test relative error", "val/rel_l2": "relative L² error",
-                "val/acc": "test accuracy"}
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric.endswith("acc")
-
-
-def default_target(metric: str, task: str) -> float | None:
-    return DEFAULT_TARGET.get(metric, {}).get(task)
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample standard deviation over ``n`` seeds (``sd`` NaN for one), and the smallest and largest value."""
-
-    mean: float
-    sd: float
-    n: int
-    lo: float
-    hi: float
-
-    @classmethod
-    def of(cls, xs: list[float]) -> Stat | None:
-        xs = [x for x in xs if x == x]
-        if not xs:
-            return None
-        return cls(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs), min(xs), max(xs))
-
-
-def _reached(record: RunRecord, metric: str, target: float | None) -> float | None:
-    """Seconds to the first validation at which ``metric`` reached ``target`` (None: never)."""
-    if target is None:
-        return None
-    better = higher_is_better(metric)
-    for v, s in zip(record.metric(metric), record.val_seconds):
-        if (v >= target) if better else (v <= target):
-            return s
-    return None
-
-
-@dataclass
-class Cell:
-    """One method (series), one panel, one step size, over the seeds."""
-
-    method: str
-    series: list[list[str]]  #: the grid's optimizer settings beside the method and Δt
-    panel: list[list[str]]
-    lr: float
-    runs: list[str]  #: the points' folder names
-    counts: dict[str, int]  #: outcome → runs
-    final: Stat | None  #: the last validation's metric, over the seeds that finished finite
-    best: Stat | None  #: the best validation's metric over the epochs
-    seconds: Stat | None  #: time to target, when every finite seed reached it
-    peak: Stat | None = None  #: the largest epoch's training loss ÷ the training loss at the initial weights
-    missing: int = 0  #: points of the plan with no outcome yet
-    initial: float | None = None  #: the metric at the initial weights (the first seed's)
-    higher_better: bool = False
-
-    @property
-    def worse(self) -> bool:
-        """Every seed learned, but the final metric (their mean) is worse than the untrained network's: it trained on
-        the training set and lost on the held-out one (a blow-up it did not recover from)."""
-        if self.final is None or self.initial is None:
-            return False
-        return self.final.mean < self.initial if self.higher_better else self.final.mean > self.initial
-
-    @property
-    def status(self) -> str:
-        c = self.counts
-        if c.get("diverged"):
-            return "diverged"
-        if not (c.get("trained") or c.get("frozen") or c.get("unstable")):
-            return "error" if c.get("error") else "missing"
-        if c.get("unstable"):
-            return "unstable"
-        if c.get("frozen"):
-            return "frozen"
-        if self.worse:
-            return "worse"
-        return "trained" if not c.get("error") and not self.missing else "partial"
-
-    @property
-    def outcome(self) -> str:
-        n = sum(self.counts.values()) + self.missing
-        parts = [f"{k} {v}/{n}" if n > 1 else k for k, v in self.counts.items() if v]
-        text = ", ".join(parts + ([f"not run {self.missing}/{n}"] if self.missing else []))
-        return f"{text}; worse than at the start" if self.status == "worse" else text
-
-
-def cells(points: list[Point], records: dict[str, RunRecord], metric: str, target: float | None,
-          initial: dict[str, float] | None = None) -> list[Cell]:
-    """The plan's points grouped over seeds, in the plan's order; ``initial`` is each point's metric at its initial
-    weights (by point name)."""
-    groups: dict[tuple, list[Point]] = {}
-    for p in points:
-        groups.setdefault((p.series(), p.panel(), p.lr), []).append(p)
-    best_of = max if higher_is_better(metric) else min
-    out = []
-    for (series, panel, lr), pts in groups.items():
-        recs = [records[p.name] for p in pts if p.name in records]
-        counts: dict[str, int] = {}
-        for r in recs:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        finite = [r for r in recs if r.status in ("trained", "frozen", "unstable") and r.metric(metric)]
-        times = [_reached(r, metric, target) for r in finite]
-        out.append(Cell(
-            method=series[0], series=[list(kv) for kv in series[1]], panel=[list(kv) for kv in panel], lr=lr,
-            runs=[p.name for p in pts], counts=counts,
-            final=Stat.of([r.metric(metric)[-1] for r in finite]),
-            best=Stat.of([best_of(r.metric(metric)) for r in finite]),
-            seconds=Stat.of(times) if times and all(t is not None for t in times) else None,  # type: ignore[arg-type]
-            peak=Stat.of([max(r.train_loss) / r.init_train_loss for r in recs
-                          if r.train_loss and r.init_train_loss > 0 and math.isfinite(max(r.train_loss))]),
-            missing=len(pts) - len(recs),
-            initial=(initial or {}).get(pts[0].name), higher_better=higher_is_better(metric),
-        ))
-    return out
-
-
-@dataclass
-class Summary:
-    """One method (series) in one panel, over its step sizes."""
-
-    method: str
-    series: list[list[str]]
-    panel: list[list[str]]
-    tried: list[float]
-    largest_trained: float | None
-    best_lr: float | None
-    final: Stat | None  #: at the best Δt
-    best: Stat | None  #: at the best Δt
-    fastest: Stat | None  #: the shortest mean time to target over the steps that train
-    fastest_lr: float | None
-
-
-def summaries(all_cells: list[Cell], metric: str) -> list[Summary]:
-    groups: dict[str, list[Cell]] = {}
-    for c in all_cells:
-        groups.setdefault(json.dumps([c.method, c.series, c.panel]), []).append(c)
-    sign = -1.0 if higher_is_better(metric) else 1.0
-    out = []
-    for cs in groups.values():
-        cs = sorted(cs, key=lambda c: c.lr)
-        trains = [c for c in cs if c.status == "trained"]
-        ranked = [c for c in trains if c.final is not None]
-        best = min(ranked, key=lambda c: sign * c.final.mean, default=None)  # type: ignore[union-attr]
-        timed = [c for c in trains if c.seconds is not None]
-        fastest = min(timed, key=lambda c: c.seconds.mean, default=None)  # type: ignore[union-attr]
-        out.append(Summary(cs[0].method, cs[0].series, cs[0].panel, [c.lr for c in cs],
-                           max((c.lr for c in trains), default=None), best.lr if best else None,
-                           best.final if best else None, best.best if best else None,
-                           fastest.seconds if fastest else None, fastest.lr if fastest else None))
-    return out
-
-
-@dataclass
-class Limits:
-    """Gradient descent's stability limit in one panel: observed in the grid's SGD runs, and from the Hessian."""
-
-    panel: list[list[str]]
-    observed: float | None = None  #: the largest SGD step at which every seed trained
-    first_failed: float | None = None  #: the smallest SGD step above it at which a seed did not train
-    failure: str = ""  #: what happened there: diverged, unstable, frozen or worse
-    hessian: Stat | None = None  #: 2/(gradient_scale·λ_max) over the seeds
-    lambda_max: Stat | None = None
-    states: list[dict[str, Any]] = field(default_factory=list)
-
-
-def limits(all_cells: list[Cell], points: list[Point], states: dict[str, InitialState]) -> list[Limits]:
-    panels: dict[str, Limits] = {}
-    for p in points:
-        panels.setdefault(json.dumps(p.panel()), Limits([list(kv) for kv in p.panel()]))
-    for key, lim in panels.items():
-        sgd = [c for c in all_cells if c.method == "sgd" and not c.series and json.dumps(c.panel) == key
-               and c.status not in ("missing", "error")]
-        lim.observed = max((c.lr for c in sgd if c.status == "trained"), default=None)
-        above = [c for c in sgd if c.status in ("diverged", "unstable", "frozen", "worse")
-                 and (lim.observed is None or c.lr > lim.observed)]
-        first = min(above, key=lambda c: c.lr, default=None)
-        lim.first_failed, lim.failure = (first.lr, first.status) if first else (None, "")
-        group_keys = {json.dumps(p.group()) for p in points if json.dumps(p.panel()) == key}
-        found = [states[g] for g in sorted(group_keys) if g in states]
-        lim.states = [asdict(s) for s in found]
-        lim.hessian = Stat.of([s.sgd_limit for s in found if math.isfinite(s.sgd_limit)])
-        lim.lambda_max = Stat.of([s.lambda_max for s in found])
-    return list(panels.values())
-
-
-# -- formatting ----------------------------------------------------------------------------------------------------------------
 def fmt(x: float | None, metric: str = "") -> str:
-    if x is None or x != x:
-        return "—"
-    if metric and higher_is_better(metric):
-        return f"{100 * x:.2f} %"
-    return f"{x:.3g}"
+    """``x`` as the report writes the metric ``metric`` (a percentage where higher is better), or a number."""
+    return number(x, bool(metric) and higher_is_better(metric))
 
 
 def fmt_stat(s: Stat | None, metric: str = "", unit: str = "", runs: int = 1) -> str:
-    """``mean ± sd (n=k)``; a single value with ``(n=1)`` when ``runs`` (the cell's seeds) were more."""
-    if s is None:
-        return "—"
-    text = fmt(s.mean, metric) + unit
-    if s.n > 1:
-        spread = fmt(s.sd, metric) if metric and higher_is_better(metric) else f"{s.sd:.2g}"
-        text += f" ± {spread}{unit} (n={s.n})"
-    elif runs > 1:
-        text += " (n=1)"
-    return text
-
-
-def settings_text(kvs: list[list[str]]) -> str:
-    return ", ".join(f"{k.rpartition('.')[2] if k != SEED_KEY else 'seed'}={v}" for k, v in kvs)
-
-
-def series_label(method: str, series: list[list[str]]) -> str:
-    return label(method) + (f" ({settings_text(series)})" if series else "")
+    """``mean ± sd (n=k)`` of the metric ``metric`` (see :func:`..tables.mean_sd`)."""
+    return mean_sd(s, bool(metric) and higher_is_better(metric), unit, runs)
 
 
 def limits_text(lim: Limits) -> str:
@@ -283,17 +57,6 @@ def limits_text(lim: Limits) -> str:
     return "; ".join(parts) + "."
 
 
-def experiment_name(config: str | Path) -> str:
-    """The config's ``experiment:`` (what its runs are filed under in TensorBoard), else the file's stem."""
-    import yaml
-
-    try:
-        name = (yaml.safe_load(Path(config).read_text()) or {}).get("experiment")
-    except (OSError, yaml.YAMLError, AttributeError):
-        name = None
-    return str(name) if name else Path(config).stem
-
-
 def shown_path(plan: Plan, path: str | Path) -> str:
     """``path`` as a report shows it: relative to the sweep's folder when inside it, else relative to the repository that
     holds the config (the folder above ``configs/``), so no report names the machine it ran on."""
@@ -319,8 +82,7 @@ def portable(plan: Plan, command: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
+    return [*md_table(header, rows).splitlines(), ""]
 
 
 def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[Summary], lims: list[Limits],
@@ -395,7 +157,6 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
     return "\n".join(lines)
 
 
-# -- writing it all ------------------------------------------------------------------------------------------------------------
 def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], states: dict[str, InitialState], task: str,
            metric: str | None = None, target: float | None = None, with_figure: bool = True) -> dict[str, Path]:
     """Write ``sweep.md``, ``results.json`` and (``with_figure``) ``sweep.png`` into the sweep's folder; return their paths."""
@@ -413,11 +174,9 @@ def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], state
     out = Path(plan.out)
     paths = {}
     if with_figure:
-        from .sweep_figure import figure
-
-        paths["figure"] = figure(all_cells, lims, metric, out / "sweep.png", experiment_name(plan.config))
+        paths["figure"] = draw_figure(all_cells, lims, metric, out / "sweep.png", experiment_name(plan.config))
     paths["markdown"] = out / "sweep.md"
-    _write_atomic(paths["markdown"], markdown(plan, points, all_cells, sums, lims, metric, target, note,
+    write_atomic(paths["markdown"], markdown(plan, points, all_cells, sums, lims, metric, target, note,
                                               "sweep.png" if with_figure else None))
     paths["json"] = out / "results.json"
     data = {"plan": plan.to_json(), "task": task, "metric": metric, "target": target,
@@ -426,15 +185,13 @@ def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], state
             "limits": [asdict(lim) for lim in lims], "summary": [asdict(s) for s in sums],
             "cells": [asdict(c) | {"status": c.status} for c in all_cells],
             "records": [asdict(records[p.name]) for p in points if p.name in records]}
-    _write_atomic(paths["json"], json.dumps(data, indent=1, allow_nan=True))
+    write_atomic(paths["json"], json.dumps(data, indent=1, allow_nan=True))
     return paths
 
 
 def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) -> dict[str, Path]:
     """Write a sweep's report again from its ``results.json`` alone (the run folders need not exist), into ``out`` (default:
-    the folder of ``results.json``), with every finished record judged again by the current rule (:mod:`.outcome`)."""
-    from .sweep import rejudge
-
+    the folder of ``results.json``), with every finished record judged again by the current rule (:mod:`..outcome`)."""
     results = Path(results)
     data = json.loads(results.read_text())
     plan = dataclasses.replace(Plan.from_json(data["plan"]), out=str((out or results.parent).resolve()))

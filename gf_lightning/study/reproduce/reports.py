@@ -15,48 +15,37 @@ import torch
 
 from .claims import EXPERIMENTS, MNIST, claim
 from .figures import energy_caption, loss_caption, plot_energy, plot_losses
-from .records import LR_COLLAPSE, STALL_EPOCHS, STALL_REL, RunResult, Settings
-from .runner import ROOT
+from ..outcome import STALL_EPOCHS, STALL_REL, STEP_COLLAPSE
+from ..tables import formatted, md_table, number
+from .records import RunResult, Settings
 
 FREEZE_NOTE = (
     f"*Frozen* means the effective step that multiplies the gradient (`optim/effective_lr`, logged by the energy methods) "
-    f"was, at the last logged step, below {LR_COLLAPSE:g} × the nominal step Δt/(1 + Δtλ) (the step with the auxiliary "
+    f"was, at the last logged step, below {STEP_COLLAPSE:g} × the nominal step Δt/(1 + Δtλ) (the step with the auxiliary "
     "factor at 1); *stalled* means the epoch's mean training loss changed by at "
     f"most {STALL_REL:g} × its value in each of the last {STALL_EPOCHS} epochs (needs more than {STALL_EPOCHS} epochs). "
     "*NaN in epoch e* means the non-finite guard stopped the run during epoch e; its numbers are those of epochs 1 … e−1."
 )
 
 
-def _num(x: float, fmt: str = ".3e") -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
 def _times(x: float) -> str:
     return "—" if math.isnan(x) else f"{x:.2f}×"
-
-
-def _pct(x: float) -> str:
-    return "—" if math.isnan(x) else f"{100 * x:.2f} %"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def accuracy_table(exp: int, results: list[RunResult]) -> str:
     if exp == MNIST:
         header = ["method", "epochs", "final test loss", "seed: final loss", "best test loss", "final acc",
                   "seed: final acc", "best acc", "epochs to 90 %", "seed: epochs to 90 %", "flag"]
-        rows = [[r.method, str(len(r.test_loss)), _num(r.final_loss), claim(exp, "final_loss", r.method), _num(r.best_loss),
-                 _pct(r.final_acc), claim(exp, "final_acc", r.method), _pct(r.best_acc), _num(r.epochs_to_target, "d"),
+        rows = [[r.method, str(len(r.test_loss)), formatted(r.final_loss), claim(exp, "final_loss", r.method),
+                 formatted(r.best_loss), number(r.final_acc, pct=True), claim(exp, "final_acc", r.method),
+                 number(r.best_acc, pct=True), formatted(r.epochs_to_target, "d"),
                  claim(exp, "epochs_to", r.method), r.flag] for r in results]
     else:
         header = ["method", "epochs", "final test MSE", "seed: final MSE", "best test MSE", "final rel err",
                   "best rel err", "epochs to MSE < 1e-4", "seed: epochs to 1e-4", "flag"]
-        rows = [[r.method, str(len(r.test_loss)), _num(r.final_loss), claim(exp, "final_loss", r.method), _num(r.best_loss),
-                 _num(r.final_rel_err), _num(r.best_rel_err), _num(r.epochs_to_target, "d"),
+        rows = [[r.method, str(len(r.test_loss)), formatted(r.final_loss), claim(exp, "final_loss", r.method),
+                 formatted(r.best_loss),
+                 formatted(r.final_rel_err), formatted(r.best_rel_err), formatted(r.epochs_to_target, "d"),
                  claim(exp, "epochs_to", r.method), r.flag] for r in results]
     return md_table(header, rows)
 
@@ -68,9 +57,10 @@ def cost_table(exp: int, results: list[RunResult]) -> str:
     rows = []
     for r in results:
         lr = f"{r.effective_lr[0]:.3g} → {r.effective_lr[-1]:.3g}" if r.effective_lr else "—"
-        rows.append([r.method, _num(r.seconds_per_epoch, ".4f"), _times(r.seconds_per_epoch / sgd),
-                     claim(exp, "time", r.method), _num(r.violations, ".0f"), _num(r.restart_rises, ".0f"), lr,
-                     _num(r.init_test_loss, ".6e"),
+        rows.append([r.method, formatted(r.seconds_per_epoch, ".4f"), _times(r.seconds_per_epoch / sgd),
+                     claim(exp, "time", r.method), formatted(r.violations, ".0f"),
+                     formatted(r.restart_rises, ".0f"), lr,
+                     formatted(r.init_test_loss, ".6e"),
                      f"`{r.init_weights or '—'}`", f"`{r.init_data or '—'}`"])
     return md_table(header, rows)
 
@@ -94,8 +84,9 @@ def where_runs(settings: Settings) -> str:
     return "in this process" if settings.jobs <= 1 else f"in one of {settings.jobs} worker processes"
 
 
-def run_command(r: RunResult) -> str:
-    return shlex.join(["python", "-m", "gf_lightning", "fit", *r.args]).replace(str(ROOT) + "/", "")
+def run_command(r: RunResult, settings: Settings) -> str:
+    """The run's command line, its paths inside the study's root (the folder above ``configs/``) relative to it."""
+    return shlex.join(["python", "-m", "gf_lightning", "fit", *r.args]).replace(str(settings.root) + "/", "")
 
 
 def write_results(exp: int, results: list[RunResult], skipped: list[str], settings: Settings, wall_s: float) -> Path:
@@ -115,7 +106,8 @@ def write_results(exp: int, results: list[RunResult], skipped: list[str], settin
         f"- machine: {machine_line()}",
         f"- epochs: each config's `max_epochs` × {settings.epochs_scale:g} (at least 1); wall time of this experiment "
         f"{wall_s:.1f} s",
-        f"- each run, {where_runs(settings)}: `{run_command(results[0])}`, with each method's config (`args` in "
+        f"- each run, {where_runs(settings)}: `{run_command(results[0], settings)}`, with each method's config "
+        "(`args` in "
         "`results.json`); "
         f"TensorBoard logs in `exp{exp}/<method>/`",
         "",
@@ -176,8 +168,9 @@ def write_summary(done: dict[int, list[RunResult]], settings: Settings, wall_s: 
     for exp, results in done.items():
         lines += [f"## [Experiment {exp}](exp{exp}/results.md): {EXPERIMENTS[exp]}", ""]
         header = ["method", "final test loss", "best test loss", "final acc" if exp == MNIST else "final rel err", "flag"]
-        rows = [[r.method, _num(r.final_loss), _num(r.best_loss),
-                 _pct(r.final_acc) if exp == MNIST else _num(r.final_rel_err), r.flag] for r in results]
+        rows = [[r.method, formatted(r.final_loss), formatted(r.best_loss),
+                 number(r.final_acc, pct=True) if exp == MNIST else formatted(r.final_rel_err), r.flag]
+                for r in results]
         lines += [md_table(header, rows), ""]
     path = settings.out / "summary.md"
     path.write_text("\n".join(lines))

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
-import inspect
 import itertools
 import json
 import math
@@ -29,7 +27,9 @@ from typing import Any
 
 import yaml
 
-from ..errors import GFConfigError
+from ...errors import GFConfigError
+from ..io import write_atomic
+from ..methods import CONFIG_METHOD, METHODS, SEED_METHODS, settings_of
 
 #: the step size's key: the x-axis of the sweep's figure
 LR_KEY = "model.optimizer.init_args.lr"
@@ -37,82 +37,14 @@ LR_KEY = "model.optimizer.init_args.lr"
 SEED_KEY = "seed_everything"
 #: keys the sweep sets itself, which a grid may not vary
 RESERVED = ("trainer.default_root_dir", "model.optimizer", "config")
-#: the method that keeps the config's own optimizer (only its step size varies)
-CONFIG_METHOD = "config"
 
 
 class SweepError(GFConfigError):
     """A bad sweep input: the message names the setting, what was given and what is allowed, on one line."""
 
 
-@dataclass(frozen=True)
-class Method:
-    """A method of the sweep: an optimizer class and the settings that make it this method (its variant)."""
-
-    class_path: str
-    init_args: dict[str, Any] = field(default_factory=dict)
-    label: str = ""
-
-    def optimizer_class(self) -> type:
-        module, _, name = self.class_path.rpartition(".")
-        return getattr(importlib.import_module(module), name)
-
-    def accepts(self, name: str) -> bool:
-        """Whether the optimizer's constructor takes the setting ``name`` (``C``, ``lam``, ``momentum``, …)."""
-        return name in _settings_of(self.optimizer_class())
-
-    def optimizer(self, lr: float | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The whole optimizer, as ``--model.optimizer`` takes it: every setting of the class at its default, then this
-        method's, then those of ``extra`` that the class accepts, then ``lr``."""
-        settings = dict(_settings_of(self.optimizer_class()))
-        settings.update(self.init_args)
-        settings.update({k: v for k, v in (extra or {}).items() if k in settings})
-        if lr is not None:
-            settings["lr"] = lr
-        return {"class_path": self.class_path, "init_args": settings}
-
-
-def _settings_of(cls: type) -> dict[str, Any]:
-    """``name → default`` of every constructor setting of ``cls`` (but ``params``) whose default a JSON value can carry."""
-    out = {}
-    for name, par in inspect.signature(cls.__init__).parameters.items():
-        if name in ("self", "params") or par.kind in (par.VAR_POSITIONAL, par.VAR_KEYWORD) or par.default is par.empty:
-            continue
-        default = list(par.default) if isinstance(par.default, tuple) else par.default
-        if default is None or isinstance(default, (bool, int, float, str, list)):
-            out[name] = default
-    return out
-
-
-#: the methods by name: the configs' names (``configs/expN_<name>.yaml`` uses the same class and variant), and a variant
-#: that is not the class's default as ``<name>-<variant>``, as the run folders name them
-METHODS: dict[str, Method] = {
-    "sgd": Method("torch.optim.SGD", {}, "SGD"),
-    "adam": Method("torch.optim.Adam", {}, "Adam"),
-    "sav": Method("gf_lightning.optim.SAV", {"variant": "seed"}, "SAV (restart)"),  # SAV's seed form is its restart form
-    "sav-vanilla": Method("gf_lightning.optim.SAV", {"variant": "vanilla"}, "SAV (vanilla)"),
-    "sav-relax": Method("gf_lightning.optim.SAV", {"variant": "relax"}, "SAV (relax)"),
-    "expsav": Method("gf_lightning.optim.ExpSAV", {"variant": "seed"}, "ExpSAV"),
-    "expsav-restart": Method("gf_lightning.optim.ExpSAV", {"variant": "restart"}, "ExpSAV (restart)"),
-    "expsav-vanilla": Method("gf_lightning.optim.ExpSAV", {"variant": "vanilla"}, "ExpSAV (vanilla)"),
-    "expsav-relax": Method("gf_lightning.optim.ExpSAV", {"variant": "relax"}, "ExpSAV (relax)"),
-    "ieq": Method("gf_lightning.optim.IEQ", {}, "IEQ (full)"),
-    "ieq_adaptive": Method("gf_lightning.optim.IEQAdaptive", {"variant": "seed"}, "IEQ adaptive"),
-    "ieq_adaptive-restart": Method("gf_lightning.optim.IEQAdaptive", {"variant": "restart"}, "IEQ adaptive (restart)"),
-    "asav": Method("gf_lightning.optim.AdaptiveSAV", {"variant": "vanilla"}, "A-SAV"),
-    "aressav": Method("gf_lightning.optim.AdaptiveSAV", {"variant": "restart"}, "A-ResSAV"),
-    "arelsav": Method("gf_lightning.optim.AdaptiveSAV", {"variant": "relax"}, "A-RelSAV"),
-    "aegd": Method("gf_lightning.optim.AEGD", {}, "AEGD"),
-    "aegdm": Method("gf_lightning.optim.AEGDM", {}, "AEGDM"),
-    "adagrad": Method("torch.optim.Adagrad", {}, "Adagrad"),
-    "rmsprop": Method("torch.optim.RMSprop", {}, "RMSprop"),
-}
 #: the default methods: the seed's six
-DEFAULT_METHODS = ("sgd", "adam", "sav", "expsav", "ieq", "ieq_adaptive")
-
-
-def label(method: str) -> str:
-    return METHODS[method].label if method in METHODS else "config's optimizer" if method == CONFIG_METHOD else method
+DEFAULT_METHODS = SEED_METHODS
 
 
 # -- parsing the command line's values -----------------------------------------------------------------------------------------
@@ -216,7 +148,7 @@ def parse_method_args(items: list[str], methods: list[str]) -> dict[str, Any]:
         accepting = [m for m in methods if m in METHODS and METHODS[m].accepts(name)]
         if not accepting:
             classes = {METHODS[m].optimizer_class() for m in methods if m in METHODS}
-            names = sorted({s for cls in classes for s in _settings_of(cls)} - {"lr"})
+            names = sorted({s for cls in classes for s in settings_of(cls)} - {"lr"})
             raise SweepError(f"--method-args: no method of this sweep ({', '.join(methods)}) takes {name!r}; allowed: "
                              f"{', '.join(names) or 'none'}")
         try:
@@ -359,7 +291,7 @@ class Plan:
         for method, *values in itertools.product(self.methods, *(a.values for a in self.axes)):
             settings = tuple(zip((a.key for a in self.axes), values))
             args = self.args(method, settings)
-            digest = hashlib.sha1(json.dumps(_identity(args)).encode()).hexdigest()[:8]
+            digest = hashlib.sha1(json.dumps(identity(args)).encode()).hexdigest()[:8]
             readable = "__".join(f"{names[k]}={v}" for k, v in settings if k in names)
             name = _folder_safe("__".join(p for p in (method, readable, digest) if p))
             out.append(Point(method, settings, name, tuple([*args, f"--trainer.default_root_dir={self.runs / name}"])))
@@ -398,7 +330,7 @@ class Plan:
     def save(self) -> Path:
         path = Path(self.out) / "plan.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(self.to_json(), indent=1))
+        write_atomic(path, json.dumps(self.to_json(), indent=1))
         return path
 
     @classmethod
@@ -421,7 +353,7 @@ class Plan:
         return plan
 
 
-def _identity(args: list[str]) -> list[str]:
+def identity(args: list[str]) -> list[str]:
     """What names a run: its command line but where the data are read from and where it is written (the same run
     elsewhere)."""
     return [a for a in args if not a.startswith(("--data.init_args.data_dir=", "--trainer.default_root_dir="))]
@@ -436,8 +368,10 @@ def _folder_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name).strip("._") or "run"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def experiment_name(config: str | Path) -> str:
+    """The config's ``experiment:`` (what its runs are filed under in TensorBoard), else the file's stem."""
+    try:
+        name = (yaml.safe_load(Path(config).read_text()) or {}).get("experiment")
+    except (OSError, yaml.YAMLError, AttributeError):
+        name = None
+    return str(name) if name else Path(config).stem

@@ -18,11 +18,10 @@ import torch
 import yaml
 from torch import nn
 
-from ..data.burgers import NU, burgers_exact
-from .events import read_scalars, values
-from .grid import label
-from .methods import COLORS
-from .sweep_figure import MARKERS, pyplot
+from ...data.burgers import NU, burgers_exact
+from ..events import read_scalars, values
+from ..methods import COLORS, label
+from ..plotting import MARKERS, pyplot
 
 DASHES = ("-", "--", "-.", ":")
 #: validation points of the methods at one step are drawn this fraction of the longest run apart

@@ -1,6 +1,7 @@
-"""One run of a study: a method's config through the same CLI a user runs (``python -m gf_lightning fit --config …``), in
-this process, with the callbacks that record where it started and report its progress; afterwards its TensorBoard events
-are read back into a :class:`~.records.RunResult`."""
+"""One run of the reproduction in this process (the sweep's runs are processes: :mod:`..sweep.runner`): a method's
+config through the same CLI a user runs (``python -m gf_lightning fit --config …``), with the callbacks that record where
+it started and report its progress; afterwards its TensorBoard events are read back into a
+:class:`~.records.RunResult`."""
 
 from __future__ import annotations
 
@@ -20,17 +21,14 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..cli import cli_main
-from ..errors import GFConfigError, GFStepError, NonFiniteError
-from ..interruption import EXIT_SIGTERM
+from ...cli import cli_main
+from ...errors import GFConfigError, GFStepError, NonFiniteError
+from ...interruption import EXIT_SIGTERM
+from ..events import read_scalars, values
 from .claims import MNIST
-from .events import read_scalars, values
 from .progress import Tick
 from .records import RunResult, RunSpec, Settings
 
-#: the repository: its configs, and the root the reports quote paths from
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs"
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
 
@@ -64,7 +62,8 @@ def run_one(spec: RunSpec, settings: Settings, index: int = 0,
     run_dir = settings.out / f"exp{spec.experiment}" / spec.method
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run replaces the old one: the logs read back are this run's
     args = cli_args(spec, run_dir, settings)
-    result = RunResult(spec.experiment, spec.method, repo_path(spec.config), str(run_dir), spec.epochs, args)
+    result = RunResult(spec.experiment, spec.method, root_path(spec.config, settings.root), str(run_dir), spec.epochs,
+                       args)
     if report is not None:
         report(Tick(index, 0, spec.epochs))
     start = time.monotonic()
@@ -98,9 +97,9 @@ def run_one(spec: RunSpec, settings: Settings, index: int = 0,
     return result
 
 
-def repo_path(path: Path) -> str:
-    """``path`` relative to the repository where it lies in it (``configs/exp3_sgd.yaml``)."""
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+def root_path(path: Path, root: Path) -> str:
+    """``path`` relative to the study's ``root`` where it lies in it (``configs/exp3_sgd.yaml``)."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def read_back(result: RunResult) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..errors import GFConfigError
+from ...errors import GFConfigError
 from .grid import SweepError
 
 
@@ -146,7 +146,7 @@ def quiet():
 def build(args: list[str], what: str):
     """The CLI of ``args`` (a point's command line after ``fit``), built in this process without running: the model, the
     data module and the trainer, in a scratch folder. A refusal raises :class:`SweepError` with the CLI's own line."""
-    from ..cli import cli_main
+    from ...cli import cli_main
 
     args = [a for a in args if not a.startswith("--trainer.default_root_dir=")]
     with tempfile.TemporaryDirectory(prefix="gf-sweep-") as scratch, quiet() as err:
@@ -165,7 +165,7 @@ def _objective(model, datamodule) -> Callable[[Tensor, Tensor], Tensor]:
     model.task = task
     objective = getattr(model, "objective", None)
     if objective is None and hasattr(model, "objective"):
-        from .. import module as module_
+        from ... import module as module_
 
         defaults = getattr(module_, "DEFAULT_OBJECTIVES", None)
         objective = defaults[task]() if defaults else None

@@ -1,5 +1,6 @@
 """The figures of Ma, Mao & Shen (2024), measured: each figure's runs as small grids on the paper configs, run by the
-sweep's runner, and drawn as the paper draws them — loss against epochs, one line per method and step.
+sweep's process runner (:mod:`..sweep.runner`), and drawn as the paper draws them — loss against epochs, one line per
+method and step.
 
 A figure is a list of :class:`Part`\\ s (one grid each: methods × step sizes × other settings); its runs live under
 ``<out>/<figure>/<part>/runs/<point>``, so a second call skips what is done. :func:`measure` runs a figure and writes
@@ -13,11 +14,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .events import read_scalars, values
-from .grid import Plan, Point, label
-from .sweep import RunRecord, done, execute
-from .sweep_figure import MARKERS, pyplot
-from .sweep_report import Stat, experiment_name
+from ..events import read_scalars
+from ..methods import label
+from ..plotting import MARKERS, pyplot
+from ..tables import Stat, counts_text, md_table, mean_sd, number
+from ..sweep.execute import execute
+from ..sweep.grid import Plan, Point, experiment_name
+from ..sweep.records import RunRecord, done
 
 #: the paper's three SAV schemes by the project's names: Alg. 2 (vanilla), Alg. 3 (restart = the seed's form), Alg. 4
 PAPER_NAMES = {"sav-vanilla": "SAV", "sav": "ResSAV", "sav-relax": "RelSAV", "sgd": "Euler (SGD)", "adam": "A-Euler (Adam)",
@@ -35,7 +38,6 @@ class Part:
     lr: str  #: the step sizes, ``V1,V2,…``
     grid: list[str] = field(default_factory=list)  #: more axes, ``KEY=V1,V2,…``
     method_args: list[str] = field(default_factory=list)
-    note: str = ""  #: added to each run's label
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Figure:
     """One figure of the paper: its config, the settings every run shares, its parts, and the reduction we made."""
 
     name: str
-    config: str
+    config: str  #: the config, in the configs' folder: ``paper/ex1.yaml``
     claim: str
     parts: list[Part]
     epochs: int
@@ -51,13 +53,17 @@ class Figure:
     metric: str = "val/loss"
     energy: bool = False  #: also draw ``1 − r/r̂`` (Fig. 6)
 
+    def config_path(self, configs: Path = Path("configs")) -> Path:
+        """The config's file in the configs' folder ``configs``."""
+        return Path(configs) / self.config
+
 
 #: every figure's runs are repeated with these seeds (seed_everything: the network's initial weights, the data and the
 #: order of the batches); tables give mean ± s.d. over them
 SEEDS = ("0", "1", "2")
 #: Fig. 10 on the paper's full 100 000 samples: long enough that Adam's test loss levels off (docs/paper.md says where)
 FIG10_EPOCHS = 5
-EX1, EX2, EX3, MNIST = (f"configs/paper/{n}.yaml" for n in ("ex1", "ex2", "ex3", "mnist"))
+EX1, EX2, EX3, MNIST = (f"paper/{n}.yaml" for n in ("ex1", "ex2", "ex3", "mnist"))
 FIGURES: dict[str, Figure] = {f.name: f for f in [
     Figure("fig1", EX1, "SAV and RelSAV losses decay monotonically; Euler (gradient descent) oscillates",
            [Part("all", ["sgd", "sav-vanilla", "sav-relax"], "0.6", method_args=["C=1", "lam=10"])], epochs=300,
@@ -103,31 +109,33 @@ class Run:
     folder: Path
 
 
-def plans(figure: Figure, out: Path, data_dir: str | None = None) -> list[Plan]:
-    return [Plan.build(figure.config, methods=part.methods, lr=part.lr, grid=[*part.grid, *figure.common],
+def plans(figure: Figure, out: Path, data_dir: str | None = None, configs: Path = Path("configs")) -> list[Plan]:
+    """A sweep's plan per part of ``figure``, its runs under ``<out>/<figure>/<part>/``."""
+    return [Plan.build(figure.config_path(configs), methods=part.methods, lr=part.lr, grid=[*part.grid, *figure.common],
                        seeds=list(SEEDS), method_args=part.method_args, out=out / figure.name / part.name,
                        max_epochs=figure.epochs, data_dir=data_dir if "mnist" in figure.config else None)
             for part in figure.parts]
 
 
-def _run_label(point: Point, note: str = "") -> str:
+def _run_label(point: Point) -> str:
     name = PAPER_NAMES.get(point.method, label(point.method))
     extra = [f"λ = {v}" for k, v in point.settings if k.endswith(".lam")]
-    return ", ".join([name, f"lr {point.lr:g}", *extra, *([note] if note else [])])
+    return ", ".join([name, f"lr {point.lr:g}", *extra])
 
 
-def measure(figure: Figure, out: Path, jobs: int = 2, data_dir: str | None = None, run: bool = True) -> list[Run]:
+def measure(figure: Figure, out: Path, jobs: int = 2, data_dir: str | None = None, run: bool = True,
+            configs: Path = Path("configs")) -> list[Run]:
     """Run (unless done, or ``run`` is false) and read back every run of ``figure``; write its curves and table."""
     runs = []
-    for part, plan in zip(figure.parts, plans(figure, out, data_dir)):
+    for plan in plans(figure, out, data_dir, configs):
         if run:
             execute(plan, jobs=jobs, hessian=False, echo=lambda line: None)
         for point in plan.points():
             record = done(point)
             if record is not None:
-                runs.append(Run(_run_label(point, part.note), record, plan.runs / point.name))
+                runs.append(Run(_run_label(point), record, plan.runs / point.name))
     folder = out / figure.name
-    curves(figure, runs, folder / "curves.png")
+    curves(figure, runs, folder / "curves.png", configs)
     (folder / "table.md").write_text(table(figure, runs))
     return runs
 
@@ -169,7 +177,7 @@ def _mean_curve(curves: list[list[float]]) -> tuple[list[float], list[float], li
 DIVERGED_Y = 0.97  #: where a diverged run's ✕ is drawn: near the top of the panel (axes fraction), never on the data
 
 
-def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
+def curves(figure: Figure, runs: list[Run], path: Path, configs: Path = Path("configs")) -> Path:
     """Loss (and the held-out metric, and Fig. 6's ``1 − r/r̂``) against epochs: per method and setting the mean over the
     seeds with a band from the smallest to the largest, a marker of its own every few epochs (so no curve hides under
     another); a seed that diverged is a ✕ at the top of the panel at the epoch where it stopped, one that stopped early
@@ -229,7 +237,8 @@ def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
         axes[2].grid(True, alpha=0.3)
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     seeds = len(SEEDS)
-    fig.suptitle(f"{figure.name}: {experiment_name(figure.config)}, {figure.epochs} epochs; lines: mean over {seeds} "
+    name = experiment_name(figure.config_path(configs))
+    fig.suptitle(f"{figure.name}: {name}, {figure.epochs} epochs; lines: mean over {seeds} "
                  f"seeds, bands: their range", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 3.1 / fig.get_figwidth(), 1))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,28 +247,17 @@ def curves(figure: Figure, runs: list[Run], path: Path) -> Path:
     return path
 
 
-def _num(x: float | None, pct: bool = False) -> str:
-    if x is None or x != x:
-        return "—"
-    return f"{100 * x:.2f} %" if pct else f"{x:.3g}"
-
-
 def _stat(values: list[float], pct: bool = False) -> str:
     """``mean ± s.d.`` over the seeds (the sample s.d.; a lone value alone)."""
-    stat = Stat.of(values)
-    if stat is None:
-        return "—"
-    if stat.n == 1:
-        return _num(stat.mean, pct)
-    sd = f"{100 * stat.sd:.2f}" if pct else f"{stat.sd:.2g}"
-    return f"{_num(stat.mean, pct)} ± {sd}"
+    return mean_sd(Stat.of(values), pct, count=False)
 
 
 def outcome_text(seeds: list[Run]) -> str:
+    """``trained 2/3, diverged 1/3``: the seeds' outcomes."""
     counts: dict[str, int] = {}
     for r in seeds:
         counts[r.record.status] = counts.get(r.record.status, 0) + 1
-    return ", ".join(f"{k} {v}/{len(seeds)}" if len(seeds) > 1 else k for k, v in counts.items())
+    return counts_text(counts, len(seeds))
 
 
 def table(figure: Figure, runs: list[Run]) -> str:
@@ -269,13 +267,13 @@ def table(figure: Figure, runs: list[Run]) -> str:
     header = ["run", "outcome", "final training loss", "final test", "best test", "wall (s, mean)"]
     if figure.energy:
         header.append("mean 1 − r/r̂ over the last epoch")
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for lbl, seeds in grouped(runs).items():
         ok = [r.record for r in seeds if r.record.status != "diverged"]
         metric = [rec.metric(figure.metric) for rec in ok]
         cols = [lbl, outcome_text(seeds), _stat([rec.train_loss[-1] for rec in ok if rec.train_loss]),
                 _stat([m[-1] for m in metric if m], pct), _stat([best(m) for m in metric if m], pct),
-                _num(statistics.fmean(r.record.wall_s for r in seeds))]
+                number(statistics.fmean(r.record.wall_s for r in seeds))]
         if figure.energy:
             tails = []
             for r in seeds:
@@ -284,5 +282,5 @@ def table(figure: Figure, runs: list[Run]) -> str:
                 if tail:
                     tails.append(sum(tail) / len(tail))
             cols.append(_stat(tails))
-        rows.append("| " + " | ".join(cols) + " |")
-    return "\n".join(rows) + "\n"
+        rows.append(cols)
+    return md_table(header, rows) + "\n"

@@ -2,7 +2,7 @@
 longest runs first.
 
 A worker is a fresh (spawned) Python process that trains one run after another with ``threads`` intra-op threads, through
-:func:`.runner.run_one` as in this process: each run seeds itself (its config's ``seed_everything``), so that a run gives
+:func:`.in_process.run_one` as in this process: each run seeds itself (its config's ``seed_everything``), so that a run gives
 the same numbers bit for bit in a worker as in this process at the same thread count (``tests/test_reproduce.py``). Each
 run's progress comes back to this process as :class:`~.progress.Tick` records over a queue; each result as a
 :class:`Finished` record, in the order the runs end.
@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from . import runner
+from . import in_process
 from .progress import Tick
 from .records import RunResult, RunSpec, Settings
 
@@ -117,7 +117,7 @@ def run_plan(plan: list[RunSpec], settings: Settings, report: Callable[[Tick], N
     if settings.jobs <= 1:
         for index, spec in enumerate(plan):
             started = time.monotonic()
-            result = runner.run_one(spec, settings, index, report)
+            result = in_process.run_one(spec, settings, index, report)
             yield Finished(index, result, started, time.monotonic())
         return
     yield from _in_workers(plan, settings, report)
@@ -157,8 +157,9 @@ def _relay(ticks, report: Callable[[Tick], None] | None) -> None:
 
 def _lost(spec: RunSpec, settings: Settings, err: BaseException) -> RunResult:
     run_dir = settings.out / f"exp{spec.experiment}" / spec.method
-    result = RunResult(spec.experiment, spec.method, runner.repo_path(spec.config), str(run_dir), spec.epochs,
-                       runner.cli_args(spec, run_dir, settings))
+    config = in_process.root_path(spec.config, settings.root)
+    result = RunResult(spec.experiment, spec.method, config, str(run_dir), spec.epochs,
+                       in_process.cli_args(spec, run_dir, settings))
     result.status, result.message = "error", f"its worker process ended: {type(err).__name__}: {err}"
     return result
 
@@ -177,6 +178,6 @@ def _start_worker(ticks, threads: int) -> None:
 
 def _work(spec: RunSpec, settings: Settings, index: int) -> Finished:
     started = time.monotonic()
-    with runner.quiet_lightning():
-        result = runner.run_one(spec, settings, index, _ticks.put)
+    with in_process.quiet_lightning():
+        result = in_process.run_one(spec, settings, index, _ticks.put)
     return Finished(index, result, started, time.monotonic())

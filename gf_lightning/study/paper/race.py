@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..components import MLP, BurgersPINN
-from ..data import BurgersCollocation
-from ..errors import GFConfigError
-from ..optim.ieq import IEQ
+from ...components import MLP, BurgersPINN
+from ...data import BurgersCollocation
+from ...errors import GFConfigError
+from ...optim.ieq import IEQ
+from ..io import json_text, write_atomic
+from ..plotting import pyplot
 
 METHODS = ("adam", "lbfgs", "adam+lbfgs", "ieq", "ieq-adaptive")
 DTYPES = ("float32", "float64")
@@ -176,9 +178,8 @@ def run_race(settings: RaceSettings, out: Path, log: Callable[[str], None] = pri
                 runs.append(run)
                 log(f"{method:<12} {dtype} seed {seed}: {run.steps} steps, error {run.points[-1][1]:.3g} after "
                     f"{run.points[-1][0]:.1f} s (best {min(e for _, e in run.points):.3g})")
-                tmp = out / "race.json.tmp"
-                tmp.write_text(json.dumps({"settings": asdict(settings), "runs": [asdict(r) for r in runs]}, indent=1))
-                tmp.replace(out / "race.json")
+                record = {"settings": asdict(settings), "runs": [asdict(r) for r in runs]}
+                write_atomic(out / "race.json", json_text(record))
     return runs
 
 
@@ -208,11 +209,7 @@ def table(runs: list[RaceRun]) -> str:
 
 def report(out: Path) -> None:
     """``race.png`` and ``race.md`` from ``out/race.json``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     data = json.loads((out / "race.json").read_text())
     runs = [RaceRun(r["method"], r["dtype"], r["seed"], [tuple(p) for p in r["points"]], r["steps"])
             for r in data["runs"]]

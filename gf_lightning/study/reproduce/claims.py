@@ -3,7 +3,7 @@ them beside what was measured. ``tests/test_reproduce.py`` checks these tables a
 
 from __future__ import annotations
 
-from .methods import base
+from ..methods import base
 
 EXPERIMENTS = {
     1: "y = sin(p·x) + cos(q·x), x ~ U(0,1)^40, 8000/2000, m = 1000",

@@ -4,7 +4,7 @@ settings, e.g. ``--grid model.net.init_args.init=fan_in,public --seeds 0 1 2`` �
 metric, with each panel's ranking; as a markdown table and a figure with error bars.
 
 It reads only what each sweep wrote (``results.json``: its cells, already summarised over the seeds by
-:mod:`.sweep_report`), so a sweep gathered from a SLURM job array compares like one run here.
+:mod:`.report`), so a sweep gathered from a SLURM job array compares like one run here.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..plotting import pyplot
+from ..tables import Stat, mean_sd
 from .grid import SweepError
-from .sweep_report import METRIC_NAMES, Stat, higher_is_better
+from .metrics import METRIC_NAMES, higher_is_better
 
 #: colours of the panels in the figure, in order
 PANEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -52,11 +54,11 @@ def load(folder: str | Path) -> tuple[list[Entry], str]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise SweepError(f"{folder}: no sweep results to compare ({path}: {err.__class__.__name__}); allowed: a folder "
-                         "that scripts/sweep.py has reported into") from None
+                         "that a sweep has reported into") from None
     row = folder.name
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list) or "metric" not in data:
         raise SweepError(f"{folder}: {path} is not a sweep's report (no cells and metric); allowed: a folder that "
-                         "scripts/sweep.py has reported into")
+                         "a sweep has reported into")
     values: dict[str, set[str]] = {}
     for cell in data["cells"]:
         for key, value in cell["panel"]:
@@ -72,13 +74,7 @@ def load(folder: str | Path) -> tuple[list[Entry], str]:
 
 
 def _fmt(stat: Stat | None, metric: str) -> str:
-    if stat is None:
-        return "—"
-    if higher_is_better(metric):
-        spread = "" if math.isnan(stat.sd) else f" ± {100 * stat.sd:.2f}"
-        return f"{100 * stat.mean:.2f}{spread} %"
-    spread = "" if math.isnan(stat.sd) else f" ± {stat.sd:.2g}"
-    return f"{stat.mean:.3g}{spread}"
+    return mean_sd(stat, higher_is_better(metric), count=False)
 
 
 def ranks(entries: list[Entry], metric: str) -> dict[tuple[str, str], int]:
@@ -131,11 +127,7 @@ def figure(entries: list[Entry], metric: str, path: str | Path, title: str = "")
     """Bars of the final metric's mean per sweep, one colour per panel, ± one standard deviation, the seeds' values as
     dots; a sweep that did not train in a panel is marked by its status instead of a bar, or, where it finished finite, by
     a hatched bar with its status written at the bar's foot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = list(dict.fromkeys(e.panel for e in entries))
     rows = list(dict.fromkeys((e.row, e.lr) for e in entries))
     by = {(e.row, e.lr, e.panel): e for e in entries}

@@ -1,6 +1,6 @@
 """The reproduction of the seed's experiments (SPEC §3): plan each experiment's runs from its configs, train them
 (:mod:`.workers`), and as soon as an experiment's last run has ended write its report (:mod:`.reports`); with several
-experiments, a summary of all. ``scripts/reproduce.py`` is its command line."""
+experiments, a summary of all. :mod:`.command` is its command line."""
 
 from __future__ import annotations
 
@@ -15,20 +15,22 @@ import yaml
 from .progress import ProgressLines
 from .records import RunResult, RunSpec, Settings
 from .reports import write_results, write_summary
-from .runner import CONFIGS, intra_op_threads, quiet_lightning
+from .in_process import intra_op_threads, quiet_lightning
 from .workers import run_plan, usable_cores
 
 
-def config_path(exp: int, method: str) -> Path:
-    return CONFIGS / f"exp{exp}_{method}.yaml"
+def config_path(exp: int, method: str, configs: Path = Path("configs")) -> Path:
+    """The config of ``method`` in experiment ``exp``: ``<configs>/exp<exp>_<method>.yaml``."""
+    return configs / f"exp{exp}_{method}.yaml"
 
 
-def plan_experiment(exp: int, methods: list[str], scale: float) -> tuple[list[RunSpec], list[str]]:
+def plan_experiment(exp: int, methods: list[str], scale: float,
+                    configs: Path = Path("configs")) -> tuple[list[RunSpec], list[str]]:
     """The runs of ``methods`` that have a config in experiment ``exp``, each for its config's ``max_epochs`` × ``scale``
     (rounded, at least 1); and the methods without one, with why."""
     specs, skipped = [], []
     for method in methods:
-        cfg = config_path(exp, method)
+        cfg = config_path(exp, method, configs)
         if not cfg.exists():
             skipped.append(f"{method} (no config for experiment {exp})")
             continue
@@ -43,7 +45,7 @@ def reproduce(experiments: list[int], methods: list[str], settings: Settings,
     also ``summary.md``. Returns each experiment's results, in the order of ``methods``. ``settings.jobs`` is at most the
     number of runs; with more than 1 and no ``settings.threads``, each process gets the usable cores ÷ jobs intra-op
     threads."""
-    plans = {exp: plan_experiment(exp, methods, settings.epochs_scale) for exp in experiments}
+    plans = {exp: plan_experiment(exp, methods, settings.epochs_scale, settings.configs) for exp in experiments}
     for exp, (specs, skipped) in plans.items():
         if not specs:
             print(f"experiment {exp}: nothing to run ({'; '.join(skipped)})", file=sys.stderr)

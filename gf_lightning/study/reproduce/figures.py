@@ -9,22 +9,15 @@ import textwrap
 from pathlib import Path
 
 from .claims import EXPERIMENTS, MNIST
-from .methods import COLORS, ENERGY_MEANING, ENERGY_METHODS, base, label
-from .records import LR_COLLAPSE, RunResult, frozen_from
+from ..methods import COLORS, ENERGY_MEANING, ENERGY_METHODS, base, label
+from ..outcome import STEP_COLLAPSE
+from ..plotting import pyplot
+from .records import RunResult, collapsed_from
 
 #: a marker and a dash pattern per method, so that curves that coincide (small steps: SGD ≈ SAV ≈ ExpSAV) stay visible
 STYLES = {"sgd": ("o", (0, (4, 2))), "adam": ("s", "-"), "sav": ("^", "-"), "expsav": ("v", (0, (1, 1))), "ieq": ("D", "-"),
           "ieq_adaptive": ("x", (0, (6, 2, 1, 2))), "asav": ("P", "-"), "aressav": ("*", (0, (3, 1))),
           "arelsav": ("h", (0, (1, 2))), "aegd": ("<", "-"), "aegdm": (">", (0, (5, 2)))}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 #: loss.png: runs whose train and test losses differ by less than this (relative) at every epoch lie on one line at the
@@ -111,7 +104,7 @@ def plot_losses(results: list[RunResult], path: Path) -> None:
     """Train loss, held-out test loss (log scale) and the relative error (regression) or accuracy (MNIST), per epoch;
     the test panels start at epoch 0, the initial weights (x: the epoch, one value per epoch's event, in step order).
     Runs whose curves coincide (``coinciding``) are said so in the title and legend, and their markers are staggered."""
-    plt = _pyplot()
+    plt = pyplot()
 
     groups = coinciding(results)
     same_as, stagger = {}, {}  # run → the first of its group; run → (its place in the group, the group's size)
@@ -222,7 +215,7 @@ def _energy_panel(ax, r: RunResult) -> tuple[str, bool]:
     the y-axis is symlog."""
     steps, energy = r.energy_steps, r.energy
     true = r.energy_true if len(r.energy_true) == len(steps) else []
-    start = frozen_from(r)
+    start = collapsed_from(r)
     scale = max([abs(v) for v in true if math.isfinite(v)] + [abs(v) for v in energy[:start] if math.isfinite(v)],
                 default=1.0) or 1.0
     off = [not math.isfinite(v) or abs(v) > OFF_CHART * scale for v in energy]
@@ -258,12 +251,12 @@ def energy_caption(results: list[RunResult]) -> str:
     text = ("Each panel: the method's modified energy (solid, its colour; what it is: the panel's title) and the true "
             "energy, the step's mini-batch loss (black, dashed), in the loss's units, against the optimizer step. y axis: "
             "logarithmic, or where an energy is ≤ 0 symmetric-logarithmic, linear inside the grey band around 0. ✕ and "
-            f"the dotted line: where the run froze for good (effective step below {LR_COLLAPSE:g} × nominal, or the "
+            f"the dotted line: where the run froze for good (effective step below {STEP_COLLAPSE:g} × nominal, or the "
             f"modified energy ±∞, up to the last logged step); a modified energy ±∞ or beyond {OFF_CHART:g} × the "
             "panel's largest loss is not drawn.")
     frozen = []
     for r in runs:
-        start = frozen_from(r)
+        start = collapsed_from(r)
         if start is not None:
             frozen.append(f"{label(r.method)} at step {r.energy_steps[start]:,} (modified energy then "
                           f"{_short(r.energy[-1])})")
@@ -275,7 +268,7 @@ def energy_caption(results: list[RunResult]) -> str:
 def plot_energy(results: list[RunResult], path: Path) -> None:
     """One panel per energy method: the modified energy per logged step, beside the true energy (the loss it stands for);
     log or symlog y, freezes marked, notes under the panels, never on the data."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -309,9 +302,9 @@ def plot_energy(results: list[RunResult], path: Path) -> None:
         axes[0][0].text(0.5, 0.5, "no energy method was run", ha="center", transform=axes[0][0].transAxes)
     handles = [Line2D([], [], color="0.4", lw=1.2), Line2D([], [], color="k", lw=0.7, ls="--")]
     texts = ["modified energy (title)", "true energy: the step's batch loss"]
-    if any(frozen_from(r) is not None for r in runs):
+    if any(collapsed_from(r) is not None for r in runs):
         handles.append(Line2D([], [], color="0.4", ls=":", marker="X", mec="k", mew=0.6, ms=7))
-        texts.append(f"frozen for good (step < {LR_COLLAPSE:g} × nominal, or energy ±∞)")
+        texts.append(f"frozen for good (step < {STEP_COLLAPSE:g} × nominal, or energy ±∞)")
     if symlog:
         handles.append(Patch(color="0.9"))
         texts.append("symlog: linear in this band")
