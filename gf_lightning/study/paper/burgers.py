@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch import nn
 
-from ...data.burgers import NU, burgers_exact
+from ...problems.burgers import NU, burgers_exact
 from ..events import read_scalars, values
 from ..methods import COLORS, label
 from ..plotting import MARKERS, pyplot
