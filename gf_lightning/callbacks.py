@@ -24,10 +24,10 @@ def replica_fingerprint(pl_module: L.LightningModule) -> torch.Tensor:
 
 
 class ReplicaCheck(L.Callback):
-    """After every training epoch, compare every rank's :func:`replica_fingerprint`: the minimum over ranks must equal the
-    maximum. DDP averages gradients and nothing else, so a quantity that one rank computed from its own shard alone (a loss,
-    ``r``, ``‖q‖``, a Jacobian) makes replicas drift apart silently; this makes it loud. Costs two all-reduces an epoch, and
-    logs the largest difference as ``ddp/replica_spread`` (0 when the replicas agree).
+    """After every training epoch, compare every rank's :func:`replica_fingerprint`: the minimum over ranks must equal
+    the maximum. DDP averages gradients and nothing else, so a quantity that one rank computed from its own shard alone
+    (a loss, ``r``, ``‖q‖``, a Jacobian) makes replicas drift apart silently; this makes it loud. Costs two all-reduces
+    an epoch, and logs the largest difference as ``ddp/replica_spread`` (0 when the replicas agree).
 
     ``last`` keeps the last ``(minimum, maximum)`` pair for inspection."""
 

@@ -25,7 +25,6 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 
-
 #: the custom-scalars layout: category → chart title → ("Multiline", [tag regexes])
 LAYOUT = {
     "gf_lightning": {
@@ -77,9 +76,9 @@ HPARAM_DOCS = {
 DEFAULT_COLUMNS = ("method", "variant", "lr", "lam", "seed")
 
 #: the tags the HParams tab shows as every run's metrics, in its order (the tab shows the first five when it opens): the
-#: held-out loss, the quality measure (regression ``val/rel_err``; a PDE's ``val/rel_l2 = ‖u − u*‖/‖u*‖``; classification
-#: ``val/acc``), the energy violations, the training loss. The same list for every run: TensorBoard takes the tab's columns
-#: from one run's list, so lists that differ lose columns; a run without one of them shows none there.
+#: held-out loss, the quality measure (regression ``val/rel_err``; a PDE's ``val/rel_l2 = ‖u − u*‖/‖u*‖``;
+#: classification ``val/acc``), the energy violations, the training loss. The same list for every run: TensorBoard takes
+#: the tab's columns from one run's list, so lists that differ lose columns; a run without one of them shows none there.
 RUN_METRICS = ("val/loss", "val/rel_err", "val/rel_l2", "val/acc", "energy/violations", "train/loss")
 
 
@@ -103,9 +102,9 @@ def experiment_summary(params: dict[str, Any]) -> Summary:
     return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
-#: tag → its log10 tag, written beside it by :class:`DashboardLogger`: the energies span decades, which a linear axis shows
-#: as a drop and then a flat line. A value ≤ 0 has no log10 and is left out (``energy/modified`` of SAV, ``r² − C``, may
-#: dip below 0 as ``r`` falls).
+#: tag → its log10 tag, written beside it by :class:`DashboardLogger`: the energies span decades, which a linear axis
+#: shows as a drop and then a flat line. A value ≤ 0 has no log10 and is left out (``energy/modified`` of SAV, ``r² −
+#: C``, may dip below 0 as ``r`` falls).
 LOG10_TAGS = {"energy/true": "energy/true_log10", "energy/modified": "energy/modified_log10"}
 
 

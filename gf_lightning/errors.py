@@ -2,7 +2,8 @@
 
 
 class GFConfigError(ValueError):
-    """A setting is out of its allowed range, or two settings disagree. The message names the setting and what is allowed."""
+    """A setting is out of its allowed range, or two settings disagree. The message names the setting and what is
+    allowed."""
 
 
 class GFStepError(RuntimeError):
@@ -14,7 +15,8 @@ class NonFiniteError(RuntimeError):
 
 
 class CheckpointLoadError(GFConfigError):
-    """A checkpoint given to load (``--ckpt_path``) is not an intact checkpoint: a folder, an empty or truncated file, or a
+    """A checkpoint given to load (``--ckpt_path``) is not an intact checkpoint: a folder, an empty or truncated file,
+    or a
     file whose content does not match the checksum stored when it was written. The message names the file and why."""
 
 

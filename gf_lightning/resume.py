@@ -1,7 +1,8 @@
-"""A resume continues the same run: the settings that define a run are stored in every checkpoint and compared on resume.
+"""A resume continues the same run: the settings that define a run are stored in every checkpoint and compared on
+resume.
 
-The settings that define a run are the model's and the data's (``model.*``, ``data.*``) and ``seed_everything``; where the
-files are, how batches are handed to a call or evaluated (:data:`FREE`), how long and on what the run goes on
+The settings that define a run are the model's and the data's (``model.*``, ``data.*``) and ``seed_everything``; where
+the files are, how batches are handed to a call or evaluated (:data:`FREE`), how long and on what the run goes on
 (``trainer.*``), and how it is checkpointed or shown may change freely. On ``fit --ckpt_path``:
 
 - a checkpoint of another optimizer class, another network class, or parameters of other shapes is refused: its state
@@ -92,9 +93,11 @@ def check_resume(checkpoint: dict[str, Any], path: str, settings: dict[str, Any]
     if keys is not None and (expected - keys or keys - expected - {"initial_lr"}):  # (a scheduler adds initial_lr)
         saved_class = (saved or {}).get("model.optimizer.class_path", "another optimizer")
         this_class = settings.get("model.optimizer.class_path", type(optimizer).__name__)
-        raise GFConfigError(f"ckpt_path={path!r} holds the state of {saved_class}, and this run's optimizer is "
-                            f"{this_class}; an optimizer's state cannot continue another's: resume with the optimizer it "
-                            "was trained with")
+        raise GFConfigError(
+            f"ckpt_path={path!r} holds the state of {saved_class}, and this run's optimizer is "
+            f"{this_class}; an optimizer's state cannot continue another's: resume with the optimizer it "
+            "was trained with"
+        )
     if saved is None:  # a checkpoint from before the settings were stored: shapes and optimizer were all there was
         return {}
     changed = {k: (saved.get(k), settings.get(k)) for k in sorted(saved.keys() | settings.keys())
@@ -149,7 +152,8 @@ def check_scoring(checkpoint: dict[str, Any], path: str, settings: dict[str, Any
 
 
 def override_optimizer_groups(checkpoint: dict[str, Any], changed: dict[str, tuple[Any, Any]]) -> None:
-    """With ``--resume_with_changes``: the loaded optimizer groups take the new optimizer settings, not the saved ones."""
+    """With ``--resume_with_changes``: the loaded optimizer groups take the new optimizer settings, not the saved
+    ones."""
     prefix = "model.optimizer.init_args."
     new = {k[len(prefix):]: v for k, (_, v) in changed.items() if k.startswith(prefix)}
     for state in checkpoint.get("optimizer_states") or []:

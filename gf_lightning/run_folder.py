@@ -1,13 +1,14 @@
-"""Each run its own folder: ``lightning_logs/<experiment>/<run>/version_N``, named after what it runs, claimed race-free.
+"""Each run its own folder: ``lightning_logs/<experiment>/<run>/version_N``, named after what it runs, claimed
+race-free.
 
 A run is named after its experiment (the config's ``experiment``, else its data module) and its method (the optimizer,
 with its variant when not the default; the config's ``run_name`` overrides it), so that TensorBoard shows six methods as
 six named runs, and a second run of one method is that method's next ``version_N``.
 
-Lightning's loggers pick ``version_N`` as one more than the largest folder they find, and create it later: two runs started
-at once into one ``default_root_dir`` pick the same N, and one overwrites the other's ``config.yaml`` and mixes its events
-into the other's TensorBoard run. Here the folder is claimed with ``os.mkdir``, which exactly one process can win: a run
-that loses takes the next N.
+Lightning's loggers pick ``version_N`` as one more than the largest folder they find, and create it later: two runs
+started at once into one ``default_root_dir`` pick the same N, and one overwrites the other's ``config.yaml`` and mixes
+its events into the other's TensorBoard run. Here the folder is claimed with ``os.mkdir``, which exactly one process can
+win: a run that loses takes the next N.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class RunName:
 
 
 def _short(name: str) -> str:
-    """A folder-safe form of a name: lower case, runs of other characters as one ``_``, no dot at either end (``..`` would
+    """A folder-safe form of a name: lower case, runs of other characters as one ``_``, no dot at either end (``..``
+    would
     climb out of ``lightning_logs``)."""
     return re.sub(r"[^a-z0-9_.-]+", "_", name.lower()).strip("._") or "run"
 
@@ -97,9 +99,14 @@ def is_launched_rank() -> bool:
 
 
 def claim_logger_versions(loggers: list[Logger]) -> None:
-    """Give every local TensorBoard or CSV logger that has no version yet a folder of its own (see the module's docstring)."""
+    """Give every local TensorBoard or CSV logger that has no version yet a folder of its own (see the module's
+    docstring)."""
     if is_launched_rank():
         return
     for logger in loggers:
-        if isinstance(logger, (TensorBoardLogger, CSVLogger)) and logger._version is None and "://" not in str(logger.root_dir):
+        if (
+            isinstance(logger, (TensorBoardLogger, CSVLogger))
+            and logger._version is None
+            and "://" not in str(logger.root_dir)
+        ):
             logger._version = claim_version(logger.root_dir, logger._get_next_version())

@@ -2,7 +2,7 @@
 
     python scripts/bench_ieq.py                     # one thread, full repetition counts, both shapes
     python scripts/bench_ieq.py --quick             # fewer repetitions
-    python scripts/bench_ieq.py --naive             # also the naive dense step and the generic Cholesky (seconds at MNIST)
+    python scripts/bench_ieq.py --naive    # also the naive dense step and the generic Cholesky (seconds at MNIST)
     python scripts/bench_ieq.py --device cuda       # on a GPU (synchronised around every step)
 
 The IEQ steps, at ``Δt = 0.1`` (the configs'):
@@ -14,16 +14,17 @@ The IEQ steps, at ``Δt = 0.1`` (the configs'):
 - with ``--naive``: ``dense``, the naive step (``J`` from ``torch.autograd.functional.jacobian``, then
   ``torch.linalg.solve``) and ``generic`` (no closed form: ``J Jᵀ`` from batched backward passes, then Cholesky).
 
-One run measures every method at each shape: rounds are interleaved (one step of each method per round), so that drift in
-the machine's load hits every method alike; the median over rounds is reported, with the minimum beside it, and the
+One run measures every method at each shape: rounds are interleaved (one step of each method per round), so that drift
+in the machine's load hits every method alike; the median over rounds is reported, with the minimum beside it, and the
 targets are checked on the medians. On one CPU thread (the default) a step's time is the thread's CPU time
 (``time.thread_time``), not the wall clock: on a machine shared with other jobs the wall clock adds whatever time slices
 the other processes took during the step — on this 2-core machine at a load of 4–7, half of the IEQ steps at exp1's
 shape and a third of the SGD steps gained ~4 ms that way, which moved the ratio of medians from 1.6 to 4.9 — while the
 thread's CPU time is the step's own cost. With more threads, or on CUDA (synchronised around every step), it is the wall
-clock. float32; ``--threads`` intra-op threads (default 1). Each method trains its own copy of the same network on the same batches: at the MNIST shape the real
-MNIST images when the files are found (``--data-dir``, default ``../shared/data`` beside the checkout; CG's iteration
-count depends on the data), else uniform random inputs. The CG iteration counts of every round are printed.
+clock. float32; ``--threads`` intra-op threads (default 1). Each method trains its own copy of the same network on the
+same batches: at the MNIST shape the real MNIST images when the files are found (``--data-dir``, default
+``../shared/data`` beside the checkout; CG's iteration count depends on the data), else uniform random inputs. The CG
+iteration counts of every round are printed.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@
 For each dtype and row fraction, one run measures: the exact step (``IEQ.step`` with ``solver="auto"``: the closure's
 forward, the dense rows of ``J`` from :meth:`BurgersPINN.jacobian`, the Gram, the Cholesky, ``qⁿ⁺¹`` and the move), the
 Jacobian build alone (``J build``: the batched Taylor-mode pass the step uses; ``J vmap``: ``torch.func.vmap`` of
-``grad`` over points, the other option), and the step's one big product alone — ``JᵀJ`` (``N·P²`` multiply-adds) in parameter space,
-``J Jᵀ`` (``N²·P``) in residual space — on ``J`` itself: the physical limit of an exact step. Times are the thread's CPU
-time on one thread (``--threads``; wall clock with more), the median over ``--repeats``, rounds interleaved.
+``grad`` over points, the other option), and the step's one big product alone — ``JᵀJ`` (``N·P²`` multiply-adds) in
+parameter space, ``J Jᵀ`` (``N²·P``) in residual space — on ``J`` itself: the physical limit of an exact step. Times are
+the thread's CPU time on one thread (``--threads``; wall clock with more), the median over ``--repeats``, rounds
+interleaved.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def main() -> None:
     kind = "thread CPU" if args.threads == 1 else "wall"
     print(f"torch {torch.__version__}, {args.threads} thread(s), {kind} seconds, median of {args.repeats}; "
           "the Burgers PINN (MLP 2-32x5-1), Δt = 1")
-    header = f"{'dtype':<8} {'N':>6} {'P':>5} {'space':<9} | {'step':>7} {'J build':>7} {'J vmap':>7} {'product':>7} | " \
-             f"{'step/product':>12} {'J share':>7}"
+    header = (
+        f"{'dtype':<8} {'N':>6} {'P':>5} {'space':<9} | {'step':>7} {'J build':>7} {'J vmap':>7} {'product':>7} | "
+        f"{'step/product':>12} {'J share':>7}"
+    )
     print(header)
     print("-" * len(header))
     for name in args.dtypes:
@@ -77,8 +80,12 @@ def main() -> None:
                 times["product"].append(clock() - t0)
                 del jac, _
             t = {k: statistics.median(v) for k, v in times.items()}
-            print(f"{name:<8} {n_rows:>6} {n_params:>5} {space:<9} | {t['step']:>7.2f} {t['jac']:>7.2f} "
-                  f"{t['vmap']:>7.2f} {t['product']:>7.2f} | {t['step'] / t['product']:>11.2f}x {t['jac'] / t['step']:>6.0%}", flush=True)
+            print(
+                f"{name:<8} {n_rows:>6} {n_params:>5} {space:<9} | {t['step']:>7.2f} {t['jac']:>7.2f} "
+                f"{t['vmap']:>7.2f} {t['product']:>7.2f} | {t['step'] / t['product']:>11.2f}x "
+                f"{t['jac'] / t['step']:>6.0%}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

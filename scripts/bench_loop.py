@@ -5,17 +5,19 @@
     python scripts/bench_loop.py --threads 1           # steadier on a busy machine
     python scripts/bench_loop.py --steps-per-call 1    # one mini-batch per training_step call
 
-Both sides build the same thing from the same config (``configs/exp1_<method>.yaml`` or ``exp4_<method>.yaml`` with the batch
-size set to 256): the same network and initial weights, the same in-memory data and batch order, the same optimizer with the
-same settings, the same closure. The hand loop is what a user would write in plain PyTorch: iterate the batches, call
-``opt.step(closure)``. The Lightning side is ``python -m gf_lightning fit`` as a user runs it (TensorBoard logging, progress
-bar, checkpoints, the config's ``data.steps_per_call``), driven in-process through ``cli_main``.
+Both sides build the same thing from the same config (``configs/exp1_<method>.yaml`` or ``exp4_<method>.yaml`` with the
+batch size set to 256): the same network and initial weights, the same in-memory data and batch order, the same
+optimizer with the same settings, the same closure. The hand loop is what a user would write in plain PyTorch: iterate
+the batches, call ``opt.step(closure)``. The Lightning side is ``python -m gf_lightning fit`` as a user runs it
+(TensorBoard logging, progress bar, checkpoints, the config's ``data.steps_per_call``), driven in-process through
+``cli_main``.
 
-Side by side: one Lightning fit per method, and at the start of each of its epochs one epoch of the hand loop, so that the
-two are timed within moments of each other and a slow spell of this shared machine hits both. What is timed: the training
-steps of each epoch after the first — from the first batch's start to the last batch's end, so start-up, validation and
-checkpoint writing are excluded on both sides. The table gives the median ms per optimizer step of each side, the median of
-the per-epoch ratios Lightning / hand, and the ratio of the fastest epochs (background load only ever adds time).
+Side by side: one Lightning fit per method, and at the start of each of its epochs one epoch of the hand loop, so that
+the two are timed within moments of each other and a slow spell of this shared machine hits both. What is timed: the
+training steps of each epoch after the first — from the first batch's start to the last batch's end, so start-up,
+validation and checkpoint writing are excluded on both sides. The table gives the median ms per optimizer step of each
+side, the median of the per-epoch ratios Lightning / hand, and the ratio of the fastest epochs (background load only
+ever adds time).
 
 Target (issue 8): ratio ≤ 1.25 for every method at the exp1 shape (B = 256).
 """
@@ -43,7 +45,8 @@ BATCH = 256
 
 
 class HandLoop:
-    """The run of ``cli`` written by hand: a copy of its network and optimizer, its data and batch order, a plain loop."""
+    """The run of ``cli`` written by hand: a copy of its network and optimizer, its data and batch order, a plain
+    loop."""
 
     def __init__(self, cli, classify: bool) -> None:
         dm = cli.datamodule
@@ -108,8 +111,14 @@ STEPS_PER_CALL: int | None = None  # --steps-per-call: the data module's steps_p
 
 
 def build(shape: str, method: str, epochs: int, root: Path):
-    args = ["--config", str(ROOT / "configs" / SHAPES[shape].format(method)), f"--trainer.max_epochs={epochs}",
-            f"--trainer.default_root_dir={root}", f"--data.init_args.batch_size={BATCH}", "--trainer.enable_model_summary=false"]
+    args = [
+        "--config",
+        str(ROOT / "configs" / SHAPES[shape].format(method)),
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.default_root_dir={root}",
+        f"--data.init_args.batch_size={BATCH}",
+        "--trainer.enable_model_summary=false",
+    ]
     if STEPS_PER_CALL is not None:
         args.append(f"--data.init_args.steps_per_call={STEPS_PER_CALL}")
     if shape == "mnist":
@@ -149,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, lightning {L.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
           f"{args.epochs - 1} timed epoch pairs, steps per Lightning call: {args.steps_per_call or 'the config’s'}")
     for shape in args.shapes:
-        print(f"\n{shape}:\n  {'method':<14}{'hand ms':>9}{'lightning ms':>14}{'ratio':>8}   {'fastest epochs ratio':>20}")
+        print(
+            f"\n{shape}:\n  {'method':<14}{'hand ms':>9}{'lightning ms':>14}{'ratio':>8}   {'fastest epochs ratio':>20}"
+        )
         for method in args.methods:
             hand, light = side_by_side(shape, method, args.epochs)
             ratio = statistics.median(lt / h for h, lt in zip(hand, light))

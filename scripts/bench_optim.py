@@ -7,12 +7,13 @@
     python scripts/bench_optim.py --update-only   # the optimizer's own cost: the closure returns a cached loss
     python scripts/bench_optim.py --profile sav   # where one method's step spends its time (torch.profiler)
 
-Shapes: exp1 (TwoLayerNet(d=40, m=1000, k=1), B = 256, MSE) and MNIST (TwoLayerNet(784, 100, 10), B = 256, cross-entropy).
-A "step" is everything ``opt.step(closure)`` does: the closure (zero_grad, forward, backward) and the update; relax calls the
-closure twice. Each method trains its own copy of the same initial network on the same fixed batch. One run measures all
-methods side by side: every round takes one step of each method in turn (round robin, the order rotated each round), so that
-drift in the machine's load hits every method alike; the table gives the median step time and the median over rounds of the
-ratio to that round's SGD step. float32, the default number of threads unless ``--threads``.
+Shapes: exp1 (TwoLayerNet(d=40, m=1000, k=1), B = 256, MSE) and MNIST (TwoLayerNet(784, 100, 10), B = 256,
+cross-entropy). A "step" is everything ``opt.step(closure)`` does: the closure (zero_grad, forward, backward) and the
+update; relax calls the closure twice. Each method trains its own copy of the same initial network on the same fixed
+batch. One run measures all methods side by side: every round takes one step of each method in turn (round robin, the
+order rotated each round), so that drift in the machine's load hits every method alike; the table gives the median step
+time and the median over rounds of the ratio to that round's SGD step. float32, the default number of threads unless
+``--threads``.
 
 Targets (issues): SAV, ExpSAV and IEQAdaptive in their seed form within 1.10× of SGD; A-SAV, AEGD and AEGDM no slower
 than Adam (the table's last column).
@@ -90,7 +91,9 @@ def make_stepper(shape: str, method: str, update_only: bool = False) -> Callable
     return lambda: opt.step(closure)
 
 
-def bench(shape: str, methods: list[str], rounds: int, warmup: int, update_only: bool = False) -> dict[str, list[float]]:
+def bench(
+    shape: str, methods: list[str], rounds: int, warmup: int, update_only: bool = False
+) -> dict[str, list[float]]:
     steppers = {name: make_stepper(shape, name, update_only) for name in methods}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for r in range(warmup + rounds):
@@ -169,8 +172,11 @@ def main() -> None:
         times = bench(shape, methods, rounds, warmup=max(5, rounds // 10), update_only=args.update_only)
         ok &= report(shape, times, "update only" if args.update_only else "full step (closure + update)")
     if not args.update_only:
-        print(f"\ntargets: {', '.join(TARGETED)} within {TARGET:.2f}× of SGD; {', '.join(ADAM_TARGETED)} no slower than Adam: "
-              f"{'met' if ok else 'MISSED'}")
+        print(
+            f"\ntargets: {', '.join(TARGETED)} within {TARGET:.2f}× of SGD; {', '.join(ADAM_TARGETED)} no slower than "
+            "Adam: "
+            f"{'met' if ok else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

@@ -107,12 +107,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # MNIST: the shared files, else a cached download, else a skip that says why
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 #: where a clone without ``../shared/data`` keeps a downloaded copy (``GF_LIGHTNING_DATA`` moves it)
-MNIST_CACHE = Path(os.environ.get("GF_LIGHTNING_DATA") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                   / "gf_lightning" / "data")
+MNIST_CACHE = Path(
+    os.environ.get("GF_LIGHTNING_DATA")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gf_lightning" / "data"
+)
 #: the first mirror torchvision tries; if it cannot be reached within a few seconds, no download is attempted
 MNIST_HOST = ("ossci-datasets.s3.amazonaws.com", 443)
 
@@ -122,7 +124,8 @@ def has_mnist(data_dir: Path) -> bool:
 
 
 def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds (name look-up included, which has no timeout
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds (name look-up included, which has no
+    timeout
     of its own: it runs in a daemon thread that is abandoned when it takes too long)."""
     result: list[bool] = []
 
@@ -140,8 +143,9 @@ def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
 
 
 def _download_mnist(cache: Path, timeout: float = 300.0) -> str | None:
-    """Download the MNIST files into ``cache`` with torchvision; ``None`` on success, else why not. The download runs in a
-    subprocess with a time limit, into a scratch folder that is renamed into place only when all four files are there, so
+    """Download the MNIST files into ``cache`` with torchvision; ``None`` on success, else why not. The download runs in
+    a subprocess with a time limit, into a scratch folder that is renamed into place only when all four files are there,
+    so
     a stalled or interrupted download leaves nothing half-written behind."""
     if os.environ.get("GF_LIGHTNING_NO_DOWNLOAD"):
         return "GF_LIGHTNING_NO_DOWNLOAD is set"
@@ -174,7 +178,8 @@ def _download_mnist(cache: Path, timeout: float = 300.0) -> str | None:
 
 
 def find_mnist() -> tuple[Path | None, str]:
-    """The folder that holds ``MNIST/raw/`` (the shared files, else the cache, filled by a download where one is possible),
+    """The folder that holds ``MNIST/raw/`` (the shared files, else the cache, filled by a download where one is
+    possible),
     or ``None`` and the reason there is none."""
     for folder in (SHARED_DATA, MNIST_CACHE):
         if has_mnist(folder):
@@ -182,9 +187,11 @@ def find_mnist() -> tuple[Path | None, str]:
     why = _download_mnist(MNIST_CACHE)
     if why is None and has_mnist(MNIST_CACHE):
         return MNIST_CACHE, ""
-    return None, (f"MNIST files not found in {SHARED_DATA / 'MNIST' / 'raw'} nor in {MNIST_CACHE / 'MNIST' / 'raw'}, and "
-                  f"not downloaded: {why}. Put the four IDX files ({', '.join(MNIST_FILES)}) in one of them, or set "
-                  "GF_LIGHTNING_DATA to a folder that holds MNIST/raw/")
+    return None, (
+        f"MNIST files not found in {SHARED_DATA / 'MNIST' / 'raw'} nor in {MNIST_CACHE / 'MNIST' / 'raw'}, and "
+        f"not downloaded: {why}. Put the four IDX files ({', '.join(MNIST_FILES)}) in one of them, or set "
+        "GF_LIGHTNING_DATA to a folder that holds MNIST/raw/"
+    )
 
 
 @pytest.fixture(scope="session")

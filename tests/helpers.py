@@ -17,7 +17,8 @@ from gf_lightning.components import TwoLayerNet
 
 
 def callback_arg(name: str, **init_args) -> str:
-    """The command-line argument that adds callback ``name`` of this file: ``--trainer.callbacks+={"class_path": …}``."""
+    """The command-line argument that adds callback ``name`` of this file: ``--trainer.callbacks+={"class_path":
+    …}``."""
     return "--trainer.callbacks+=" + json.dumps({"class_path": f"helpers.{name}", "init_args": init_args})
 
 
@@ -33,7 +34,8 @@ class KillAtEpoch(L.Callback):
 
 
 class KillAfterBatch(L.Callback):
-    """SIGKILL this process after ``training_step`` call ``batch`` of epoch ``epoch``: in the middle of the epoch (when an
+    """SIGKILL this process after ``training_step`` call ``batch`` of epoch ``epoch``: in the middle of the epoch (when
+    an
     epoch has several calls, e.g. with ``data.steps_per_call=1``), after the last end-of-epoch checkpoint."""
 
     def __init__(self, epoch: int, batch: int = 0) -> None:
@@ -45,11 +47,12 @@ class KillAfterBatch(L.Callback):
 
 
 class RecordTraining(L.Callback):
-    """Write down what this process trained: before every ``training_step`` call, one line per mini-batch of the call, to
-    ``<folder>/rank<R>.txt`` (appended and closed at once, so the lines outlive a SIGKILL). Read it with :func:`read_record`.
+    """Write down what this process trained: before every ``training_step`` call, one line per mini-batch of the call,
+    to ``<folder>/rank<R>.txt`` (appended and closed at once, so the lines outlive a SIGKILL). Read it with
+    :func:`read_record`.
 
-    A line holds the process id, the world size, the epoch, the call's ``batch_idx``, the optimizer step the mini-batch is
-    taken at (``global_step`` at the call, plus its place in the call) and a fingerprint of every input row of the
+    A line holds the process id, the world size, the epoch, the call's ``batch_idx``, the optimizer step the mini-batch
+    is taken at (``global_step`` at the call, plus its place in the call) and a fingerprint of every input row of the
     mini-batch (a hash of its bytes): which samples this rank saw, in which order."""
 
     def __init__(self, folder: str) -> None:
@@ -95,7 +98,8 @@ def read_record(folder) -> dict[int, list[Step]]:
 
 
 class PerturbOnRank(L.Callback):
-    """Make the replicas diverge: after the first ``training_step`` call of epoch ``epoch``, add ``delta`` to one weight on
+    """Make the replicas diverge: after the first ``training_step`` call of epoch ``epoch``, add ``delta`` to one weight
+    on
     rank ``rank`` only (DDP never re-broadcasts the parameters, so the difference stays)."""
 
     def __init__(self, rank: int = 1, epoch: int = 0, delta: float = 1e-3) -> None:
@@ -108,7 +112,8 @@ class PerturbOnRank(L.Callback):
 
 
 class TwoLayerNetWithoutGram(TwoLayerNet):
-    """:class:`TwoLayerNet` without its closed-form ``jacobian_gram``: IEQ then takes its generic path (``J D Jᵀ`` from the
+    """:class:`TwoLayerNet` without its closed-form ``jacobian_gram``: IEQ then takes its generic path (``J D Jᵀ`` from
+    the
     residual's graph), as for any other ``nn.Module``."""
 
     jacobian_gram = None
@@ -134,9 +139,9 @@ def read_scalars(root) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted((p.step, p.value) for p in points) for tag, points in read_points(root).items()}
 
 
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # checkpoint crashes (tests/test_checkpoints.py)
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 from gf_lightning.checkpointing import SafeCheckpointIO  # noqa: E402
 
 
@@ -242,13 +247,14 @@ class HParamsTab:
 
 
 def hparams_tab_columns(logdir) -> HParamsTab:
-    """Ask TensorBoard's own HParams backend (the ``/experiment`` and ``/session_groups`` routes the browser calls) about
-    ``logdir``, and apply its frontend's rule (TensorBoard 2.21, ``tf-hparams-query-pane``): hyperparameters sorted with
+    """Ask TensorBoard's own HParams backend (the ``/experiment`` and ``/session_groups`` routes the browser calls)
+    about ``logdir``, and apply its frontend's rule (TensorBoard 2.21, ``tf-hparams-query-pane``): hyperparameters
+    sorted with
     those marked ``differs`` first, the first five ticked; the first five metrics ticked."""
-    from werkzeug.test import Client
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
     from tensorboard.plugins.hparams import hparams_plugin
+    from werkzeug.test import Client
 
     mux = plugin_event_multiplexer.EventMultiplexer()
     mux.AddRunsFromDirectory(str(logdir))
@@ -263,7 +269,8 @@ def hparams_tab_columns(logdir) -> HParamsTab:
         return json.loads(reply.get_data())
 
     experiment = post("/experiment", {"experimentName": "", "hparamsLimit": 1000})
-    infos = sorted(experiment["hparamInfos"], key=lambda info: not info.get("differs", False))  # stable, as the frontend
+    # stable, as the frontend
+    infos = sorted(experiment["hparamInfos"], key=lambda info: not info.get("differs", False))
     groups = post("/session_groups", {"experimentName": "", "startIndex": 0, "sliceSize": 1000,
                                       "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
                                                           "STATUS_RUNNING"],
@@ -272,7 +279,8 @@ def hparams_tab_columns(logdir) -> HParamsTab:
                       [m["name"]["tag"] for m in experiment["metricInfos"][:5]], int(groups.get("totalSize", 0)))
 
 
-# -- processes: the tests that signal real runs and sweeps ---------------------------------------------------------------
+# -- processes: the tests that signal real runs and sweeps
+# ---------------------------------------------------------------
 def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05):
     """``condition()``'s first true value, polled every ``every_s`` seconds; an AssertionError naming ``what`` after
     ``timeout_s`` seconds."""

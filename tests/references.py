@@ -1,4 +1,5 @@
-"""Independent references for the optimizers' formulas: SPEC §2 written out in Python floats, the relaxation in 200 bits.
+"""Independent references for the optimizers' formulas: SPEC §2 written out in Python floats, the relaxation in 200
+bits.
 
 Nothing here imports ``gf_lightning``: the references share no code with the library. Autograd is used only by the
 callers, to differentiate their test problems.
@@ -64,7 +65,8 @@ def scheme_reference(
     eta: float = 0.99,
 ) -> list[RefStep]:
     """SAV (``method="sav"``), ExpSAV (``"expsav"``) and IEQAdaptive (``"ieq"``) as SPEC §2 writes them, with per-group
-    steps: ``Δt·Sⁿ`` becomes ``Σ_g Δt_g S_g`` and each group moves by its own ``Δt_g g̃_g``. SAV's seed form restarts ``r``
+    steps: ``Δt·Sⁿ`` becomes ``Σ_g Δt_g S_g`` and each group moves by its own ``Δt_g g̃_g``. SAV's seed form restarts
+    ``r``
     every step (the seed writes ``r = √(L + C)``); ExpSAV's and IEQAdaptive's carry it."""
     w = [list(g) for g in w0]
     aux = None

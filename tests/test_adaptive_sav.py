@@ -3,11 +3,12 @@ the conventions of the other energy methods.
 
 1. the first three steps of each variant, with one and with two parameter groups, equal Alg. 5 computed here in plain
    Python floats (:func:`alg5_reference`, which shares no code with the library);
-2. over random networks and step sizes ``Δt = 10^U(−4, 4)`` (float64), ``r`` never rises within a step, ``energy/modified``
-   never rises for ``vanilla`` and ``relax``, each move and ``r`` match ``m``, ``v`` kept by the test from the gradients
-   the closure saw, SAV's energy identity holds with ``m̂`` and ``Δt̂``, nothing is counted as a violation and everything
-   stays finite;
-3. state round trips continue bit for bit (every convention of ``test_conventions.py`` runs on AdaptiveSAV in its table); a step
+2. over random networks and step sizes ``Δt = 10^U(−4, 4)`` (float64), ``r`` never rises within a step,
+   ``energy/modified`` never rises for ``vanilla`` and ``relax``, each move and ``r`` match ``m``, ``v`` kept by the
+   test from the gradients the closure saw, SAV's energy identity holds with ``m̂`` and ``Δt̂``, nothing is counted as a
+   violation and everything stays finite;
+3. state round trips continue bit for bit (every convention of ``test_conventions.py`` runs on AdaptiveSAV in its
+   table); a step
    that raises changes nothing;
 4. two processes (gloo, DDP, half the batch each) equal one process on the whole batch;
 5. bad settings are refused with one line that names them;
@@ -38,9 +39,9 @@ def close(a: float, b: float, rtol: float = 1e-10, atol: float = 1e-14) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b)) + atol
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 1. the first steps against Alg. 5 by hand
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # L(w) = ½ wᵀPw + qᵀw + 1 + shiftₙ on w ∈ R³, split into the groups u = w[:2] and v = w[2:]; P SPD, L > 0 everywhere
 P = ((2.0, 0.5, 0.1), (0.5, 1.5, 0.2), (0.1, 0.2, 1.0))
 Q = (0.3, -0.2, 0.5)
@@ -57,8 +58,9 @@ def quadratic(w: list[list[float]], shift: float) -> tuple[float, list[list[floa
 
 
 def alg5_reference(variant, lrs, steps, C, lam, betas=(0.9, 0.999), eps=1e-8, eta=0.99, shifts=None):
-    """Alg. 5 as the spec page states it, on :func:`quadratic`, in Python floats: ``m`` a vector, ``v`` the scalar ``‖g‖²``
-    averaged, bias corrections, ``Δt̂_g = Δt_g/√(v̂ + ε)``, then SAV (Alg. 2, 3 or 4) with ``m̂`` for the gradient. The
+    """Alg. 5 as the spec page states it, on :func:`quadratic`, in Python floats: ``m`` a vector, ``v`` the scalar
+    ``‖g‖²`` averaged, bias corrections, ``Δt̂_g = Δt_g/√(v̂ + ε)``, then SAV (Alg. 2, 3 or 4) with ``m̂`` for the
+    gradient. The
     relaxation is SPEC §2's quadratic formula for ξ, ``D = Σ_g ‖Δw_g‖²/Δt̂_g``. Returns one dict per step."""
     b1, b2 = betas
     w = [list(g) for g in W0]
@@ -130,8 +132,9 @@ def step_id(case) -> str:
 def test_first_steps_equal_alg5_by_hand(variant, lrs, kw):
     """Three steps: the weights, ``m`` (``exp_avg``), ``v``, ``r``, ``energy/modified = r² − C``, ``energy/true``,
     ``optim/effective_lr = φ Δt̂/(1 + Δt̂ λ)``, ξ, the counters and the closure calls equal the hand computation.
-    Breakage seen to fail here: the gradient used in place of ``m̂`` (from step 2), ``S`` from the gradient, a per-coordinate
-    second moment (``v`` of the mean square), no bias correction, ``Δt`` in ``1 + Δt λ`` in place of ``Δt̂``, relax's ``D``
+    Breakage seen to fail here: the gradient used in place of ``m̂`` (from step 2), ``S`` from the gradient, a
+    per-coordinate second moment (``v`` of the mean square), no bias correction, ``Δt`` in ``1 + Δt λ`` in place of
+    ``Δt̂``, relax's ``D``
     divided by ``Δt`` in place of ``Δt̂``, one ``Δt̂`` for both groups."""
     kw = dict(kw)
     shifts = kw.pop("shifts", None)
@@ -190,9 +193,9 @@ def test_one_group_of_any_split_is_alg5():
         assert all(close(x, y, rtol=1e-13) for ga, gb in zip(a["w"], b["w"]) for x, y in zip(ga, gb)), (a["w"], b["w"])
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 2. the energy law over random cases
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def random_net(rng: random.Random) -> tuple[torch.nn.Module, int, int]:
     d, k, m = rng.randint(1, 6), rng.randint(1, 3), rng.randint(2, 24)
     torch.manual_seed(rng.randrange(2**31))
@@ -292,10 +295,11 @@ def test_energy_never_rises_over_random_cases(variant):
     """100 random networks (float64), ``Δt = 10^U(−4, 4)``, random C, λ, β, six mini-batches each: ``r`` never rises
     above where the step started (the carried ``r``, or the restarted one), ``energy/modified`` never rises from step to
     step (vanilla, relax), no violation is counted, everything is finite; and against ``m``, ``v`` kept by the test from
-    the gradients the closure saw, each move is ``−φ Δt̂ m̂/(1 + Δt̂ λ)``, ``rⁿ⁺¹ = r̃`` with SAV's identity
-    ``r² − (rⁿ⁺¹)² = (1/Δt̂ + λ)‖Δw‖² + (rⁿ⁺¹ − r)²`` (vanilla, restart), and relax's ``rⁿ⁺¹ = min(r̂, √(r̃² + ηD))`` and
+    the gradients the closure saw, each move is ``−φ Δt̂ m̂/(1 + Δt̂ λ)``, ``rⁿ⁺¹ = r̃`` with SAV's identity ``r² −
+    (rⁿ⁺¹)² = (1/Δt̂ + λ)‖Δw‖² + (rⁿ⁺¹ − r)²`` (vanilla, restart), and relax's ``rⁿ⁺¹ = min(r̂, √(r̃² + ηD))`` and
     ``(rⁿ⁺¹)² ≤ r² − (1 − η)D``, ``D = ‖Δw‖²/Δt̂``. Breakage seen to fail here: the gradient in place of ``m̂``, ``S``
-    formed from the gradient while the move follows ``m̂``, a per-coordinate second moment, no bias correction, ``Δt`` in
+    formed from the gradient while the move follows ``m̂``, a per-coordinate second moment, no bias correction, ``Δt``
+    in
     ``1 + Δt λ``, relax's ``D`` divided by ``Δt`` in place of ``Δt̂``."""
     failures = []
     for seed in range(100):
@@ -303,9 +307,9 @@ def test_energy_never_rises_over_random_cases(variant):
     assert not failures, "\n".join(failures[:10])
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 3. state round trips, and the conventions every energy method keeps
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 CASES = [conventions.Case(AdaptiveSAV, dict(lr=0.05, variant=v),
                           dict(lr=0.3, C=7.0, lam=0.5, betas=(0.5, 0.9), eps=1e-3, eta=0.5,
                                variant="restart" if v != "restart" else "vanilla"))
@@ -316,8 +320,9 @@ table = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 @table
 def test_resume_from_a_saved_file_continues_bit_for_bit(case):
     """7 steps, ``torch.save`` of the optimizer's state to a file, ``torch.load`` into a fresh network and an optimizer
-    built with other settings, 7 more == 14 uninterrupted steps, bit for bit: weights, ``exp_avg``, ``log_v``, ``log_r``,
-    the counters, the stats. Breakage seen to fail here: ``v`` kept on the instance instead of in the state, and the
+    built with other settings, 7 more == 14 uninterrupted steps, bit for bit: weights, ``exp_avg``, ``log_v``,
+    ``log_r``, the counters, the stats. Breakage seen to fail here: ``v`` kept on the instance instead of in the state,
+    and the
     step counter of the bias corrections restarting at 1 after a load."""
     ref_model = conventions.make_net(0)
     ref_opt = case.make(ref_model.parameters())
@@ -349,8 +354,9 @@ def test_resume_from_a_saved_file_continues_bit_for_bit(case):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_step_that_raises_changes_nothing(variant):
-    """A step whose loss has ``L + C ≤ 0`` raises GFStepError and leaves the weights, ``m``, ``v``, ``r`` and the counters
-    as they were: the run then continues exactly as one that never took it. Breakage seen to fail here: ``m`` updated in
+    """A step whose loss has ``L + C ≤ 0`` raises GFStepError and leaves the weights, ``m``, ``v``, ``r`` and the
+    counters as they were: the run then continues exactly as one that never took it. Breakage seen to fail here: ``m``
+    updated in
     place (``lerp_``) before the step could fail, which counted the refused gradient twice."""
     case = conventions.Case(AdaptiveSAV, dict(lr=0.05, C=1.0, variant=variant))
     ref_model, model = conventions.make_net(0), conventions.make_net(0)
@@ -378,7 +384,8 @@ def test_a_step_that_raises_changes_nothing(variant):
 
 
 def test_registered_and_a_subclass_of_sav():
-    """``OPTIMIZERS["adaptive_sav"]`` names the class (scripts, run folders, the CLI's help); it is SAV with the adaptive
+    """``OPTIMIZERS["adaptive_sav"]`` names the class (scripts, run folders, the CLI's help); it is SAV with the
+    adaptive
     step, so SAV's ``r = √(L + C)``, its ``energy/modified = r² − C`` and its ``L + C > 0`` check are SAV's own."""
     assert OPTIMIZERS["adaptive_sav"] is AdaptiveSAV and issubclass(AdaptiveSAV, SAV)
     assert AdaptiveSAV.variants == VARIANTS
@@ -387,9 +394,9 @@ def test_registered_and_a_subclass_of_sav():
                                              eta=0.99, particles=1)
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 4. two processes equal one
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 DDP_STEPS = 4
 
 
@@ -442,13 +449,16 @@ def test_two_processes_equal_one(tmp_path):
                 assert got_stats.keys() == stats.keys()
                 for key in stats:
                     assert got_stats[key] == pytest.approx(stats[key], rel=1e-11, abs=1e-13), (variant, n, key)
-            assert all(torch.equal(a, b) for a, b in zip(ranks[0][variant][n][0], ranks[1][variant][n][0])), (variant, n)
+            assert all(torch.equal(a, b) for a, b in zip(ranks[0][variant][n][0], ranks[1][variant][n][0])), (
+                variant,
+                n,
+            )
             assert ranks[0][variant][n][1] == ranks[1][variant][n][1]
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 5. bad settings
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 BAD = [  # (settings, words the one-line message must hold)
     (dict(betas=(0.9, 1.0)), ["betas", "[0, 1)", "1.0"]),
     (dict(betas=(1.5, 0.999)), ["betas", "[0, 1)", "1.5"]),
@@ -487,7 +497,8 @@ def test_bad_settings_are_refused_in_one_line(kw, words):
 
 
 def test_shared_settings_are_refused_per_group():
-    """``betas``, ``eps``, ``C``, ``variant``, ``eta`` belong to the whole optimizer (``v`` and ``r`` are one scalar each):
+    """``betas``, ``eps``, ``C``, ``variant``, ``eta`` belong to the whole optimizer (``v`` and ``r`` are one scalar
+    each):
     a group that sets another value is refused; ``lr`` and ``lam`` may differ per group, and are checked there."""
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     for key, value in (("betas", (0.5, 0.9)), ("eps", 1e-3), ("C", 3.0), ("variant", "vanilla"), ("eta", 0.5)):
@@ -499,14 +510,15 @@ def test_shared_settings_are_refused_per_group():
     assert opt.param_groups[1]["lr"] == 0.5
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 6. the command line
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
 def test_command_line_trains_and_logs(tmp_path):
-    """``fit --model.optimizer=gf_lightning.optim.AdaptiveSAV … variant=relax`` on a small exp3: it trains (the loss falls),
-    logs ``energy/modified`` at every step, never rising (across mini-batches too: relax's ``r`` never rises), with
-    ``energy/violations`` 0 and ``optim/xi``, and names the run folder after the registry name. Breakage seen to fail
+    """``fit --model.optimizer=gf_lightning.optim.AdaptiveSAV … variant=relax`` on a small exp3: it trains (the loss
+    falls), logs ``energy/modified`` at every step, never rising (across mini-batches too: relax's ``r`` never rises),
+    with ``energy/violations`` 0 and ``optim/xi``, and names the run folder after the registry name. Breakage seen to
+    fail
     here: the class missing from ``OPTIMIZERS`` (the run folder was ``adaptivesav-relax``)."""
     from helpers import read_scalars
 

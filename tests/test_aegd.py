@@ -42,15 +42,20 @@ def test_registry_names_both():
     assert "AEGD, AEGDM" in CHOICES["model.optimizer"]
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 1. steps against a hand computation
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # f_n(θ) = Σ aᵢθᵢ⁴/4 + ½ Σ bᵢ(θᵢ − t_{n,i})² + κ θ₀θ₃ + ½ on θ ∈ R⁵, split into u = θ[:2] and w = θ[2:]; the targets t_n
 # change from step to step (a mini-batch each step), so the loss can rise while the energies cannot.
 A = (0.5, 1.0, 0.2, 0.8, 0.3)
 B = (1.0, 2.0, 0.5, 1.5, 3.0)
 KAPPA = 0.4
-TARGETS = ((0.1, -0.2, 0.3, 0.0, 0.5), (0.4, 0.1, -0.3, 0.2, -0.1), (-0.2, 0.3, 0.0, -0.4, 0.2), (0.9, -0.8, 0.6, 0.7, -0.9))
+TARGETS = (
+    (0.1, -0.2, 0.3, 0.0, 0.5),
+    (0.4, 0.1, -0.3, 0.2, -0.1),
+    (-0.2, 0.3, 0.0, -0.4, 0.2),
+    (0.9, -0.8, 0.6, 0.7, -0.9),
+)
 THETA0 = (0.9, -1.1, 0.4, 1.3, -0.7)
 GROUP_OF = (0, 0, 1, 1, 1)  # coordinate → parameter (u, w), and group when there are two
 
@@ -58,8 +63,14 @@ GROUP_OF = (0, 0, 1, 1, 1)  # coordinate → parameter (u, w), and group when th
 def hand_loss(theta, n):
     """``f_n`` and its gradient, in floats."""
     t = TARGETS[n]
-    loss = math.fsum([*(a * x**4 / 4 for a, x in zip(A, theta)), *(0.5 * b * (x - s) ** 2 for b, x, s in zip(B, theta, t)),
-                      KAPPA * theta[0] * theta[3], 0.5])
+    loss = math.fsum(
+        [
+            *(a * x**4 / 4 for a, x in zip(A, theta)),
+            *(0.5 * b * (x - s) ** 2 for b, x, s in zip(B, theta, t)),
+            KAPPA * theta[0] * theta[3],
+            0.5,
+        ]
+    )
     grad = [a * x**3 + b * (x - s) for a, b, x, s in zip(A, B, theta, t)]
     grad[0] += KAPPA * theta[3]
     grad[3] += KAPPA * theta[0]
@@ -156,10 +167,11 @@ def hand_id(case):
 
 @pytest.mark.parametrize("method,c,settings", HAND, ids=[hand_id(h) for h in HAND])
 def test_steps_equal_the_hand_computation(method, c, settings):
-    """Four steps on mini-batches whose loss changes: the weights, every coordinate's energy ``r`` and momentum ``m``, and
-    ``stats`` (``energy/true = f``, ``energy/modified = mean r² − c``, ``optim/effective_lr = mean ηr/√(f + c)``) equal the
-    hand computation. Breakage seen to fail here: the move with ``rⁿ`` instead of ``rⁿ⁺¹``, the energy from ``v`` after
-    AEGDM's weight decay (AEGD's order), AEGDM's buffer started at ``v`` instead of 0, ``√(f + c)`` restarted into ``r``
+    """Four steps on mini-batches whose loss changes: the weights, every coordinate's energy ``r`` and momentum ``m``,
+    and ``stats`` (``energy/true = f``, ``energy/modified = mean r² − c``, ``optim/effective_lr = mean ηr/√(f + c)``)
+    equal the hand computation. Breakage seen to fail here: the move with ``rⁿ`` instead of ``rⁿ⁺¹``, the energy from
+    ``v`` after AEGDM's weight decay (AEGD's order), AEGDM's buffer started at ``v`` instead of 0, ``√(f + c)``
+    restarted into ``r``
     every step, the decoupled decay applied after the move, and the divisor ``1 − 2ηv²``."""
     ref = hand_steps(method, settings, c, 4)
     got = library_steps(CLASSES[method], settings, c, 4)
@@ -173,9 +185,9 @@ def test_steps_equal_the_hand_computation(method, c, settings):
     assert any(b["loss"] > a["loss"] for a, b in zip(ref, ref[1:]))  # the loss rose meanwhile, the energies could not
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 2. the energies never rise
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def random_problem(rng: random.Random):
     """A random small network (MSE on a fresh random mini-batch each step) or a random quadratic whose minimiser moves
     each step, at random scales: ``(params, batch)``, where ``batch(n)`` is step ``n``'s loss function."""
@@ -218,11 +230,12 @@ def random_settings(rng: random.Random, cls) -> dict:
 
 @pytest.mark.parametrize("cls", [AEGD, AEGDM], ids=["AEGD", "AEGDM"])
 def test_energy_never_rises_over_random_cases(cls):
-    """80 random problems, 8 steps each, float64, ``lr = 10^U(-4, 4)``, random ``c``, weight decay, momentum and dampening:
-    no coordinate's ``r`` ever exceeds its value before the step (``√(f + c)`` of the step, at the first), the modified
-    energy never rises, ``energy/violations`` stays 0, and the weights, energies, buffers and stats stay finite. The
-    mini-batch changes every step, so the loss often rises meanwhile. Breakage seen to fail here: ``r`` restarted to
-    ``√(f + c)`` every step (it then rises with the loss, and ``violations`` does not notice: every divisor is ≥ 1), and
+    """80 random problems, 8 steps each, float64, ``lr = 10^U(-4, 4)``, random ``c``, weight decay, momentum and
+    dampening: no coordinate's ``r`` ever exceeds its value before the step (``√(f + c)`` of the step, at the first),
+    the modified energy never rises, ``energy/violations`` stays 0, and the weights, energies, buffers and stats stay
+    finite. The mini-batch changes every step, so the loss often rises meanwhile. Breakage seen to fail here: ``r``
+    restarted to ``√(f + c)`` every step (it then rises with the loss, and ``violations`` does not notice: every divisor
+    is ≥ 1), and
     ``1 − 2ηv²`` for the divisor."""
     rng = random.Random(2010_05109)
     rose = 0
@@ -262,9 +275,9 @@ def test_energy_never_rises_over_random_cases(cls):
 
 @pytest.mark.parametrize("cls", [AEGD, AEGDM], ids=["AEGD", "AEGDM"])
 def test_a_rise_is_counted_as_a_violation(cls):
-    """The check behind ``energy/violations`` does see a rise: a ``lr`` made negative after construction (a scheduler can
-    do that) makes the divisors ``1 + 2ηv²`` of the coordinates with a gradient fall below 1, their ``r`` rise, and the
-    step is counted once; the next proper step adds nothing. Breakage seen to fail here: the check taken from the
+    """The check behind ``energy/violations`` does see a rise: a ``lr`` made negative after construction (a scheduler
+    can do that) makes the divisors ``1 + 2ηv²`` of the coordinates with a gradient fall below 1, their ``r`` rise, and
+    the step is counted once; the next proper step adds nothing. Breakage seen to fail here: the check taken from the
     largest divisor (here 1, at the coordinate without a gradient) instead of the smallest."""
     w = torch.nn.Parameter(torch.tensor([0.5, -1.0, 0.0], dtype=F64))
     opt = cls([w], lr=0.1)
@@ -287,9 +300,9 @@ def test_a_rise_is_counted_as_a_violation(cls):
     assert opt.stats["energy/violations"].item() == 1 and opt.global_state["violations"].item() == 1
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 3. resume, and two processes
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 RESUME = [(AEGD, dict(lr=0.1, weight_decay=0.01), dict(lr=0.5, c=4.0, weight_decay=0.0)),
           (AEGDM, dict(lr=0.02, momentum=0.9), dict(lr=0.2, c=4.0, momentum=0.3, dampening=0.5))]
 
@@ -298,7 +311,8 @@ RESUME = [(AEGD, dict(lr=0.1, weight_decay=0.01), dict(lr=0.5, c=4.0, weight_dec
 def test_state_dict_round_trip_continues_bit_for_bit(cls, kw, other):
     """7 steps, ``state_dict()``, load into a fresh model and an optimizer built with other settings, 7 more == 14
     uninterrupted steps, bit for bit: weights, every ``r`` and ``m``, the counters and ``stats``. The state dict carries
-    ``r`` (and ``m``) per parameter in the parameter's dtype. Breakage seen to fail here: ``c`` read from ``self.defaults``
+    ``r`` (and ``m``) per parameter in the parameter's dtype. Breakage seen to fail here: ``c`` read from
+    ``self.defaults``
     (the constructor's) instead of the loaded parameter groups."""
     def run(model, opt, start, steps):
         conventions.train(conventions.Case(cls, kw), model, opt, steps, start=start)
@@ -390,9 +404,9 @@ def test_two_processes_equal_one(tmp_path):
             assert ranks[0][name][n][1] == ranks[1][name][n][1]
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 4. bad settings and bad steps
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def p():
     return torch.nn.Parameter(torch.ones(3))
 
@@ -407,19 +421,33 @@ BAD = {  # name: (build, the message)
     "c inf": (lambda: AEGD([p()], c=float("inf")), "c must be a finite number > 0; got inf"),
     "momentum one": (lambda: AEGDM([p()], momentum=1.0), "momentum must be a finite number in [0, 1); got 1.0"),
     "momentum negative": (lambda: AEGDM([p()], momentum=-0.1), "momentum must be a finite number in [0, 1); got -0.1"),
-    "momentum nan": (lambda: AEGDM([p()], momentum=float("nan")), "momentum must be a finite number in [0, 1); got nan"),
+    "momentum nan": (
+        lambda: AEGDM([p()], momentum=float("nan")),
+        "momentum must be a finite number in [0, 1); got nan",
+    ),
     "dampening": (lambda: AEGDM([p()], dampening=1.5), "dampening must be a finite number in [0, 1]; got 1.5"),
     "weight_decay": (lambda: AEGD([p()], weight_decay=-1e-4), "weight_decay must be a finite number >= 0; got -0.0001"),
-    "decoupled": (lambda: AEGD([p()], decoupled_weight_decay="yes"),
-                  "decoupled_weight_decay must be true or false; got 'yes'"),
-    "group momentum": (lambda: AEGDM([{"params": [p()], "momentum": 1.2}]),
-                       "momentum must be a finite number in [0, 1); got 1.2"),
-    "added group lr": (lambda: AEGD([p()]).add_param_group({"params": [p()], "lr": -1.0}),
-                       "lr must be a finite number > 0; got -1.0"),
-    "group c": (lambda: AEGDM([{"params": [p()]}, {"params": [p()], "c": 2.0}]),
-                "c is a setting of the whole optimizer, not of a parameter group: a group has c=2.0 while the optimizer has "
-                "c=1.0; per-group values are allowed for lr, weight_decay, momentum, dampening"),
-    "no parameters": (lambda: AEGD([{"params": []}]), "AEGD: every parameter group is empty; give it at least one parameter"),
+    "decoupled": (
+        lambda: AEGD([p()], decoupled_weight_decay="yes"),
+        "decoupled_weight_decay must be true or false; got 'yes'",
+    ),
+    "group momentum": (
+        lambda: AEGDM([{"params": [p()], "momentum": 1.2}]),
+        "momentum must be a finite number in [0, 1); got 1.2",
+    ),
+    "added group lr": (
+        lambda: AEGD([p()]).add_param_group({"params": [p()], "lr": -1.0}),
+        "lr must be a finite number > 0; got -1.0",
+    ),
+    "group c": (
+        lambda: AEGDM([{"params": [p()]}, {"params": [p()], "c": 2.0}]),
+        "c is a setting of the whole optimizer, not of a parameter group: a group has c=2.0 while the optimizer has "
+        "c=1.0; per-group values are allowed for lr, weight_decay, momentum, dampening",
+    ),
+    "no parameters": (
+        lambda: AEGD([{"params": []}]),
+        "AEGD: every parameter group is empty; give it at least one parameter",
+    ),
 }
 
 
@@ -436,9 +464,10 @@ def test_bad_settings_are_refused_with_one_line(case):
 
 @pytest.mark.parametrize("cls", [AEGD, AEGDM], ids=["AEGD", "AEGDM"])
 def test_bad_steps_are_refused_and_change_nothing(cls):
-    """``f + c ≤ 0``, a NaN loss and an infinite one are refused with one line that names ``c`` and what would do, before
-    anything moves: the weights, the energies and the counters stay as they were — on the first step and on a later one.
-    No closure: the project's message. Breakage seen to fail here: the check after the first group moved (the authors'
+    """``f + c ≤ 0``, a NaN loss and an infinite one are refused with one line that names ``c`` and what would do,
+    before anything moves: the weights, the energies and the counters stay as they were — on the first step and on a
+    later one. No closure: the project's message. Breakage seen to fail here: the check after the first group moved (the
+    authors'
     order), and an infinite first loss accepted (``r⁰ = ∞``, then NaN weights)."""
     w = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))
     opt = cls([{"params": [w]}, {"params": [torch.nn.Parameter(torch.ones(2, dtype=F64))]}], lr=0.1, c=1.0)
@@ -474,17 +503,17 @@ def test_bad_steps_are_refused_and_change_nothing(cls):
     assert str(info.value) == NO_CLOSURE.format(cls=name)
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 5. torch's conventions
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # AEGD and AEGDM are in the table of ``test_conventions.py`` (state round trips with the loaded settings, deepcopy and
-# pickle, per-group lr, zero_grad, a scheduler at lr = 0, an empty first group, frozen parameters, float64, a closure that
-# returns a float, random step sizes).
+# pickle, per-group lr, zero_grad, a scheduler at lr = 0, an empty first group, frozen parameters, float64, a closure
+# that returns a float, random step sizes).
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 6. the command line
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,lr", [("AEGD", 0.1), ("AEGDM", 0.01)])
 def test_command_line_run_trains_and_logs_the_energy(tmp_path: Path, name: str, lr: float):
     """``python -m gf_lightning fit --config configs/exp3_sgd.yaml --model.optimizer=gf_lightning.optim.AEGD …`` (exp3

@@ -12,14 +12,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-
 from conftest import CONFIGS, QUIET, on_ranks, run_dir
+
 from gf_lightning.cli import cli_main
 from gf_lightning.components import MLP, BurgersPINN
 from gf_lightning.data import BurgersCollocation
-from gf_lightning.problems.burgers import BOUNDARY, INITIAL, INTERIOR, MIN_NU, NU, SOLUTION, burgers_exact
 from gf_lightning.errors import GFConfigError
 from gf_lightning.module import GradientFlowModule
+from gf_lightning.problems.burgers import BOUNDARY, INITIAL, INTERIOR, MIN_NU, NU, SOLUTION, burgers_exact
 
 BURGERS = str(CONFIGS / "paper" / "burgers.yaml")
 #: a few hundred collocation points and a 32 × 12 held-out grid: a step in milliseconds
@@ -37,9 +37,9 @@ def _reference(x: float, t: float, nu: float = NU, n: int = 600_001) -> float:
     return float(-(e * np.sin(np.pi * y)).sum() / e.sum())
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the exact solution
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def test_exact_solution_satisfies_the_pde_away_from_the_front():
     """Catches a wrong Cole–Hopf formula (the kernel's 4νt, the 1/(2πν) in the exponent, a sign): central differences of
     ``burgers_exact`` on a fine grid away from the front at x = 0 must satisfy ``u_t + u u_x = ν u_xx`` to the scheme's
@@ -59,9 +59,10 @@ def test_exact_solution_satisfies_the_pde_away_from_the_front():
 
 
 def test_exact_solution_meets_the_initial_and_boundary_conditions_and_converges():
-    """Catches a wrong initial or boundary value, a quadrature that has not converged (too few nodes, no log-sum-exp: the
-    integrand spans e^±50) and a substitution η = √(4νt)·s off by a factor: u(x, 0) = −sin(πx), u(x, 1e−8) → −sin(πx),
-    u(±1, t) = 0; 100 and 300 nodes agree; an independent trapezoidal quadrature agrees to rounding, at the front too and
+    """Catches a wrong initial or boundary value, a quadrature that has not converged (too few nodes, no log-sum-exp:
+    the integrand spans e^±50) and a substitution η = √(4νt)·s off by a factor: u(x, 0) = −sin(πx), u(x, 1e−8) →
+    −sin(πx), u(±1, t) = 0; 100 and 300 nodes agree; an independent trapezoidal quadrature agrees to rounding, at the
+    front too and
     at the smallest ν allowed; a smaller ν, where the rule would be wrong, is refused."""
     x = torch.linspace(-1, 1, 101, dtype=torch.float64)
     assert torch.equal(burgers_exact(x, torch.zeros_like(x)), -torch.sin(math.pi * x))
@@ -92,12 +93,13 @@ def test_exact_solution_meets_the_initial_and_boundary_conditions_and_converges(
         burgers_exact(x, t, nu=0.001 / math.pi)
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the data
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def test_collocation_points_are_the_papers():
-    """Catches a wrong count, kind, target or domain of the collocation rows, or a held-out grid whose targets are not the
-    exact solution: 200 × 60 interior points strictly inside (−1, 1) × (0, 1], 200 initial with target −sin(πx), 2 × 60
+    """Catches a wrong count, kind, target or domain of the collocation rows, or a held-out grid whose targets are not
+    the exact solution: 200 × 60 interior points strictly inside (−1, 1) × (0, 1], 200 initial with target −sin(πx), 2 ×
+    60
     boundary with target 0, a 256 × 100 solution grid with target u*."""
     t = BurgersCollocation().build()
     x, y = t["x_train"], t["y_train"]
@@ -110,22 +112,27 @@ def test_collocation_points_are_the_papers():
     assert len(torch.unique(inner[:, 0])) == 200 and len(torch.unique(inner[:, 1])) == 60
     assert (y[kind == INTERIOR, 0] == 0).all() and (y[kind == BOUNDARY, 0] == 0).all()
     init = x[kind == INITIAL]
-    assert (init[:, 1] == 0).all() and torch.allclose(y[kind == INITIAL, 0], -torch.sin(math.pi * init[:, 0]), atol=1e-6)
+    assert (init[:, 1] == 0).all() and torch.allclose(
+        y[kind == INITIAL, 0], -torch.sin(math.pi * init[:, 0]), atol=1e-6
+    )
     assert (x[kind == BOUNDARY, 0].abs() == 1).all()
     assert (t["y_test"][:, 1] == SOLUTION).all()
     exact = burgers_exact(t["x_test"][:, 0].double(), t["x_test"][:, 1].double()).float()
     assert torch.allclose(t["y_test"][:, 0], exact, atol=1e-6)
     rand = BurgersCollocation(sampling="random", seed=3, **TINY).build()
     assert torch.equal(rand["x_train"], BurgersCollocation(sampling="random", seed=3, **TINY).build()["x_train"])
-    for bad, match in (({"n_x": 0}, "data.n_x must be an integer >= 1"), ({"sampling": "lhs"}, "data.sampling must be one"),
-                       ({"nu": -1.0}, "data.nu must be a finite number >= 0.0006366")):
+    for bad, match in (
+        ({"n_x": 0}, "data.n_x must be an integer >= 1"),
+        ({"sampling": "lhs"}, "data.sampling must be one"),
+        ({"nu": -1.0}, "data.nu must be a finite number >= 0.0006366"),
+    ):
         with pytest.raises(GFConfigError, match=match):
             BurgersCollocation(**bad)
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the objective
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 class _Known(torch.nn.Module):
     """``u(x, t) = sin(2x) t² + x³``, whose PDE residual is known in closed form."""
 
@@ -140,7 +147,8 @@ class _Known(torch.nn.Module):
 
 def test_pinn_objective_residual_loss_and_ieq_form():
     """Catches a wrong PDE operator (a sign, ν, u_xx from the wrong input column), a loss that is not the sum of the
-    per-kind means (e.g. a plain mean over rows, where 12 000 interior points drown the 320 others), and IEQ's residual whose
+    per-kind means (e.g. a plain mean over rows, where 12 000 interior points drown the 320 others), and IEQ's residual
+    whose
     ‖q‖²/N is not the loss; and a prediction without a graph to the weights."""
     nu = 0.05
     obj = BurgersPINN(nu=nu)
@@ -151,7 +159,11 @@ def test_pinn_objective_residual_loss_and_ieq_form():
     pred = pred.detach()
     x, t = z[:, 0], z[:, 1]
     u = torch.sin(2 * x) * t**2 + x**3
-    u_t, u_x, u_xx = 2 * torch.sin(2 * x) * t, 2 * torch.cos(2 * x) * t**2 + 3 * x**2, -4 * torch.sin(2 * x) * t**2 + 6 * x
+    u_t, u_x, u_xx = (
+        2 * torch.sin(2 * x) * t,
+        2 * torch.cos(2 * x) * t**2 + 3 * x**2,
+        -4 * torch.sin(2 * x) * t**2 + 6 * x,
+    )
     assert torch.allclose(pred[:, 0], u) and torch.allclose(pred[:, 1], u_t + u * u_x - nu * u_xx)
     kinds = torch.tensor([INTERIOR] * 25 + [INITIAL] * 10 + [BOUNDARY] * 5, dtype=torch.float64)
     target = torch.randn(40, generator=gen, dtype=torch.float64)
@@ -202,9 +214,9 @@ def test_pinn_shard_loss_and_residual_under_two_ranks(tmp_path):
     assert (q0 + q1) / (n0 + n1) == pytest.approx(whole, rel=1e-12)
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the network
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def test_mlp_is_the_papers_network():
     """Catches a wrong depth, width, activation or initialisation of the MLP: 5 hidden layers of 32 tanh units (2 → 32 →
     … → 1, 4 353 weights), Glorot-normal weights and zero biases by default, one-line errors for bad settings."""
@@ -213,7 +225,8 @@ def test_mlp_is_the_papers_network():
     assert [tuple(layer.weight.shape) for layer in net.layers] == [(32, 2)] + [(32, 32)] * 4 + [(1, 32)]
     assert sum(p.numel() for p in net.parameters()) == 4353
     assert all((layer.bias == 0).all() for layer in net.layers)
-    assert net.layers[1].weight.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.1)  # Glorot: √(2/(fan_in+fan_out))
+    # Glorot: √(2/(fan_in+fan_out))
+    assert net.layers[1].weight.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.1)
     x = torch.randn(5, 2)
     h = x
     for layer in net.layers[:-1]:
@@ -227,9 +240,9 @@ def test_mlp_is_the_papers_network():
             MLP(**bad)
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # training
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def _quiet_trainer(**kw) -> L.Trainer:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -238,11 +251,14 @@ def _quiet_trainer(**kw) -> L.Trainer:
 
 def test_short_training_lowers_the_relative_l2_error():
     """Catches a PINN that does not learn (a loss without the PDE or the initial condition, a detached residual) and a
-    validation whose val/rel_l2 is not ‖u − u*‖/‖u*‖ on the held-out grid: 300 full-batch Adam steps on 1 340 collocation
-    points must lower the initial network's relative L² error by at least 30 %, and the reported value must equal the one
+    validation whose val/rel_l2 is not ‖u − u*‖/‖u*‖ on the held-out grid: 300 full-batch Adam steps on 1 340
+    collocation points must lower the initial network's relative L² error by at least 30 %, and the reported value must
+    equal the one
     computed here from the network and burgers_exact."""
     L.seed_everything(0, verbose=False)
-    model = GradientFlowModule(net=MLP(), optimizer=functools.partial(torch.optim.Adam, lr=1e-2), objective=BurgersPINN())
+    model = GradientFlowModule(
+        net=MLP(), optimizer=functools.partial(torch.optim.Adam, lr=1e-2), objective=BurgersPINN()
+    )
     dm = BurgersCollocation(n_x=40, n_t=20, n_initial=50, n_boundary=20, eval_nx=64, eval_nt=25)
     trainer = _quiet_trainer(max_epochs=300, check_val_every_n_epoch=1000)
     with warnings.catch_warnings():
@@ -268,11 +284,15 @@ def test_config_has_the_papers_settings(tmp_path):
     assert isinstance(net, MLP) and (net.d, net.k, net.width, net.depth, net.activation) == (2, 1, 32, 5, "tanh")
     assert isinstance(obj, BurgersPINN) and obj.nu == pytest.approx(0.01 / math.pi, rel=1e-15)
     assert isinstance(dm, BurgersCollocation) and (dm.n_x, dm.n_t, dm.nu, dm.batch_size) == (200, 60, obj.nu, None)
-    assert (cli.config.model.optimizer.class_path, cli.config.model.optimizer.init_args.lr) == ("torch.optim.Adam", 0.001)
+    assert (cli.config.model.optimizer.class_path, cli.config.model.optimizer.init_args.lr) == (
+        "torch.optim.Adam",
+        0.001,
+    )
     assert cli.model.particle_time is False
 
 
-#: every optimizer of the project, as ``--model.optimizer`` names it, with the paper's C = 10 000, λ = 4 where it takes them
+#: every optimizer of the project, as ``--model.optimizer`` names it, with the paper's C = 10 000, λ = 4 where it takes
+#: them
 EVERY_OPTIMIZER = [
     ("SGD", []), ("Adam", []), ("Adagrad", []), ("RMSprop", []),
     ("SAV", ["--model.optimizer.C=10000", "--model.optimizer.lam=4"]), ("ExpSAV", []), ("IEQAdaptive", []),
@@ -286,16 +306,29 @@ EVERY_OPTIMIZER = [
 
 def test_every_optimizer_runs_on_the_config(tmp_path):
     """Catches an optimizer of the project that cannot train the PINN through ``configs/paper/burgers.yaml`` and
-    ``--model.optimizer`` (IEQ on its generic path, torch's Adagrad and RMSprop among them), a non-finite first steps, and
-    a run that does not write val/rel_l2 to TensorBoard, or writes its square too (``val/rel_err``: one name per
+    ``--model.optimizer`` (IEQ on its generic path, torch's Adagrad and RMSprop among them), a non-finite first steps,
+    and a run that does not write val/rel_l2 to TensorBoard, or writes its square too (``val/rel_err``: one name per
     meaning)."""
     from gf_lightning.study.events import read_scalars, values
 
     for i, (name, extra) in enumerate(EVERY_OPTIMIZER):
         root = tmp_path / f"{i}-{name}"
-        cli_main(["fit", "--config", BURGERS, f"--model.optimizer={name}", *extra, *TINY_ARGS, *QUIET,
-                  "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--trainer.enable_checkpointing=false",
-                  "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={root}"])
+        cli_main(
+            [
+                "fit",
+                "--config",
+                BURGERS,
+                f"--model.optimizer={name}",
+                *extra,
+                *TINY_ARGS,
+                *QUIET,
+                "--trainer.max_epochs=2",
+                "--trainer.check_val_every_n_epoch=1",
+                "--trainer.enable_checkpointing=false",
+                "--trainer.log_every_n_steps=1",
+                f"--trainer.default_root_dir={root}",
+            ]
+        )
         scalars = read_scalars(run_dir(root))
         loss, rel_l2 = values(scalars, "train/loss"), values(scalars, "val/rel_l2")
         assert len(loss) == 2 and all(math.isfinite(v) for v in loss), name
@@ -309,12 +342,23 @@ def test_bad_settings_stop_with_one_line(tmp_path, capsys):
     on the (target, kind) targets) and a bad Adagrad or RMSprop setting that reaches torch: each stops before any
     step with one line that names the setting."""
     cases = [
-        (["--model.objective=gf_lightning.components.MeanSquaredError"], "model.objective must be gf_lightning.components.BurgersPINN"),
+        (
+            ["--model.objective=gf_lightning.components.MeanSquaredError"],
+            "model.objective must be gf_lightning.components.BurgersPINN",
+        ),
         (["--model.objective.init_args.nu=0.01"], "differs from data.nu"),
-        (["--model.optimizer=Adagrad", "--model.optimizer.lr=-1"], "model.optimizer.init_args.lr must be a finite number > 0 (Adagrad)"),
-        (["--model.optimizer=Adagrad", "--model.optimizer.initial_accumulator_value=-1"],
-         "model.optimizer.init_args.initial_accumulator_value must be a finite number >= 0 (Adagrad)"),
-        (["--model.optimizer=RMSprop", "--model.optimizer.alpha=1.5"], "model.optimizer.init_args.alpha must be a finite number in [0, 1) (RMSprop)"),
+        (
+            ["--model.optimizer=Adagrad", "--model.optimizer.lr=-1"],
+            "model.optimizer.init_args.lr must be a finite number > 0 (Adagrad)",
+        ),
+        (
+            ["--model.optimizer=Adagrad", "--model.optimizer.initial_accumulator_value=-1"],
+            "model.optimizer.init_args.initial_accumulator_value must be a finite number >= 0 (Adagrad)",
+        ),
+        (
+            ["--model.optimizer=RMSprop", "--model.optimizer.alpha=1.5"],
+            "model.optimizer.init_args.alpha must be a finite number in [0, 1) (RMSprop)",
+        ),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONFIGS, SMALL_EXP1, subprocess_env
+from helpers import callback_arg
+from test_reliability import assert_same_state
+
 from gf_lightning.checkpointing import DIGEST_KEY, SafeCheckpointIO, load_checkpoint, nonfinite_entry
 from gf_lightning.cli import cli_main
 from gf_lightning.errors import NonFiniteError
-from helpers import callback_arg
-from test_reliability import assert_same_state
 
 EPOCHS = 3
 #: a step checkpoint after every optimizer step (one mini-batch per training_step call)
@@ -62,19 +62,25 @@ def assert_resume_is_exact(ckpt: Path, reference: dict, root: Path, *extra: str)
     """Resume from ``ckpt`` (into a fresh folder) to the end, and compare with the uninterrupted run."""
     cli_main(fit_args(root, *extra, f"--ckpt_path={ckpt}"))
     resumed = load_checkpoint(checkpoints(root)["last.ckpt"])
-    assert (resumed["epoch"], resumed["global_step"]) == (reference["epoch"], reference["global_step"]) == (EPOCHS - 1, 2 * EPOCHS)
+    assert (
+        (resumed["epoch"], resumed["global_step"])
+        == (reference["epoch"], reference["global_step"])
+        == (EPOCHS - 1, 2 * EPOCHS)
+    )
     assert_same_state(reference, resumed)
 
 
 def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path: Path, straight) -> None:
-    """SIGKILL half-way through writing epoch 1's ``last.ckpt`` (half the bytes on disk): ``last.ckpt`` is still epoch 0's,
-    complete, and the resume from it is exact.
+    """SIGKILL half-way through writing epoch 1's ``last.ckpt`` (half the bytes on disk): ``last.ckpt`` is still epoch
+    0's, complete, and the resume from it is exact.
 
     Catches: writing the checkpoint in place, or renaming a temporary file from another folder (a copy across
-    filesystems), instead of writing beside it and renaming — tried by writing straight into the target: ``last.ckpt`` is
+    filesystems), instead of writing beside it and renaming — tried by writing straight into the target: ``last.ckpt``
+    is
     left half-written and is refused as unreadable."""
     root = tmp_path / "killed"
-    killer = '--trainer.plugins={"class_path": "helpers.KillMidCheckpointWrite", "init_args": {"name": "last.ckpt", "nth": 2}}'
+    killer = ('--trainer.plugins={"class_path": "helpers.KillMidCheckpointWrite", '
+              '"init_args": {"name": "last.ckpt", "nth": 2}}')
     proc = run_subprocess(root, killer)
     assert proc.returncode == -9, proc.stderr[-2000:]
     files = checkpoints(root)
@@ -85,12 +91,15 @@ def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("name", ["epoch0001.ckpt", "last.ckpt"])
-def test_full_disk_keeps_the_previous_checkpoints(name: str, tmp_path: Path, straight, capsys: pytest.CaptureFixture) -> None:
-    """The disk is full while epoch 1's ``name`` is written (the kernel's EFBIG, from ``RLIMIT_FSIZE``): the run stops with
-    one line naming the newest file that was written, no partial or empty file is left, the previous ``last.ckpt`` is
-    whole, and the resume from it is exact.
+def test_full_disk_keeps_the_previous_checkpoints(
+    name: str, tmp_path: Path, straight, capsys: pytest.CaptureFixture
+) -> None:
+    """The disk is full while epoch 1's ``name`` is written (the kernel's EFBIG, from ``RLIMIT_FSIZE``): the run stops
+    with one line naming the newest file that was written, no partial or empty file is left, the previous ``last.ckpt``
+    is whole, and the resume from it is exact.
 
-    Catches: a write in place that leaves a truncated or 0-byte file where the previous one was (tried by writing straight
+    Catches: a write in place that leaves a truncated or 0-byte file where the previous one was (tried by writing
+    straight
     into the target: ``last.ckpt`` is lost), and a full disk that ends in a traceback."""
     root = tmp_path / "full"
     full = '--trainer.plugins={"class_path": "helpers.FullDiskOnWrite", "init_args": {"name": "%s", "nth": %d}}'
@@ -98,7 +107,8 @@ def test_full_disk_keeps_the_previous_checkpoints(name: str, tmp_path: Path, str
     lines = [line for line in err.splitlines() if line.startswith("gf_lightning:")]
     assert code == 1 and len(lines) == 1 and "could not write checkpoint" in lines[0] and "Traceback" not in err, err
     files = checkpoints(root)
-    # epoch 1 wrote nothing (its epoch file failed first), or its epoch file but not its last.ckpt: nothing partial or empty
+    # epoch 1 wrote nothing (its epoch file failed first), or its epoch file but not its last.ckpt: nothing partial or
+    # empty
     newest = "last.ckpt" if name == "epoch0001.ckpt" else "epoch0001.ckpt"
     assert set(files) == {"last.ckpt", "epoch0000.ckpt" if name == "epoch0001.ckpt" else "epoch0001.ckpt"}
     assert lines[0].endswith(f"Last good checkpoint: {files[newest]}")
@@ -152,7 +162,9 @@ def test_unreadable_ckpt_path_is_one_line(kind: str, tmp_path: Path, capsys: pyt
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     code, err = _run_that_fails(fit_args(tmp_path / "run", f"--ckpt_path={path}"), capsys)
     lines = err.strip().splitlines()
-    assert code == 2 and "Traceback" not in err and str(path) in lines[-1] and lines[-1].startswith("gf_lightning: error:")
+    assert (
+        code == 2 and "Traceback" not in err and str(path) in lines[-1] and lines[-1].startswith("gf_lightning: error:")
+    )
     assert sum(line.startswith("gf_lightning") for line in lines) == 1
     assert not (tmp_path / "run").exists()
 
@@ -161,14 +173,19 @@ SAVE_PATHS = {
     # a step checkpoint right after a weight went to +Inf (the loss of that step was finite)
     "every_n_train_steps": (EVERY_STEP, callback_arg("PoisonBeforeSave", epoch=2, when="batch")),
     # the module stops the run at the next check, and ModelCheckpoint then saves on the exception
-    "save_on_exception": (("--checkpoint.save_on_exception=true",), callback_arg("PoisonBeforeSave", epoch=2, when="batch")),
+    "save_on_exception": (
+        ("--checkpoint.save_on_exception=true",),
+        callback_arg("PoisonBeforeSave", epoch=2, when="batch"),
+    ),
     # the end-of-epoch save (top-k file, then last.ckpt), after the module's own end-of-epoch check
     "save_last": (("--checkpoint.save_last=true",), callback_arg("PoisonBeforeSave", epoch=2, when="epoch")),
 }
 
 
 @pytest.mark.parametrize("path", list(SAVE_PATHS))
-def test_no_save_path_writes_non_finite_weights(path: str, tmp_path: Path, straight, capsys: pytest.CaptureFixture) -> None:
+def test_no_save_path_writes_non_finite_weights(
+    path: str, tmp_path: Path, straight, capsys: pytest.CaptureFixture
+) -> None:
     """A weight goes to +Inf in epoch 2 just before a save: the run stops (exit 1) with a message that names a file that
     is good — it loads, finite, epoch 1 — and every file in the checkpoint folder is finite; the resume is exact.
 
@@ -190,10 +207,11 @@ def test_no_save_path_writes_non_finite_weights(path: str, tmp_path: Path, strai
 
 
 def test_collapsed_auxiliary_variable_is_saved_and_resumed(tmp_path: Path) -> None:
-    """``log r = −∞`` (an auxiliary variable that collapsed to 0, a documented state) is no NaN/Inf to refuse: it is saved,
-    loads, and resumes to the uninterrupted run's state — weights and optimizer state (``log r`` still −∞, the step
-    counter), not only the epoch. Catches: a non-finite check that refuses it (tried by allowing no −∞: the run stops at
-    epoch 0); a resume that drops the optimizer's state (tried: ``load_state_dict`` without its global scalars, which
+    """``log r = −∞`` (an auxiliary variable that collapsed to 0, a documented state) is no NaN/Inf to refuse: it is
+    saved, loads, and resumes to the uninterrupted run's state — weights and optimizer state (``log r`` still −∞, the
+    step counter), not only the epoch. Catches: a non-finite check that refuses it (tried by allowing no −∞: the run
+    stops at epoch 0); a resume that drops the optimizer's state (tried: ``load_state_dict`` without its global scalars,
+    which
     restarts ``r`` at √… of the loss and moves the weights, passed the epoch-only check and fails here)."""
     root = tmp_path / "run"
     cli_main(fit_args(root, callback_arg("CollapseAuxiliary"), epochs=2))
@@ -225,8 +243,8 @@ def test_a_non_finite_auxiliary_variable_is_never_written(value: float, tmp_path
 
 
 def test_save_last_link_is_a_complete_file(tmp_path: Path) -> None:
-    """``checkpoint.save_last=link``: ``last.ckpt`` is put in place by a rename (a hard link to the newest epoch file), so it
-    never dangles and stays complete after the epoch file it stood for is removed.
+    """``checkpoint.save_last=link``: ``last.ckpt`` is put in place by a rename (a hard link to the newest epoch file),
+    so it never dangles and stays complete after the epoch file it stood for is removed.
 
     Catches: Lightning's remove-then-symlink ``last.ckpt`` (tried with the plain ``ModelCheckpoint``: a symbolic link,
     which dangles once its epoch file is removed)."""

@@ -4,7 +4,6 @@ test_bad_inputs.py.)"""
 from __future__ import annotations
 
 import copy
-
 import math
 import os
 import re
@@ -15,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import CONFIGS, QUIET, ROOT
+
 from gf_lightning.cli import cli_main
 from gf_lightning.optim import SAV, ExpSAV
 from gf_lightning.study.events import read_scalars, values
@@ -29,13 +28,19 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is
 
 def _small(tmp_path: Path, *extra: str) -> list[str]:
     """exp1 with 500 samples (400 train), one epoch unless ``extra`` says otherwise (``extra`` comes last and wins)."""
-    base = [f"--trainer.default_root_dir={tmp_path}", *QUIET, "--data.init_args.n_samples=500", "--trainer.max_epochs=1"]
+    base = [
+        f"--trainer.default_root_dir={tmp_path}",
+        *QUIET,
+        "--data.init_args.n_samples=500",
+        "--trainer.max_epochs=1",
+    ]
     return [*base, *extra]
 
 
 @pytest.fixture
 def one_thread():
-    """The full-data runs on one intra-op thread: on 2 shared cores, two OpenMP threads that wait on each other under load
+    """The full-data runs on one intra-op thread: on 2 shared cores, two OpenMP threads that wait on each other under
+    load
     made a step several times slower (measured: 2-epoch exp1 run 33 s with 2 threads against 19 s with 1)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -49,9 +54,9 @@ def _scalars(log_dir: Path) -> dict[str, list[float]]:
     return {tag: values(scalars, tag) for tag in scalars}
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # runs
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def test_fit_in_process(tmp_path):
     cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, "--trainer.max_epochs=2")])
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * math.ceil(400 / 256)
@@ -72,7 +77,12 @@ def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, one_thread):
     args = ["fit", "--config", EXP1_SGD, "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}"]
     env = {"OMP_NUM_THREADS": "1", **os.environ}
     proc = subprocess.run(
-        [sys.executable, "-m", "gf_lightning", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "gf_lightning", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log_dir = tmp_path / "lightning_logs" / "exp1" / "sgd" / "version_0"
@@ -93,9 +103,10 @@ def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, one_thread):
 
 
 def test_the_quick_start_logs_where_the_readme_says_without_lightnings_noise(tmp_path, one_thread):
-    """The README's Quick start command, from a fresh folder (its config path made absolute; 10 epochs, a step checkpoint
-    every 32 steps): its TensorBoard run lands in the folder the README names, and stderr holds none of Lightning's
-    litlogger tip, torch's ``LeafSpec`` deprecation or the 15-line ``every_n_train_steps`` advice, which buried the
+    """The README's Quick start command, from a fresh folder (its config path made absolute; 10 epochs, a step
+    checkpoint every 32 steps): its TensorBoard run lands in the folder the README names, and stderr holds none of
+    Lightning's litlogger tip, torch's ``LeafSpec`` deprecation or the 15-line ``every_n_train_steps`` advice, which
+    buried the
     project's own one-line messages (tried before the filters: all three printed)."""
     readme = (ROOT / "README.md").read_text()
     quick = readme[readme.index("## Quick start"):readme.index("## Running the experiments")]
@@ -150,9 +161,9 @@ def test_validate_then_fit_on_one_module(tmp_path):
 @pytest.mark.slow
 def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
     """exp1 with the seed's SGD (lr 0.01, batch 256) on the full data for 20 epochs takes exactly the steps of a plain
-    PyTorch loop — ``torch.optim.SGD`` on the mean squared error over the data module's batches, epoch by epoch, from the
-    same initial weights — to float32 rounding, and the held-out MSE falls below its start and below the best constant
-    predictor (the training mean).
+    PyTorch loop — ``torch.optim.SGD`` on the mean squared error over the data module's batches, epoch by epoch, from
+    the same initial weights — to float32 rounding, and the held-out MSE falls below its start and below the best
+    constant predictor (the training mean).
 
     The issue behind this test asked for a 5× fall in 20 epochs. With the fan-in initialisation SPEC §1 asks for, the
     network starts at the constant predictor's error (≈ 0.95, the targets' variance) and exact SGD falls ≈ 1.05× in 20
@@ -184,12 +195,17 @@ def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
     end = float(cli.trainer.callback_metrics["val/loss"])
     t = cli.datamodule.tensors
     constant = float((t["y_test"] - t["y_train"].mean()).square().mean())
-    print(f"exp1 SGD 20 epochs: held-out MSE {start:.4g} -> {end:.4g} (factor {start / end:.3g}); constant predictor {constant:.4g}")
+    print(
+        f"exp1 SGD 20 epochs: held-out MSE {start:.4g} -> {end:.4g} (factor {start / end:.3g}); constant predictor "
+        f"{constant:.4g}"
+    )
     assert end < start and end < constant
 
 
 @pytest.mark.parametrize(
-    "setting", ["--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"], ids=["checkpointing", "bar"]
+    "setting",
+    ["--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"],
+    ids=["checkpointing", "bar"],
 )
 def test_trainer_switches_turn_off_the_forced_callbacks(tmp_path, setting):
     """The CLI adds a ModelCheckpoint and a TQDMProgressBar; the Trainer's own off-switches must still work (Lightning
@@ -202,9 +218,9 @@ def test_trainer_switches_turn_off_the_forced_callbacks(tmp_path, setting):
         assert cli.trainer.progress_bar_callback is None
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the help, and choosing a method on the command line
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def _help(capsys, monkeypatch, *args: str) -> str:
     """``python -m gf_lightning *args --help``, 80 columns wide."""
     monkeypatch.setenv("COLUMNS", "80")
@@ -270,17 +286,27 @@ def test_a_net_the_help_does_not_list_still_trains(tmp_path):
 @pytest.mark.parametrize(
     ("config", "switch", "cls", "settings"),
     [
-        (EXP1_SGD, ["--model.optimizer=SAV"], SAV, {"lr": 0.01, "C": 100.0, "lam": 4.0, "variant": "seed", "eta": 0.99}),
-        (EXP1_SAV, ["--model.optimizer=ExpSAV", "--model.optimizer.variant=relax"], ExpSAV,
-         {"lr": 0.5, "C": 100.0, "lam": 4.0, "variant": "relax"}),
+        (
+            EXP1_SGD,
+            ["--model.optimizer=SAV"],
+            SAV,
+            {"lr": 0.01, "C": 100.0, "lam": 4.0, "variant": "seed", "eta": 0.99},
+        ),
+        (
+            EXP1_SAV,
+            ["--model.optimizer=ExpSAV", "--model.optimizer.variant=relax"],
+            ExpSAV,
+            {"lr": 0.5, "C": 100.0, "lam": 4.0, "variant": "relax"},
+        ),
         (EXP1_SAV, ["--model.optimizer=Adam"], torch.optim.Adam, {"lr": 0.5, "betas": (0.9, 0.999), "eps": 1e-8}),
     ],
     ids=["sgd-to-sav", "sav-to-expsav-relax", "sav-to-adam"],
 )
 def test_optimizer_by_name_switches_the_method(tmp_path, config, switch, cls, settings):
-    """``--model.optimizer=NAME`` (README, ``--help``) builds that class; the settings it shares with the config's optimizer
-    keep the config's values (``lr``; ``C`` and ``lam`` from SAV to ExpSAV), the others are the class's defaults, as the
-    README says. Breakage: a name that no longer resolves (a second class of that name, a narrowed type), or defaults
+    """``--model.optimizer=NAME`` (README, ``--help``) builds that class; the settings it shares with the config's
+    optimizer keep the config's values (``lr``; ``C`` and ``lam`` from SAV to ExpSAV), the others are the class's
+    defaults, as the README says. Breakage: a name that no longer resolves (a second class of that name, a narrowed
+    type), or defaults
     that do not apply."""
     cli = cli_main(["--config", config, *_small(tmp_path, "--trainer.logger=false", *switch)], run=False)
     opt = cli.model.optimizer(cli.model.parameters())

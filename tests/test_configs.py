@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, QUIET, ROOT
+
 from gf_lightning.cli import cli_main
 
 TRAINER_DIR = CONFIGS / "trainer"
@@ -26,9 +26,9 @@ def _ids(paths):
     return [str(p.relative_to(CONFIGS)) for p in paths]
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # SPEC §3, copied: per experiment (data class, d, m, k, epochs) and per method (optimizer, batch, hyperparameters)
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 EXPERIMENTS = {
     "exp1": ("gf_lightning.data.SinCosRegression", 40, 1000, 1, 1000),
     "exp2": ("gf_lightning.data.QuadraticRegression", 40, 1000, 1, 100),
@@ -73,17 +73,26 @@ TABLE = {
     ("exp4", "ieq"): (256, {"lr": 0.1}),
     ("exp4", "ieq_adaptive"): (256, {"lr": 0.1, **EPS}),
 }
-# Settings beyond the seed's (no SPEC §3 row): config → (the SPEC row it starts from, or None, what it changes, where the
-# change is documented). docs/results.md states each; every config's header says what it changes.
+# Settings beyond the seed's (no SPEC §3 row): config → (the SPEC row it starts from, or None, what it changes, where
+# the change is documented). docs/results.md states each; every config's header says what it changes.
 RESULTS_MD = ROOT / "docs" / "results.md"
 BEYOND_SEED = {
-    ("exp2", "expsav"): (None, {"batch": 64, "lr": 5e-4, "C": 1, "lam": 0},
-                         ["ExpSAV — not in the seed — is run at Δt = 5e-4", "ExpSAV: batch 64, lr = 5e-4, C = 1, lam = 0, 100 epochs"]),
+    ("exp2", "expsav"): (
+        None,
+        {"batch": 64, "lr": 5e-4, "C": 1, "lam": 0},
+        ["ExpSAV — not in the seed — is run at Δt = 5e-4", "ExpSAV: batch 64, lr = 5e-4, C = 1, lam = 0, 100 epochs"],
+    ),
     ("exp4", "sav_large_step"): ("sav", {"lr": 0.5, "lam": 0}, ["SAV at Δt = 0.5, λ = 0", "SAV at Δt = 0.5 and λ = 0"]),
-    ("exp4", "expsav_restart"): ("expsav", {"lr": 0.5, "variant": "restart"},
-                                 ["ExpSAV with restart at Δt = 0.5", "ExpSAV with restart", "at Δt = 0.5"]),
-    ("exp4", "ieq_adaptive_restart"): ("ieq_adaptive", {"lr": 0.5, "variant": "restart"},
-                                       ["IEQ adaptive with restart at Δt = 0.5", "IEQ adaptive with restart", "at Δt = 0.5"]),
+    ("exp4", "expsav_restart"): (
+        "expsav",
+        {"lr": 0.5, "variant": "restart"},
+        ["ExpSAV with restart at Δt = 0.5", "ExpSAV with restart", "at Δt = 0.5"],
+    ),
+    ("exp4", "ieq_adaptive_restart"): (
+        "ieq_adaptive",
+        {"lr": 0.5, "variant": "restart"},
+        ["IEQ adaptive with restart at Δt = 0.5", "IEQ adaptive with restart", "at Δt = 0.5"],
+    ),
     ("exp4", "ieq_small_step"): ("ieq", {"lr": 0.02}, ["IEQ (full) at Δt = 0.02", "IEQ (full) at Δt = 0.02"]),
 }
 EPOCH_OVERRIDES = {("exp2", "ieq"): 50}
@@ -101,7 +110,8 @@ NEW = {(exp, name) for exp in EXPERIMENTS for name in NEW_METHODS}
 
 
 def expected(key: tuple[str, str]) -> tuple[str, int, dict]:
-    """``(method, batch, hyperparameters)`` a config must carry: its SPEC §3 row, or that row with the documented change."""
+    """``(method, batch, hyperparameters)`` a config must carry: its SPEC §3 row, or that row with the documented
+    change."""
     if key in TABLE:
         return key[1], *TABLE[key]
     if key in NEW:
@@ -132,7 +142,7 @@ def _print_config(args: list[str], capsys) -> dict:
     return yaml.safe_load(out)
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def test_configs_exist():
     names = {p.name for p in EXPERIMENT_CONFIGS}
     assert "exp1_sgd.yaml" in names and len(EXPERIMENT_CONFIGS) >= 20
@@ -150,7 +160,9 @@ def test_experiment_config_prints(path, capsys):
     cfg = _print_config(["--config", str(path)], capsys)
     exp, _ = _key(path)
     assert cfg["data"]["class_path"] == EXPERIMENTS[exp][0]
-    assert cfg["model"]["optimizer"]["class_path"].rsplit(".", 1)[-1] in {c.rsplit(".", 1)[-1] for c in OPTIMIZERS.values()}
+    assert cfg["model"]["optimizer"]["class_path"].rsplit(".", 1)[-1] in {
+        c.rsplit(".", 1)[-1] for c in OPTIMIZERS.values()
+    }
 
 
 @pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=_ids(EXPERIMENT_CONFIGS))
@@ -196,7 +208,7 @@ def test_experiment_config_has_its_documented_settings(path, tmp_path):
         assert opt.defaults[name] == (want if isinstance(want, str) else pytest.approx(want, rel=1e-12, abs=0)), name
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", TRAINER_CONFIGS, ids=_ids(TRAINER_CONFIGS))
 def test_trainer_fragment_parses_with_exp1(path, capsys):
     fragment = yaml.safe_load(path.read_text()) or {}
@@ -209,20 +221,36 @@ def test_trainer_fragment_parses_with_exp1(path, capsys):
     assert cfg["model"]["optimizer"]["class_path"] == "torch.optim.SGD"
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # configs/paper: Ma, Mao & Shen (2024) — ../shared/spec/ma-mao-shen-2024.md, its table of figures
-# --------------------------------------------------------------------------------------------------------------------------
-#: name → (data class, {data setting: value}, (d, m, k), (optimizer, lr)); every regression z-scores its inputs and trains the
-#: relative error; every config runs the 1/m network with N(0, 1) weights in particle time
+# ----------------------------------------------------------------------------------------------------------------------
+#: name → (data class, {data setting: value}, (d, m, k), (optimizer, lr)); every regression z-scores its inputs and
+#: trains the relative error; every config runs the 1/m network with N(0, 1) weights in particle time
 PAPER = {
-    "ex1": ("gf_lightning.data.SinCosRegression", {"n_samples": 100_000, "batch_size": 256}, (40, 1000, 1),
-            ("torch.optim.SGD", 0.01)),
-    "ex2": ("gf_lightning.data.QuadraticRegression", {"n_samples": 10_000, "batch_size": 64, "high": 5.0}, (40, 100, 1),
-            ("torch.optim.SGD", 0.01)),
-    "ex3": ("gf_lightning.data.GaussianRegression", {"n_samples": 100_000, "batch_size": 256, "std": 0.2}, (20, 10_000, 1),
-            ("torch.optim.Adam", 0.001)),
-    "mnist": ("gf_lightning.data.MNISTDataModule", {"n_train": 60_000, "n_test": 10_000, "batch_size": 256},
-              (784, 1000, 10), ("torch.optim.SGD", 0.01)),
+    "ex1": (
+        "gf_lightning.data.SinCosRegression",
+        {"n_samples": 100_000, "batch_size": 256},
+        (40, 1000, 1),
+        ("torch.optim.SGD", 0.01),
+    ),
+    "ex2": (
+        "gf_lightning.data.QuadraticRegression",
+        {"n_samples": 10_000, "batch_size": 64, "high": 5.0},
+        (40, 100, 1),
+        ("torch.optim.SGD", 0.01),
+    ),
+    "ex3": (
+        "gf_lightning.data.GaussianRegression",
+        {"n_samples": 100_000, "batch_size": 256, "std": 0.2},
+        (20, 10_000, 1),
+        ("torch.optim.Adam", 0.001),
+    ),
+    "mnist": (
+        "gf_lightning.data.MNISTDataModule",
+        {"n_train": 60_000, "n_test": 10_000, "batch_size": 256},
+        (784, 1000, 10),
+        ("torch.optim.SGD", 0.01),
+    ),
 }
 
 
@@ -237,7 +265,8 @@ def test_every_paper_config_is_in_the_table():
 
 @pytest.mark.parametrize("path", TWO_LAYER_PAPER_CONFIGS, ids=_ids(TWO_LAYER_PAPER_CONFIGS))
 def test_paper_config_has_the_papers_settings(path, tmp_path):
-    """The spec page's settings, parsed by the CLI: a config whose data, network or time convention drifts from the paper
+    """The spec page's settings, parsed by the CLI: a config whose data, network or time convention drifts from the
+    paper
     fails here (tried: ``standardize: false`` in ex2.yaml, ``particle_time: false`` in ex1.yaml)."""
     data_cls, data, (d, m, k), (optimizer, lr) = PAPER[path.stem]
     cli = _parse(path, tmp_path, *(["--data.init_args.download=false"] if "MNIST" in data_cls else []))
@@ -263,9 +292,9 @@ def test_paper_config_prints_with_another_method(path, capsys):
     assert cfg["model"]["optimizer"]["class_path"] == "gf_lightning.optim.SAV"
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the repository stands alone
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 #: what a user who clones the repository reads: the README, the methods page, every config
 STANDALONE = [ROOT / "README.md", ROOT / "docs" / "methods.md", *ALL_YAML]
 

@@ -1,8 +1,9 @@
 """The conventions of ``torch.optim``, for every optimizer and variant of the project, through one table.
 
-Each test runs every row of :data:`CASES`: state round trips that continue bit for bit (with the loaded settings, not the
-constructor's), ``copy.deepcopy`` and ``pickle``, per-group ``lr`` and ``add_param_group``, ``zero_grad``, a scheduler that
-sets ``lr = 0``, an empty first group, frozen parameters, float64, and a closure that returns a Python float.
+Each test runs every row of :data:`CASES`: state round trips that continue bit for bit (with the loaded settings, not
+the constructor's), ``copy.deepcopy`` and ``pickle``, per-group ``lr`` and ``add_param_group``, ``zero_grad``, a
+scheduler that sets ``lr = 0``, an empty first group, frozen parameters, float64, and a closure that returns a Python
+float.
 """
 
 from __future__ import annotations
@@ -40,22 +41,55 @@ class Case:
 
 
 CASES = (
-    [Case(SAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=7.0, lam=0.5, particles=3,
-                                                  variant="vanilla" if v != "vanilla" else "seed"))
-     for v in SAV.variants]
-    + [Case(ExpSAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=3.0, lam=0.0, particles=5,
-                                                     variant="relax" if v != "relax" else "seed"))
-       for v in ExpSAV.variants]
-    + [Case(IEQAdaptive, dict(lr=0.05, variant=v), dict(lr=0.2, eps=1e-3, particles=2,
-                                                          variant="restart" if v == "seed" else "seed"))
-       for v in IEQAdaptive.variants]
-    + [Case(IEQ, dict(lr=0.05, solver=s), dict(lr=0.2, solver="cg" if s == "cholesky" else "cholesky", cg_max_iter=3))
-       for s in IEQ.solvers]
-    + [Case(AdaptiveSAV, dict(lr=0.05, variant=v), dict(lr=0.3, C=7.0, lam=0.5, betas=(0.5, 0.9), eps=1e-3, eta=0.5,
-                                                         particles=4, variant="restart" if v != "restart" else "vanilla"))
-       for v in AdaptiveSAV.variants]
-    + [Case(AEGD, dict(lr=0.05), dict(lr=0.3, c=3.0, weight_decay=0.01, decoupled_weight_decay=True)),
-       Case(AEGDM, dict(lr=0.05), dict(lr=0.2, c=2.0, momentum=0.5, dampening=0.1))]
+    [
+        Case(
+            SAV,
+            dict(lr=0.05, variant=v),
+            dict(lr=0.3, C=7.0, lam=0.5, particles=3, variant="vanilla" if v != "vanilla" else "seed"),
+        )
+        for v in SAV.variants
+    ]
+    + [
+        Case(
+            ExpSAV,
+            dict(lr=0.05, variant=v),
+            dict(lr=0.3, C=3.0, lam=0.0, particles=5, variant="relax" if v != "relax" else "seed"),
+        )
+        for v in ExpSAV.variants
+    ]
+    + [
+        Case(
+            IEQAdaptive,
+            dict(lr=0.05, variant=v),
+            dict(lr=0.2, eps=1e-3, particles=2, variant="restart" if v == "seed" else "seed"),
+        )
+        for v in IEQAdaptive.variants
+    ]
+    + [
+        Case(IEQ, dict(lr=0.05, solver=s), dict(lr=0.2, solver="cg" if s == "cholesky" else "cholesky", cg_max_iter=3))
+        for s in IEQ.solvers
+    ]
+    + [
+        Case(
+            AdaptiveSAV,
+            dict(lr=0.05, variant=v),
+            dict(
+                lr=0.3,
+                C=7.0,
+                lam=0.5,
+                betas=(0.5, 0.9),
+                eps=1e-3,
+                eta=0.5,
+                particles=4,
+                variant="restart" if v != "restart" else "vanilla",
+            ),
+        )
+        for v in AdaptiveSAV.variants
+    ]
+    + [
+        Case(AEGD, dict(lr=0.05), dict(lr=0.3, c=3.0, weight_decay=0.01, decoupled_weight_decay=True)),
+        Case(AEGDM, dict(lr=0.05), dict(lr=0.2, c=2.0, momentum=0.5, dampening=0.1)),
+    ]
 )
 table = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 
@@ -104,7 +138,7 @@ def assert_same_stats(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]) or (a[key].isnan() & b[key].isnan()).all(), (key, a[key], b[key])
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 @table
 def test_load_state_dict_continues_bit_for_bit_with_the_loaded_settings(case: Case):
     """10 steps, save, load into a fresh model and an optimizer built with *other* settings (lr, C, variant, …), 10 more
@@ -135,13 +169,16 @@ def test_load_state_dict_continues_bit_for_bit_with_the_loaded_settings(case: Ca
 @table
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copies_continue_identically(case: Case, how: str):
-    """``copy.deepcopy`` and ``pickle`` of a model with its optimizer: the copy reports the same stats and takes the same
-    steps. Breakage: torch's ``__getstate__`` keeps only defaults, state and param_groups, so the last step's record was
+    """``copy.deepcopy`` and ``pickle`` of a model with its optimizer: the copy reports the same stats and takes the
+    same steps. Breakage: torch's ``__getstate__`` keeps only defaults, state and param_groups, so the last step's
+    record was
     lost (AttributeError on ``stats``)."""
     model = make_net(0)
     opt = case.make(model.parameters())
     train(case, model, opt, 3)
-    twin_model, twin_opt = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    twin_model, twin_opt = (
+        copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    )
     assert_same_stats(twin_opt.stats, opt.stats)
     train(case, model, opt, 3, start=3)
     train(case, twin_model, twin_opt, 3, start=3)
@@ -225,7 +262,11 @@ def test_frozen_parameters_stay_put(case: Case):
         model = make_net(0)
         model[0].bias.requires_grad_(False)
         frozen = model[0].bias.detach().clone()
-        params = list(model.parameters()) if build == "with the frozen one" else [p for p in model.parameters() if p.requires_grad]
+        params = (
+            list(model.parameters())
+            if build == "with the frozen one"
+            else [p for p in model.parameters() if p.requires_grad]
+        )
         opt = case.make(params)
         train(case, model, opt, 3)
         assert torch.equal(model[0].bias, frozen)
@@ -267,7 +308,8 @@ def test_closure_may_return_a_float(case: Case):
 def test_energy_never_rises_over_random_step_sizes(case: Case):
     """Δt log-uniform in [1e-4, 1e4], three steps each, float64: the auxiliary variable never rises above where the step
     started (the carried value, or the restarted one), IEQ's ‖qⁿ⁺¹‖ ≤ ‖qⁿ‖, and no violation is counted. (Each scheme's
-    exact energy law is checked in test_optim.py and test_ieq.py; this is the same promise for every row of the table.)"""
+    exact energy law is checked in test_optim.py and test_ieq.py; this is the same promise for every row of the
+    table.)"""
     gen = torch.Generator().manual_seed(0)
     restarts = case.kwargs.get("variant") == "restart" or (case.cls is SAV and case.kwargs.get("variant") == "seed")
     for trial in range(12):

@@ -8,14 +8,14 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS, QUIET, version_dirs
+from helpers import hparams_tab_columns
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import CONFIGS, QUIET, version_dirs
 from gf_lightning.cli import cli_main
 from gf_lightning.study.events import read_scalars
-from helpers import hparams_tab_columns
 
 #: exp3 with 64 hidden units, 2 epochs of 4 optimizer steps (one training_step call each, at steps_per_call 32)
 SMALL = ["--model.net.init_args.m=64", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1", *QUIET,
@@ -69,8 +69,8 @@ def test_runs_are_named_after_experiment_and_method(logs: Path) -> None:
 @pytest.mark.parametrize("run", RUNS)
 def test_scalars_share_one_step_axis_and_say_one_thing_each(run: str, logs: Path) -> None:
     """Each run's tags are exactly its table's (no ``energy/r``, ``energy/log_r`` or ``energy/q_norm`` repeating the
-    modified energy, no ``val/mse`` repeating the loss, no ``optim/solve_failures`` that is always 0, no ``hp_metric``), and
-    the epoch metrics stand at the optimizer step, the energy's axis: ``train/loss`` and ``val/…`` at steps 4 and 8,
+    modified energy, no ``val/mse`` repeating the loss, no ``optim/solve_failures`` that is always 0, no ``hp_metric``),
+    and the epoch metrics stand at the optimizer step, the energy's axis: ``train/loss`` and ``val/…`` at steps 4 and 8,
     ``energy/…`` at 1 … 8. Breakage: Lightning's own step for epoch metrics, which counts training_step calls (1 an
     epoch here) and adds an ``epoch`` tag (tried: fails)."""
     _, _, path, _, tags = RUNS[run]
@@ -84,9 +84,10 @@ def test_scalars_share_one_step_axis_and_say_one_thing_each(run: str, logs: Path
 @pytest.mark.parametrize("run", RUNS)
 def test_layout_and_hyperparameters(run: str, logs: Path) -> None:
     """The custom-scalars layout puts train beside val loss and modified beside true energy, each chart naming tags the
-    run has (energy charts aside, for SGD); the HParams tab gets the run's method, experiment, ``lr`` and batch size, with
-    its final losses, its quality measure and (energy methods) its violation count as metrics; ``hparams.yaml`` holds the
-    same. Breakage: Lightning's default, an empty ``hparams.yaml`` and no HParams session; lists that differ between runs
+    run has (energy charts aside, for SGD); the HParams tab gets the run's method, experiment, ``lr`` and batch size,
+    with its final losses, its quality measure and (energy methods) its violation count as metrics; ``hparams.yaml``
+    holds the same. Breakage: Lightning's default, an empty ``hparams.yaml`` and no HParams session; lists that differ
+    between runs
     (seen in a browser: the tab then showed IEQ's columns only, without ``C``, ``lam`` or ``variant``)."""
     config, _, path, method, tags = RUNS[run]
     folder = logs / "lightning_logs" / path / "version_0"
@@ -139,4 +140,7 @@ def test_energies_have_their_log10_beside_them(logs: Path) -> None:
             plain = {p.step: p.value for p in scalars[tag] if p.value > 0}
             logged = {p.step: p.value for p in scalars[f"{tag}_log10"]}
             assert plain and logged.keys() == plain.keys(), (path, tag)
-            assert all(logged[k] == pytest.approx(math.log10(v), rel=1e-6, abs=1e-6) for k, v in plain.items()), (path, tag)
+            assert all(logged[k] == pytest.approx(math.log10(v), rel=1e-6, abs=1e-6) for k, v in plain.items()), (
+                path,
+                tag,
+            )

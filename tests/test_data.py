@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MNIST_FILES
 from torch.utils.data import DistributedSampler
 
-from conftest import MNIST_FILES
 from gf_lightning.data import (
     GaussianRegression,
     MNISTDataModule,
@@ -21,9 +21,9 @@ from gf_lightning.data import (
 from gf_lightning.errors import GFConfigError
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the three regressions
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def exp1():
     return SinCosRegression(seed=0).build()
@@ -147,7 +147,8 @@ def test_standardize_uses_the_training_split_statistics(cls):
 
 
 def test_batch_size_null_is_full_batch():
-    """``batch_size: null``: one step an epoch over the whole training set (the paper's Fig. 1 runs gradient descent)."""
+    """``batch_size: null``: one step an epoch over the whole training set (the paper's Fig. 1 runs gradient
+    descent)."""
     dm = SinCosRegression(n_samples=100, batch_size=None, seed=0)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
@@ -160,9 +161,9 @@ def test_batch_larger_than_training_set_is_refused_at_setup():
         dm.setup("fit")
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # TensorBatches
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def _indexed(n: int):
     """x[i] = i (as a float feature), y[i] = i: a batch tells which samples it holds."""
     return torch.arange(n, dtype=torch.float32).unsqueeze(1), torch.arange(n)
@@ -221,8 +222,9 @@ def test_ranks_share_every_global_batch_without_padding(n, batch_size, world, ep
     one-process batch k, which ``Batch.total`` counts: every sample once, none repeated. Where the batches are full and
     divide among the ranks, a rank's samples are ``DistributedSampler``'s.
 
-    Breakage: padding the last batch as ``DistributedSampler`` does (a sample counted twice: the union is larger than the
-    one-process batch), or cutting each rank's shard of the whole epoch into batches (ranks then disagree on the number of
+    Breakage: padding the last batch as ``DistributedSampler`` does (a sample counted twice: the union is larger than
+    the one-process batch), or cutting each rank's shard of the whole epoch into batches (ranks then disagree on the
+    number of
     steps, or step k holds other samples than the one-process batch k)."""
     x, y = _indexed(n)
     one = TensorBatches(x, y, batch_size=batch_size, shuffle=True, seed=11)
@@ -245,11 +247,12 @@ def test_ranks_share_every_global_batch_without_padding(n, batch_size, world, ep
             assert torch.cat([ys for ys, _ in batches]).tolist() == list(ds)
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # MNIST
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def write_idx(raw: Path, n_train: int = 30, n_test: int = 12) -> None:
-    """The four uncompressed IDX files: image i has every pixel = 8·i (mod 256), label i mod 10 (train) or (i+3) mod 10."""
+    """The four uncompressed IDX files: image i has every pixel = 8·i (mod 256), label i mod 10 (train) or (i+3) mod
+    10."""
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n, shift in (("train", n_train, 0), ("t10k", n_test, 3)):
         pixels = bytes(((8 * i) % 256) for i in range(n) for _ in range(28 * 28))

@@ -1,8 +1,9 @@
 """Two processes (gloo) give the same result as one with the same global batch, each rank training on its own half of
 every batch; ReplicaCheck stops a run whose replicas drift apart.
 
-The two processes are forked (``ddp_fork``: ~2 s a run here, against ~13 s for ``ddp_spawn``, whose children import torch
-and Lightning again); one case runs with ``configs/trainer/ddp_sim.yaml`` (``ddp_spawn``, which pickles the model and the
+The two processes are forked (``ddp_fork``: ~2 s a run here, against ~13 s for ``ddp_spawn``, whose children import
+torch and Lightning again); one case runs with ``configs/trainer/ddp_sim.yaml`` (``ddp_spawn``, which pickles the model
+and the
 callbacks to its children), and ``test_plain_ddp_from_the_command_line`` with ``ddp`` as a user starts it."""
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONFIGS, DDP_FORK, QUIET, run_dir, subprocess_env
-from gf_lightning.cli import cli_main
 from helpers import Step, callback_arg, read_record, read_scalars
 
-# exp3 with 964 samples: 771 to train, an odd number, with global batch 256: 4 steps an epoch, the last of 3 samples, which
-# two ranks share 2 + 1; 193 held out. 64 hidden units, one mini-batch per training_step call, ReplicaCheck after every epoch
+from gf_lightning.cli import cli_main
+
+# exp3 with 964 samples: 771 to train, an odd number, with global batch 256: 4 steps an epoch, the last of 3 samples,
+# which two ranks share 2 + 1; 193 held out. 64 hidden units, one mini-batch per training_step call, ReplicaCheck after
+# every epoch
 EPOCHS, STEPS = 3, 12
 SMALL = ["--data.init_args.n_samples=964", "--model.net.init_args.m=64", f"--trainer.max_epochs={EPOCHS}", *QUIET,
          "--data.init_args.steps_per_call=1", "--trainer.callbacks+=gf_lightning.callbacks.ReplicaCheck"]
@@ -35,9 +37,10 @@ RELATIVE = ["--model.objective=gf_lightning.components.RelativeError", "--data.i
 # one-process run with the same arguments; another case's name = that case's two-process run (the same per-rank systems,
 # solved another way); "—" = nothing (IEQ's block solve is another algorithm than the one-process step, which the test
 # checks instead).
-# Every variant of the energy methods runs once: SAV's seed (= restart), vanilla and relax (a second backward under DDP),
-# ExpSAV's seed, restart, vanilla and relax, IEQ adaptive's seed and restart; IEQ's global closed-form solve, and the block solve
-# by its closed form, by CG (which has no global form under DDP) and by its generic path (a net without the closed form).
+# Every variant of the energy methods runs once: SAV's seed (= restart), vanilla and relax (a second backward under
+# DDP), ExpSAV's seed, restart, vanilla and relax, IEQ adaptive's seed and restart; IEQ's global closed-form solve, and
+# the block solve by its closed form, by CG (which has no global form under DDP) and by its generic path (a net without
+# the closed form).
 CASES = {
     "sgd": ("sgd", [], "one", FORK),
     "adam": ("adam", [], "one", FORK),
@@ -87,7 +90,8 @@ def max_rel(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def fit(tmp_path_factory):
-    """``fit(case, processes)`` → ``(last checkpoint, {rank: steps trained}, TensorBoard scalars)``, run once per module."""
+    """``fit(case, processes)`` → ``(last checkpoint, {rank: steps trained}, TensorBoard scalars)``, run once per
+    module."""
     runs: dict[tuple[str, int], tuple[dict, dict[int, list[Step]], dict]] = {}
 
     def get(case: str, processes: int):
@@ -95,10 +99,24 @@ def fit(tmp_path_factory):
             method, extra, _, two = CASES[case]
             root = tmp_path_factory.mktemp(f"{case}-{processes}")
             record = callback_arg("RecordTraining", folder=str(root / "record"))
-            cli_main(["fit", "--config", str(CONFIGS / f"exp3_{method}.yaml"), f"--trainer.default_root_dir={root}", *SMALL,
-                      *extra, record, *(two if processes == 2 else [])])
+            cli_main(
+                [
+                    "fit",
+                    "--config",
+                    str(CONFIGS / f"exp3_{method}.yaml"),
+                    f"--trainer.default_root_dir={root}",
+                    *SMALL,
+                    *extra,
+                    record,
+                    *(two if processes == 2 else []),
+                ]
+            )
             ckpt = run_dir(root) / "checkpoints" / "last.ckpt"
-            runs[case, processes] = torch.load(ckpt, weights_only=False), read_record(root / "record"), read_scalars(root)
+            runs[case, processes] = (
+                torch.load(ckpt, weights_only=False),
+                read_record(root / "record"),
+                read_scalars(root),
+            )
         return runs[case, processes]
 
     return get
@@ -126,8 +144,8 @@ def test_two_processes_equal_one(case: str, fit) -> None:
     Catches: padding the last batch as ``DistributedSampler`` does (a sample counted twice: tried, the shard check fails
     on every case), or averaging the ranks' mean losses when their shares differ (tried: the weights differ from one
     process's by 1e-3 … 0.27, the epoch's train/loss by 4e-3 for IEQ, and a rank without samples goes NaN). And a data
-    module that ignores the rank — each rank then trains on the whole global batch, which for the
-    methods that average over ranks can give the same weights as one process, so the comparison alone misses it; tried by making
+    module that ignores the rank — each rank then trains on the whole global batch, which for the methods that average
+    over ranks can give the same weights as one process, so the comparison alone misses it; tried by making
     ``TensorDataModule._loader`` take rank 0 of 1 process: every case fails on the shard check. Beyond that: a quantity
     that one rank computes from its own shard alone makes the replicas drift (ReplicaCheck) or the step differ from the
     one-process step (the comparison)."""
@@ -159,7 +177,9 @@ def test_replica_check_stops_diverging_replicas(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         cli_main(["fit", "--config", str(CONFIGS / "exp3_sgd.yaml"), f"--trainer.default_root_dir={tmp_path}", *SMALL,
                   "--trainer.max_epochs=2", nudge, *FORK])
-    assert "ReplicaDivergenceError" in str(info.value) and "replicas disagree after epoch 0" in str(info.value), info.value
+    assert "ReplicaDivergenceError" in str(info.value) and "replicas disagree after epoch 0" in str(info.value), (
+        info.value
+    )
     assert not list(tmp_path.rglob("epoch0001.ckpt"))
 
 

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONFIGS, QUIET
-from gf_lightning.cli import cli_main
 from helpers import read_scalars
+
+from gf_lightning.cli import cli_main
 
 NO_CHECKPOINTS = ["--checkpoint.save_last=false", "--checkpoint.save_top_k=0"]
 
 
 def fit(config: str, root: Path, *extra: str, run: str = "fit"):
-    return cli_main([run, "--config", str(CONFIGS / config), f"--trainer.default_root_dir={root}", *QUIET, *NO_CHECKPOINTS,
-                     *extra])
+    return cli_main(
+        [run, "--config", str(CONFIGS / config), f"--trainer.default_root_dir={root}", *QUIET, *NO_CHECKPOINTS, *extra]
+    )
 
 
 # method config, 10× the seed's exp1 step, and the variants whose modified energy the scheme keeps from rising
@@ -52,7 +53,8 @@ def test_large_steps_stay_stable(config: str, lr: float, variant: str, tmp_path:
 
 def test_sgd_blows_up_at_the_large_step(tmp_path: Path) -> None:
     """The other side: SGD at 10× its seed step (0.1) on exp1 is not stable — its loss jumps far above its start."""
-    start = fit("exp1_sgd.yaml", tmp_path / "start", run="validate").trainer.callback_metrics["val/loss"]  # before any step
+    # before any step
+    start = fit("exp1_sgd.yaml", tmp_path / "start", run="validate").trainer.callback_metrics["val/loss"]
     cli = fit("exp1_sgd.yaml", tmp_path, "--trainer.max_epochs=1", "--model.optimizer.init_args.lr=0.1")
     assert float(cli.trainer.callback_metrics["train/loss"]) > 5 * float(start)
 
@@ -74,12 +76,12 @@ def test_expsav_on_exp2_runs_and_lowers_the_loss(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config", ["exp3_sav.yaml", "exp3_expsav.yaml", "exp3_ieq_adaptive.yaml", "exp3_ieq.yaml"])
 def test_energy_scalars_are_logged_with_their_meaning(config: str, tmp_path: Path) -> None:
-    """Every energy scalar is logged after every step (12: 3 epochs of 4), and each says what its name says, the same for
-    every method: ``energy/true`` is the step's batch loss in the loss's units (for IEQ the mean squared residual
-    ‖qⁿ‖²/N, which for regression is the MSE), so that each epoch's ``train/loss`` is its steps' ``energy/true`` averaged
-    over the batch sizes (256, 256, 256, 32); ``energy/modified`` is the auxiliary variable's energy (SAV ``r² − C``,
-    ExpSAV ``log r − log C``, IEQ adaptive ``½q²``: the last one equals the optimizer's state, to TensorBoard's float32)
-    and IEQ's never exceeds its true energy; no violation is counted; the effective step is within the nominal
+    """Every energy scalar is logged after every step (12: 3 epochs of 4), and each says what its name says, the same
+    for every method: ``energy/true`` is the step's batch loss in the loss's units (for IEQ the mean squared residual
+    ‖qⁿ‖²/N, which for regression is the MSE), so that each epoch's ``train/loss`` is its steps' ``energy/true``
+    averaged over the batch sizes (256, 256, 256, 32); ``energy/modified`` is the auxiliary variable's energy (SAV ``r²
+    − C``, ExpSAV ``log r − log C``, IEQ adaptive ``½q²``: the last one equals the optimizer's state, to TensorBoard's
+    float32) and IEQ's never exceeds its true energy; no violation is counted; the effective step is within the nominal
     ``Δt/(1 + Δtλ)``; the last ``val/loss`` is the held-out MSE of the trained network, recomputed here. Breakage: IEQ's
     energy as the batch sum ½‖q‖² (as before) is B/2 = 16 … 128 times the loss, and fails the average."""
     cli = fit(config, tmp_path, "--trainer.max_epochs=3", "--trainer.log_every_n_steps=1")

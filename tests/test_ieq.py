@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from conftest import on_ranks
+from torch import nn
 from torch.func import functional_call, jacrev
 
 from gf_lightning.components.nets import TwoLayerNet
@@ -18,9 +18,11 @@ from gf_lightning.optim.ieq import IEQ
 F64 = torch.float64
 
 
-# -- helpers ---------------------------------------------------------------------------------------------------------------------
+# -- helpers
+# ---------------------------------------------------------------------------------------------------------------------
 def residual_and_jacobian(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q = f(x) − y`` (flat) and the materialised ``J = ∂q/∂w`` (``N × n``, parameters in ``net.parameters()`` order)."""
+    """``q = f(x) − y`` (flat) and the materialised ``J = ∂q/∂w`` (``N × n``, parameters in ``net.parameters()``
+    order)."""
     names = [n for n, _ in net.named_parameters()]
     params = tuple(p.detach() for p in net.parameters())
 
@@ -32,8 +34,11 @@ def residual_and_jacobian(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return q, torch.cat([j.reshape(q.numel(), -1) for j in jac], dim=1)
 
 
-def reference_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: list[float]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The step by hand: ``qⁿ⁺¹ = (I + J D Jᵀ)⁻¹ qⁿ`` by ``torch.linalg.solve``, ``w ← w − D Jᵀ qⁿ⁺¹``; ``lrs`` per parameter."""
+def reference_step(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: list[float]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The step by hand: ``qⁿ⁺¹ = (I + J D Jᵀ)⁻¹ qⁿ`` by ``torch.linalg.solve``, ``w ← w − D Jᵀ qⁿ⁺¹``; ``lrs`` per
+    parameter."""
     q, jac = residual_and_jacobian(net, x, y)
     d = torch.cat([torch.full((p.numel(),), lr, dtype=q.dtype) for p, lr in zip(net.parameters(), lrs)])
     system = torch.eye(q.numel(), dtype=q.dtype) + (jac * d) @ jac.T
@@ -103,7 +108,8 @@ def step_on(net, x, y, opt: IEQ, path: str) -> torch.Tensor:
 
 @pytest.fixture
 def path_opt(monkeypatch):
-    """``make(params, path, lr)``: an IEQ that takes ``path``; ``cholesky-jvp`` forces the dense path that never holds J."""
+    """``make(params, path, lr)``: an IEQ that takes ``path``; ``cholesky-jvp`` forces the dense path that never holds
+    J."""
 
     def make(params, path, lr=0.3):
         if path == "cholesky-jvp":
@@ -113,7 +119,8 @@ def path_opt(monkeypatch):
     return make
 
 
-# -- the closed-form Gram --------------------------------------------------------------------------------------------------------
+# -- the closed-form Gram
+# --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "shape, kw",
     [
@@ -134,7 +141,8 @@ def test_closed_form_gram_equals_materialised(shape, kw):
     assert float(torch.linalg.norm(gram - ref) / torch.linalg.norm(ref)) <= 1e-10
 
 
-# -- one step equals the hand-built dense step -----------------------------------------------------------------------------------
+# -- one step equals the hand-built dense step
+# -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 10])
 @pytest.mark.parametrize("path", PATHS)
 def test_step_equals_dense_reference(path, k, path_opt):
@@ -146,7 +154,9 @@ def test_step_equals_dense_reference(path, k, path_opt):
     assert q.shape == y.shape and not q.requires_grad
     # the energy per entry, doubled: the mean squared residual ‖q‖²/N, the MSE loss's units
     assert float(opt.stats["energy/modified"]) == pytest.approx(float(q_new.norm()) ** 2 / q.numel(), rel=1e-10)
-    assert float(opt.stats["energy/true"]) == pytest.approx(float(torch.nn.functional.mse_loss(q, torch.zeros_like(q))), rel=1e-12)
+    assert float(opt.stats["energy/true"]) == pytest.approx(
+        float(torch.nn.functional.mse_loss(q, torch.zeros_like(q))), rel=1e-12
+    )
     assert ("optim/cg_iters" in opt.stats) == path.startswith("cg")
     assert float(opt.stats["optim/solver"]) == float(path.startswith("cg"))
 
@@ -177,13 +187,15 @@ def test_generic_other_networks(make, path, path_opt):
         assert float((net(x) - y).norm()) < q0  # a small step is a descent step on the residual itself
 
 
-# -- energy stability, and exactness over the whole Δt range -------------------------------------------------------------------
+# -- energy stability, and exactness over the whole Δt range
+# -------------------------------------------------------------------
 def test_steps_equal_the_exact_solve_over_random_cases():
-    """Random networks (the two-layer net in every init and scale, and a tanh MLP), Δt from 1e-4 to 1e4, three steps each
-    on every path (closed form, dense generic, dense generic without J, generic CG, CG with the closed-form operator and
-    its structured preconditioner, CG with a Nyström preconditioner; CG at a tolerance of 1e-12): every step equals the exact solve
-    ``(I + Δt J Jᵀ)⁻¹ qⁿ`` by ``torch.linalg.solve`` and moves the weights by ``Δt Jᵀ qⁿ⁺¹``, so a wrong Gram or an early CG
-    stop fails here even though ``‖(I + Δt G)⁻¹ q‖ ≤ ‖q‖`` would hold for any PSD ``G``. Breakage checked: the Gram without
+    """Random networks (the two-layer net in every init and scale, and a tanh MLP), Δt from 1e-4 to 1e4, three steps
+    each on every path (closed form, dense generic, dense generic without J, generic CG, CG with the closed-form
+    operator and its structured preconditioner, CG with a Nyström preconditioner; CG at a tolerance of 1e-12): every
+    step equals the exact solve ``(I + Δt J Jᵀ)⁻¹ qⁿ`` by ``torch.linalg.solve`` and moves the weights by ``Δt Jᵀ
+    qⁿ⁺¹``, so a wrong Gram or an early CG stop fails here even though ``‖(I + Δt G)⁻¹ q‖ ≤ ‖q‖`` would hold for any PSD
+    ``G``. Breakage checked: the Gram without
     the ``x̃ x̃ᵀ`` factor, and CG capped at 3 iterations (both fail)."""
     gen = torch.Generator().manual_seed(1234)
 
@@ -219,14 +231,16 @@ def test_steps_equal_the_exact_solve_over_random_cases():
                 worst = max(worst, err)
                 assert err <= 1e-8, (i, dt, path, step, err)
                 assert after == pytest.approx(float(q_new.norm()), rel=1e-8, abs=1e-12 * before), (i, dt, path, step)
-        assert float(opt.stats["energy/violations"]) == 0.0 and "optim/solve_failures" not in opt.stats  # (logged once > 0)
+        # (logged once > 0)
+        assert float(opt.stats["energy/violations"]) == 0.0 and "optim/solve_failures" not in opt.stats
         cases += 1
     assert cases == 96
 
 
 def test_float32_factorisation_failure_skips_the_step_and_says_so():
-    """N = 400 rows against n = 11 parameters, Δt·‖J‖² far beyond 1/ε in float32: I + Δt J Jᵀ is not positive definite to
-    working precision. The step neither moves nor produces non-finite numbers, and it is logged as skipped: the energy is
+    """N = 400 rows against n = 11 parameters, Δt·‖J‖² far beyond 1/ε in float32: I + Δt J Jᵀ is not positive definite
+    to working precision. The step neither moves nor produces non-finite numbers, and it is logged as skipped: the
+    energy is
     still that of qⁿ (the weights did not move), not 0. Breakage: the code before logged energy/modified = 0."""
     torch.manual_seed(0)
     net = TwoLayerNet(2, 3, 2)
@@ -238,7 +252,11 @@ def test_float32_factorisation_failure_skips_the_step_and_says_so():
     assert stats["optim/solve_failures"] == 1.0 and stats["energy/violations"] == 0.0
     assert max_diff(net.parameters(), before) == 0.0
     with torch.no_grad():
-        assert stats["energy/modified"] == stats["energy/true"] == pytest.approx(float((net(x) - y).norm()) ** 2 / y.numel())
+        assert (
+            stats["energy/modified"]
+            == stats["energy/true"]
+            == pytest.approx(float((net(x) - y).norm()) ** 2 / y.numel())
+        )
     assert stats["energy/true"] > 0
 
 
@@ -257,7 +275,8 @@ def test_cg_that_stops_short_warns_once_with_its_residual(recwarn):
 
 @pytest.mark.parametrize("frozen", ["W", "a"])
 def test_closed_form_gram_leaves_out_frozen_parameters(frozen):
-    """A frozen layer: the closed-form Gram is that of the parameters that move, so the closed-form step equals the exact
+    """A frozen layer: the closed-form Gram is that of the parameters that move, so the closed-form step equals the
+    exact
     step in those parameters alone. Breakage: the Gram kept the frozen columns and the step solved another system."""
     net, x, y = two_layer(B=6, d=4, m=9, k=3)
     getattr(net, frozen).requires_grad_(False)
@@ -275,7 +294,8 @@ def test_closed_form_gram_leaves_out_frozen_parameters(frozen):
     assert torch.equal(getattr(net, frozen), still)
 
 
-# -- two processes: the global solve and the block solve --------------------------------------------------------------------
+# -- two processes: the global solve and the block solve
+# --------------------------------------------------------------------
 DDP_DTS = (0.3, 30.0, 3e3)
 DDP_RUNS = [("global", "closed"), ("global", "cg-closed"), ("block", "closed"), ("block", "cholesky"), ("block", "cg"),
             ("block", "cg-closed")]
@@ -293,8 +313,14 @@ def _ranks_job(rank: int, world: int) -> dict:
     for mode, path in DDP_RUNS:
         net, x, y = ddp_problem()
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
-        opt = IEQ(net.parameters(), lr=DDP_DTS[0], distributed=mode, solver="cg" if path.startswith("cg") else "cholesky",
-                  cg_tol=1e-12, cg_max_iter=500)
+        opt = IEQ(
+            net.parameters(),
+            lr=DDP_DTS[0],
+            distributed=mode,
+            solver="cg" if path.startswith("cg") else "cholesky",
+            cg_tol=1e-12,
+            cg_max_iter=500,
+        )
         steps = []
         for dt in DDP_DTS:
             opt.param_groups[0]["lr"] = dt
@@ -314,9 +340,10 @@ def _ranks_job(rank: int, world: int) -> dict:
 def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
     """Two gloo processes, each with half of the batch. ``distributed="global"``: every step equals the one-process
     step on the whole batch, by the closed-form Cholesky and by CG with the closed-form operator of the gathered batch
-    (which the generic CG has no global form for). ``"block"``: each rank solves its own block, ``qⁿ⁺¹_r = (I + Δt J_r J_rᵀ)⁻¹ qⁿ_r``, and the
-    moves ``Δt J_rᵀ qⁿ⁺¹_r`` are summed — checked against that computed here by hand — and the logged energies and the
-    violation count are those of the global batch, ``‖qⁿ⁺¹‖² = Σ_r ‖qⁿ⁺¹_r‖²``, equal on both ranks. Breakage: the code
+    (which the generic CG has no global form for). ``"block"``: each rank solves its own block, ``qⁿ⁺¹_r = (I + Δt J_r
+    J_rᵀ)⁻¹ qⁿ_r``, and the moves ``Δt J_rᵀ qⁿ⁺¹_r`` are summed — checked against that computed here by hand — and the
+    logged energies and the violation count are those of the global batch, ``‖qⁿ⁺¹‖² = Σ_r ‖qⁿ⁺¹_r‖²``, equal on both
+    ranks. Breakage: the code
     before logged each rank's own share of ``‖qⁿ⁺¹‖`` in block mode."""
     ranks = on_ranks(_ranks_job, tmp_path, start_method="spawn")  # the Cholesky's LAPACK threads hang in a fork
     for mode, path in DDP_RUNS:
@@ -341,8 +368,16 @@ def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
             for rank in ranks:
                 params, stats = rank[mode, path][n]
                 assert max_diff(params, expected) <= 1e-9, (mode, path, n)
-                assert stats["energy/true"] == pytest.approx(float(q_before) ** 2 / y.numel(), rel=1e-10), (mode, path, n)
-                assert stats["energy/modified"] == pytest.approx(float(q_after) ** 2 / y.numel(), rel=1e-8), (mode, path, n)
+                assert stats["energy/true"] == pytest.approx(float(q_before) ** 2 / y.numel(), rel=1e-10), (
+                    mode,
+                    path,
+                    n,
+                )
+                assert stats["energy/modified"] == pytest.approx(float(q_after) ** 2 / y.numel(), rel=1e-8), (
+                    mode,
+                    path,
+                    n,
+                )
                 assert stats["energy/violations"] == 0.0
             assert ranks[0][mode, path][n][1] == ranks[1][mode, path][n][1]
             with torch.no_grad():
@@ -350,7 +385,8 @@ def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
                     p.copy_(e)
 
 
-# -- per-group step sizes --------------------------------------------------------------------------------------------------------
+# -- per-group step sizes
+# --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg", "cg-nystrom"])
 def test_per_group_lr_matches_hand_computation(path, path_opt):
     net, x, y = mlp3(seed=3)
@@ -364,7 +400,8 @@ def test_per_group_lr_matches_hand_computation(path, path_opt):
     assert float(opt.stats["optim/effective_lr"]) == 0.2
 
 
-# -- path choice -----------------------------------------------------------------------------------------------------------------
+# -- path choice
+# -----------------------------------------------------------------------------------------------------------------
 def test_auto_falls_to_cg_above_max_dense():
     net, x, y = two_layer(B=6, k=3)
     expected, _ = reference_step(net, x, y, [0.3, 0.3])
@@ -401,4 +438,6 @@ def test_bfloat16_residual_is_solved_in_float32(path):
     run_step(ref, x, y, opt_ref, closed=True)
     assert q.dtype == torch.bfloat16
     assert float(opt.stats["energy/modified"]) <= float(opt.stats["energy/true"])
-    assert max_diff(net.parameters(), ref.parameters()) <= 0.02 * max(float(p.detach().abs().max()) for p in ref.parameters())
+    assert max_diff(net.parameters(), ref.parameters()) <= 0.02 * max(
+        float(p.detach().abs().max()) for p in ref.parameters()
+    )

@@ -1,7 +1,8 @@
 """IEQ's Krylov solve (:mod:`gf_lightning.optim.krylov`): the two-layer net's closed-form Jacobian products and its
 structured preconditioner, the energy law and the guarantee of truncated preconditioned CG, the final safeguard,
 ``solver="auto"``'s choice, the new settings, and a CG run of exp4 against the Cholesky run. (Exactness of every CG path
-at a tight tolerance against ``torch.linalg.solve``, over random cases and under two processes, is in ``test_ieq.py``.)"""
+at a tight tolerance against ``torch.linalg.solve``, over random cases and under two processes, is in
+``test_ieq.py``.)"""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONFIGS, QUIET
 from torch import nn
 
-from conftest import CONFIGS, QUIET
 from gf_lightning.cli import cli_main
+from gf_lightning.components.jacobians import TwoLayerJacobian
 from gf_lightning.components.nets import TwoLayerNet
 from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.optim import ieq_choice, ieq_solve
 from gf_lightning.optim.ieq import IEQ
-from gf_lightning.components.jacobians import TwoLayerJacobian
 from gf_lightning.optim.krylov import conjugate_gradients
 
 F64 = torch.float64
@@ -50,7 +51,8 @@ def step(net, x, y, opt, gram=False, operator=True):
                     jacobian_fn=(lambda: net.jacobian_operator(x)) if operator else None)
 
 
-# -- the closed form -------------------------------------------------------------------------------------------------------------
+# -- the closed form
+# -------------------------------------------------------------------------------------------------------------
 SHAPES = [  # (B, d, m, k, kwargs): the product through K = X̃X̃ᵀ (B ≤ 2(d+1)) and through X̃; B ≤ m and B > m
     (6, 4, 9, 3, {}),
     (7, 3, 5, 1, {"mean_field": True, "init": "normal"}),
@@ -62,9 +64,10 @@ SHAPES = [  # (B, d, m, k, kwargs): the product through K = X̃X̃ᵀ (B ≤ 2(d
 @pytest.mark.parametrize("frozen", [None, "W", "a"])
 @pytest.mark.parametrize("B, d, m, k, kw", SHAPES)
 def test_closed_form_products_equal_autograd(B, d, m, k, kw, frozen):
-    """The operator's ``Jᵀ v`` (the move's gradient) against autograd, its ``J Jᵀ v`` (one vector and a block of columns)
-    and its dense ``J Jᵀ`` against ``scale² · jacobian_gram``, with frozen layers left out. Breakage caught: the bias row of
-    ``X̃ᵀ T`` dropped in the product through ``X̃`` (the ``(20, 2, 6, 4)`` case fails), and the gate ``σ'`` left out of the
+    """The operator's ``Jᵀ v`` (the move's gradient) against autograd, its ``J Jᵀ v`` (one vector and a block of
+    columns) and its dense ``J Jᵀ`` against ``scale² · jacobian_gram``, with frozen layers left out. Breakage caught:
+    the bias row of ``X̃ᵀ T`` dropped in the product through ``X̃`` (the ``(20, 2, 6, 4)`` case fails), and the gate
+    ``σ'`` left out of the
     output layer's term."""
     net, x, _ = net_and_batch(B, d, m, k, **kw)
     if frozen:
@@ -113,14 +116,17 @@ def test_the_operator_path_takes_the_gram_paths_step(solver, frozen, mean_field)
 
 
 def test_structured_preconditioner_is_symmetric_and_lies_between_I_and_A():
-    """Random nets and batches (both forms of the output layer's part, with and without the hidden layer's), Δt from 1e-4
-    to 1e4: the preconditioner is symmetric and ``I ⪯ M ⪯ I + Δt J Jᵀ`` to rounding, as its docstring states (which keeps
+    """Random nets and batches (both forms of the output layer's part, with and without the hidden layer's), Δt from
+    1e-4 to 1e4: the preconditioner is symmetric and ``I ⪯ M ⪯ I + Δt J Jᵀ`` to rounding, as its docstring states (which
+    keeps
     ``M⁻¹A``'s eigenvalues ≥ 1). Breakage caught: the hidden layer's part doubled (``M`` then rises above ``A``)."""
     gen = torch.Generator().manual_seed(3)
     hidden_cases = 0
     for i in range(40):
         B, d, m, k = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 30), (1, 12), (1, 25), (1, 4)))
-        net, x, _ = net_and_batch(B, d, m, k, seed=i, mean_field=i % 3 == 0, init=("fan_in", "kaiming", "normal")[i % 3])
+        net, x, _ = net_and_batch(
+            B, d, m, k, seed=i, mean_field=i % 3 == 0, init=("fan_in", "kaiming", "normal")[i % 3]
+        )
         dt = 10.0 ** float(torch.empty(()).uniform_(-4.0, 4.0, generator=gen))
         op = net.jacobian_operator(x)
         apply = op.preconditioner(dt)
@@ -137,7 +143,8 @@ def test_structured_preconditioner_is_symmetric_and_lies_between_I_and_A():
     assert hidden_cases >= 10
 
 
-# -- the guarantee of a truncated solve ------------------------------------------------------------------------------------------
+# -- the guarantee of a truncated solve
+# ------------------------------------------------------------------------------------------
 def generic_net(seed: int):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).to(F64)
@@ -147,11 +154,11 @@ def generic_net(seed: int):
 def test_truncated_cg_keeps_the_energy_law_and_the_guarantee(iters, monkeypatch):
     """Random problems — the two-layer net in every init and scale with its closed-form operator, and a tanh MLP through
     the generic path — Δt log-uniform in [1e-4, 1e4], CG stopped after 1, 2 or 5 iterations, with the structured, the
-    Nyström or no preconditioner: the iterate ``x = qⁿ⁺¹`` satisfies the exact step's energy law
-    ``‖x‖² + Δt‖Jᵀx‖² = ⟨qⁿ, x⟩`` (``Jᵀx`` is what the step leaves in ``p.grad``), hence ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` before any
-    safeguard; the logged energies agree and no violation or safeguard is counted.
-    Breakage caught: CG warm-started from ``x⁰ = qⁿ`` (the law fails by O(1) in most cases), and a preconditioner that is
-    not symmetric (the structured one's Woodbury correction with different left and right factors: fails from two
+    Nyström or no preconditioner: the iterate ``x = qⁿ⁺¹`` satisfies the exact step's energy law ``‖x‖² + Δt‖Jᵀx‖² =
+    ⟨qⁿ, x⟩`` (``Jᵀx`` is what the step leaves in ``p.grad``), hence ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` before any safeguard; the logged
+    energies agree and no violation or safeguard is counted. Breakage caught: CG warm-started from ``x⁰ = qⁿ`` (the law
+    fails by O(1) in most cases), and a preconditioner that is not symmetric (the structured one's Woodbury correction
+    with different left and right factors: fails from two
     iterations on; the first iterate, a multiple of ``M⁻¹qⁿ``, satisfies the law for any ``M``)."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real = ieq_solve.keep_guarantee
@@ -167,14 +174,20 @@ def test_truncated_cg_keeps_the_energy_law_and_the_guarantee(iters, monkeypatch)
         dt = 10.0 ** float(torch.empty(()).uniform_(-4.0, 4.0, generator=gen))
         closed = i % 3 != 2
         if closed:
-            B, d, m, k = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 25), (1, 10), (1, 20), (1, 5)))
-            net, x, y = net_and_batch(B, d, m, k, seed=i, mean_field=i % 2 == 0, init=("fan_in", "kaiming", "normal")[i % 3])
+            B, d, m, k = (
+                int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 25), (1, 10), (1, 20), (1, 5))
+            )
+            net, x, y = net_and_batch(
+                B, d, m, k, seed=i, mean_field=i % 2 == 0, init=("fan_in", "kaiming", "normal")[i % 3]
+            )
             x = 3.0 * x
         else:
             net = generic_net(i)
             x, y = torch.randn(9, 3, dtype=F64, generator=gen), torch.randn(9, 2, dtype=F64, generator=gen)
         kind = ("auto", "nystrom", "none")[(i // 3) % 3]
-        opt = IEQ(net.parameters(), lr=dt, solver="cg", cg_max_iter=iters, cg_tol=1e-14, preconditioner=kind, precond_rank=2)
+        opt = IEQ(
+            net.parameters(), lr=dt, solver="cg", cg_max_iter=iters, cg_tol=1e-14, preconditioner=kind, precond_rank=2
+        )
         with torch.no_grad():
             q = (net(x) - y).reshape(-1)
         with stopped_short_is_fine():
@@ -214,9 +227,10 @@ def test_truncated_cg_keeps_the_guarantee_in_float32():
 
 
 def test_the_safeguard_keeps_the_guarantee_when_rounding_does_not(monkeypatch):
-    """An iterate longer than ``qⁿ`` (rounding can push one there in a long ill-conditioned solve; simulated here by a CG
-    that returns 1.5 times its iterate) is scaled back to ``‖qⁿ‖``: no violation, ``optim/cg_safeguards`` counts it; a
-    non-finite iterate skips the step (no move) and counts as a solve failure. Breakage caught: the final check removed
+    """An iterate longer than ``qⁿ`` (rounding can push one there in a long ill-conditioned solve; simulated here by a
+    CG that returns 1.5 times its iterate) is scaled back to ``‖qⁿ‖``: no violation, ``optim/cg_safeguards`` counts it;
+    a non-finite iterate skips the step (no move) and counts as a solve failure. Breakage caught: the final check
+    removed
     (the violation is counted and energy/modified > energy/true)."""
     real = ieq_solve.conjugate_gradients
 
@@ -265,10 +279,12 @@ def test_cg_at_the_mnist_shape_equals_the_cholesky_step():
         assert float(cg.stats["optim/cg_iters"]) <= 100
 
 
-# -- solver="auto" ---------------------------------------------------------------------------------------------------------------
+# -- solver="auto"
+# ---------------------------------------------------------------------------------------------------------------
 def test_auto_picks_cg_at_the_mnist_shape_and_cholesky_at_exp1s():
-    """The module's call (``gram_fn`` and ``jacobian_fn``): at MNIST's shape (N = 2560) the multiply-add counts favour CG
-    by far, at exp1's (N = 64, m = 1000) Cholesky; the choice is logged as ``optim/solver``. Breakage caught: the counts
+    """The module's call (``gram_fn`` and ``jacobian_fn``): at MNIST's shape (N = 2560) the multiply-add counts favour
+    CG by far, at exp1's (N = 64, m = 1000) Cholesky; the choice is logged as ``optim/solver``. Breakage caught: the
+    counts
     compared the wrong way round."""
     for (B, d, m, k), expected in (((256, 784, 100, 10), 1.0), ((64, 40, 1000, 1), 0.0)):
         net, x, y = net_and_batch(B, d, m, k, dtype=torch.float32)
@@ -312,8 +328,8 @@ def test_auto_learns_the_iteration_count_and_keeps_it_in_the_state():
 
 def test_auto_leaves_cg_once_a_solve_stops_short():
     """At MNIST's shape, where the counts favour CG, a solve that stops at ``cg_max_iter`` short of its tolerance (the
-    cap at 2 iterations here; at the MNIST sweep's Δt = 100 it was the 200 of the default) makes ``"auto"`` take the exact
-    Cholesky solve from the next step on, and the state carries it. Breakage caught: the estimate capped at
+    cap at 2 iterations here; at the MNIST sweep's Δt = 100 it was the 200 of the default) makes ``"auto"`` take the
+    exact Cholesky solve from the next step on, and the state carries it. Breakage caught: the estimate capped at
     ``cg_max_iter`` (CG stays, and training at a large Δt stalls on truncated steps: 9.9 % on MNIST at Δt = 100)."""
     net, x, y = net_and_batch(256, 784, 100, 10, dtype=torch.float32)
     opt = IEQ(net.parameters(), lr=0.1, cg_max_iter=2, cg_tol=1e-6)
@@ -348,18 +364,25 @@ def test_a_run_whose_cg_stops_short_trains_on():
         assert all(torch.isfinite(v).all() for v in opt.global_state.values() if isinstance(v, torch.Tensor))
 
 
-# -- settings and calls ------------------------------------------------------------------------------------------------------------
+# -- settings and calls
+# ------------------------------------------------------------------------------------------------------------
 def p():
     return nn.Parameter(torch.zeros(2))
 
 
 BAD = {
-    "unknown preconditioner": (lambda: IEQ([p()], preconditioner="jacobi"), GFConfigError,
-                               ["preconditioner", "'auto'", "'nystrom'", "'none'", "'jacobi'"]),
+    "unknown preconditioner": (
+        lambda: IEQ([p()], preconditioner="jacobi"),
+        GFConfigError,
+        ["preconditioner", "'auto'", "'nystrom'", "'none'", "'jacobi'"],
+    ),
     "precond_rank = 0": (lambda: IEQ([p()], precond_rank=0), GFConfigError, ["precond_rank", ">= 1", "0"]),
     "precond_rank 2.5": (lambda: IEQ([p()], precond_rank=2.5), GFConfigError, ["precond_rank", ">= 1", "2.5"]),
-    "group preconditioner": (lambda: IEQ([{"params": [p()]}, {"params": [p()], "preconditioner": "none"}]), GFConfigError,
-                             ["preconditioner", "whole optimizer"]),
+    "group preconditioner": (
+        lambda: IEQ([{"params": [p()]}, {"params": [p()], "preconditioner": "none"}]),
+        GFConfigError,
+        ["preconditioner", "whole optimizer"],
+    ),
 }
 
 
@@ -391,7 +414,8 @@ def test_jacobian_fn_is_checked_like_gram_fn():
 
 def test_krylov_helpers_on_their_own():
     """``conjugate_gradients`` with no iterations allowed returns 0, with ``b = 0`` returns 0 at once, and stops at a
-    breakdown (an operator that is not positive) without a non-finite iterate; ``TwoLayerJacobian`` of an empty batch has
+    breakdown (an operator that is not positive) without a non-finite iterate; ``TwoLayerJacobian`` of an empty batch
+    has
     no preconditioner. Breakage caught: the breakdown test removed (NaN)."""
     b = torch.randn(5, dtype=F64)
     assert conjugate_gradients(lambda v: v, b, 1e-12, 0).x.abs().max() == 0
@@ -403,7 +427,8 @@ def test_krylov_helpers_on_their_own():
     assert TwoLayerJacobian(net, x[:0]).preconditioner(0.1) is None
 
 
-# -- exp4 by CG against Cholesky ---------------------------------------------------------------------------------------------------
+# -- exp4 by CG against Cholesky
+# ---------------------------------------------------------------------------------------------------
 #: exp4 shortened: 2 048 training images (8 steps an epoch), 2 epochs, all 10 000 test images, four seeds
 EXP4_SHORT = ["--data.init_args.n_train=2048", "--data.init_args.n_test=10000", "--trainer.max_epochs=2",
               "--trainer.num_sanity_val_steps=0", "--trainer.check_val_every_n_epoch=2"]  # one evaluation, at the end
@@ -411,27 +436,42 @@ EXP4_SEEDS = (0, 1, 2, 3)
 
 
 def test_cg_runs_of_exp4_match_the_cholesky_runs(tmp_path: Path, mnist_dir: Path, request) -> None:
-    """exp4 shortened (``EXP4_SHORT``) with ``solver=cholesky`` and with ``solver=cg`` at the default tolerance, four seeds:
-    the held-out accuracies agree within 0.2 percentage points on average over the seeds, and within 0.5 for each (the
-    full-size 50-epoch comparison is in the report of this change), and the CG runs took CG steps.
+    """exp4 shortened (``EXP4_SHORT``) with ``solver=cholesky`` and with ``solver=cg`` at the default tolerance, four
+    seeds: the held-out accuracies agree within 0.2 percentage points on average over the seeds, and within 0.5 for each
+    (the full-size 50-epoch comparison is in the report of this change), and the CG runs took CG steps.
 
     Why four seeds and not one: at the seed's Δt the trajectory amplifies small differences — a 1e-4 perturbation of the
-    weights grows to 1e-2 within ~10 steps — so at a looser tolerance (1e-4) single pairs of these short runs differed by
-    −0.26 … +0.28 points while the means of four stayed within 0.08; at the default (1e-6) every pair agreed to the image,
-    through the closed-form operator and through the generic path alike. Breakage caught: CG capped at one iteration
-    (mean −0.61 points with the closed-form operator and its preconditioner, −34 through the generic path), and the
+    weights grows to 1e-2 within ~10 steps — so at a looser tolerance (1e-4) single pairs of these short runs differed
+    by −0.26 … +0.28 points while the means of four stayed within 0.08; at the default (1e-6) every pair agreed to the
+    image, through the closed-form operator and through the generic path alike. Breakage caught: CG capped at one
+    iteration (mean −0.61 points with the closed-form operator and its preconditioner, −34 through the generic path),
+    and the
     operator's product missing the output layer's part of ``J Jᵀ`` (mean −1.66)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: on a machine shared with other jobs, two oversubscribe its cores (~10× slower)
+    # one thread: on a machine shared with other jobs, two oversubscribe its cores (~10× slower)
+    torch.set_num_threads(1)
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     diffs = []
     for seed in EXP4_SEEDS:
         accuracy = {}
         for solver in ("cholesky", "cg"):
-            cli = cli_main(["fit", "--config", str(CONFIGS / "exp4_ieq.yaml"), f"--data.init_args.data_dir={mnist_dir}",
-                            "--data.init_args.download=false", *EXP4_SHORT, f"--seed_everything={seed}",
-                            f"--model.optimizer.init_args.solver={solver}", f"--trainer.default_root_dir={tmp_path / solver}",
-                            "--trainer.logger=false", *QUIET, "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"])
+            cli = cli_main(
+                [
+                    "fit",
+                    "--config",
+                    str(CONFIGS / "exp4_ieq.yaml"),
+                    f"--data.init_args.data_dir={mnist_dir}",
+                    "--data.init_args.download=false",
+                    *EXP4_SHORT,
+                    f"--seed_everything={seed}",
+                    f"--model.optimizer.init_args.solver={solver}",
+                    f"--trainer.default_root_dir={tmp_path / solver}",
+                    "--trainer.logger=false",
+                    *QUIET,
+                    "--checkpoint.save_last=false",
+                    "--checkpoint.save_top_k=0",
+                ]
+            )
             accuracy[solver] = float(cli.trainer.callback_metrics["val/acc"])
             assert float(cli.model.optimizers().optimizer.stats["optim/solver"]) == float(solver == "cg")
         assert accuracy["cholesky"] > 0.85, accuracy

@@ -1,6 +1,7 @@
 """IEQ's exact step in parameter space (the push-through identity) against the residual-space step, the dense rows
 of ``J`` (torch.func, the PINN's forward-propagated derivatives) against the residual's graph, ``solver="auto"``'s
-choice of space, the memory bound on ``J``, the random subset of rows, the adaptive ``Δt`` (Levenberg–Marquardt's rule), and a
+choice of space, the memory bound on ``J``, the random subset of rows, the adaptive ``Δt`` (Levenberg–Marquardt's rule),
+and a
 float64 PINN run through the CLI."""
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import math
 
 import pytest
 import torch
+from conftest import CONFIGS, QUIET, run_dir
+from test_ieq import cnn, reference_step, residual_and_jacobian
 from torch import nn
 
-from conftest import CONFIGS, QUIET, run_dir
 from gf_lightning.cli import cli_main
 from gf_lightning.components import MLP, BurgersPINN, MeanSquaredError, TwoLayerNet
-from gf_lightning.data import BurgersCollocation
 from gf_lightning.components.pinn import BurgersRows
+from gf_lightning.data import BurgersCollocation
 from gf_lightning.optim.ieq import IEQ
 from gf_lightning.optim.jacobian import GraphRows
-from test_ieq import cnn, reference_step, residual_and_jacobian
 
 F64 = torch.float64
 
@@ -161,7 +162,9 @@ def test_jacobian_memory_bound_takes_blocks(solver):
     assert float((results[0][0] - results[1][0]).abs().max()) <= 1e-12
 
 
-@pytest.mark.parametrize("solver, rows", [("parameter", True), ("parameter", False), ("cholesky", False), ("cg", False)])
+@pytest.mark.parametrize(
+    "solver, rows", [("parameter", True), ("parameter", False), ("cholesky", False), ("cg", False)]
+)
 def test_row_subset_is_the_exact_step_of_its_rows(solver, rows):
     """Catches a subset step that is not IEQ's exact step on the rows drawn (the step count seeds the draw), from the
     objective's rows or the residual's graph, on every path."""

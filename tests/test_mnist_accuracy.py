@@ -1,4 +1,5 @@
-"""MNIST (8000/2000): every energy-stable method at its documented setting beyond the seed's reaches 93 % on the held-out
+"""MNIST (8000/2000): every energy-stable method at its documented setting beyond the seed's reaches 93 % on the
+held-out
 split (docs/results.md › Beyond the seed's settings)."""
 
 from __future__ import annotations
@@ -6,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import CONFIGS, QUIET
+
 from gf_lightning.cli import cli_main
 
 # config → (epochs, accuracy the docs claim after that many epochs). IEQ (full) at Δt = 0.02 takes ~5 s an epoch here
@@ -23,8 +24,20 @@ CLAIMS = {
 @pytest.mark.parametrize("config", CLAIMS)
 def test_energy_method_reaches_93_percent(config: str, tmp_path: Path, mnist_dir: Path) -> None:
     epochs, accuracy = CLAIMS[config]
-    cli = cli_main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--data.init_args.data_dir={mnist_dir}",
-                    "--data.init_args.download=false", f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={tmp_path}",
-                    "--trainer.logger=false", *QUIET, "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / f"{config}.yaml"),
+            f"--data.init_args.data_dir={mnist_dir}",
+            "--data.init_args.download=false",
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            *QUIET,
+            "--checkpoint.save_last=false",
+            "--checkpoint.save_top_k=0",
+        ]
+    )
     assert cli.trainer.current_epoch == epochs
     assert float(cli.trainer.callback_metrics["val/acc"]) >= accuracy

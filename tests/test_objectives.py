@@ -1,5 +1,5 @@
-"""The training objectives (``gf_lightning.components.objectives``) and the settings of the paper's runs that change what
-the optimizers see: the relative error, its residual form for IEQ, and particle time.
+"""The training objectives (``gf_lightning.components.objectives``) and the settings of the paper's runs that change
+what the optimizers see: the relative error, its residual form for IEQ, and particle time.
 
 Two tables, one test each: :data:`FORMULAS` (an objective's loss, residual and held-out sums against a hand computation)
 and :data:`SAME_RUN` (two command lines that must train the same weights: a setting against the run it stands for)."""
@@ -73,9 +73,9 @@ def test_objective_against_hand_computation(case: str, seed: int) -> None:
         assert torch.equal(q, (pred - onehot).reshape(-1))
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # two command lines, one run
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 M = 32  # hidden width of the small runs: particle time multiplies the gradient by it
 SMALL = ["--data.init_args.n_samples=300", f"--model.net.init_args.m={M}", "--trainer.max_epochs=2", *QUIET,
          "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--data.init_args.steps_per_call=1",
@@ -103,8 +103,9 @@ SAME_RUN = {
 
 def _weights(config: str, args: list[str], tmp_path) -> torch.Tensor:
     torch.manual_seed(0)
-    cli = cli_main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={tmp_path}", *SMALL,
-                    *args])
+    cli = cli_main(
+        ["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={tmp_path}", *SMALL, *args]
+    )
     assert cli.trainer.global_step == 2 * math.ceil(240 / 64)
     return torch.cat([p.detach().reshape(-1) for p in cli.model.net.parameters()])
 
@@ -124,12 +125,21 @@ def test_a_setting_trains_the_run_it_stands_for(case: str, tmp_path) -> None:
 def test_sav_in_particle_time_is_the_papers_step(tmp_path) -> None:
     """One full-batch step of vanilla SAV in particle time against the paper's formulas with ``N = m ∇L``, the particle
     average ``⟨N, N⟩ = (1/m) ‖N‖²`` and ``r`` from ``L`` itself: ``r¹ = r⁰ / (1 + Δt ⟨N, N⟩ / (2 (1 + Δt λ)(L + C)))``,
-    ``w¹ = w⁰ − Δt r¹ N / ((1 + Δt λ) √(L + C))``. Catches: scaling the loss instead of the gradient (``r`` from ``m L``),
+    ``w¹ = w⁰ − Δt r¹ N / ((1 + Δt λ) √(L + C))``. Catches: scaling the loss instead of the gradient (``r`` from ``m
+    L``),
     the gradient by ``m²``, or a Euclidean inner product of ``N`` (the literal reading)."""
     dt, C, lam = 0.5, 100.0, 4.0
-    args = ["--model.objective=gf_lightning.components.RelativeError", PARTICLE, "--model.net.init_args.mean_field=true",
-            "--model.net.init_args.init=normal", "--data.init_args.standardize=true", lr(dt),
-            "--model.optimizer.init_args.variant=vanilla", "--trainer.max_steps=1", "--data.init_args.batch_size=null"]
+    args = [
+        "--model.objective=gf_lightning.components.RelativeError",
+        PARTICLE,
+        "--model.net.init_args.mean_field=true",
+        "--model.net.init_args.init=normal",
+        "--data.init_args.standardize=true",
+        lr(dt),
+        "--model.optimizer.init_args.variant=vanilla",
+        "--trainer.max_steps=1",
+        "--data.init_args.batch_size=null",
+    ]
     base = ["fit", "--config", str(CONFIGS / "exp1_sav.yaml"), f"--trainer.default_root_dir={tmp_path}", *SMALL, *args]
     torch.manual_seed(0)
     before = cli_main(base[1:], run=False)  # the same net and data, untrained

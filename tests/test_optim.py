@@ -37,9 +37,9 @@ def close(a, b, rtol=1e-12):
     return abs(a - b) <= rtol * max(abs(a), abs(b))
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 1. steps equal the reference
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # L(w) = ½ wᵀPw + qᵀw + 1 + shiftₙ on w ∈ R⁵ split into groups u = w[:2], v = w[2:]; P SPD, min L > 0 (IEQ needs L > 0).
 P = ((2.0, 0.5, 0.0, 0.1, 0.0), (0.5, 1.5, 0.2, 0.0, 0.0), (0.0, 0.2, 1.0, 0.3, 0.0), (0.1, 0.0, 0.3, 2.5, 0.4),
      (0.0, 0.0, 0.0, 0.4, 0.7))
@@ -152,11 +152,12 @@ def test_relax_cases_cover_both_branches():
     assert any(0.0 < xi < 1.0 for xi in xis) and any(xi == 0.0 for xi in xis), xis
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 2. the energy law of each scheme, on every step of random problems
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def random_problem(rng: random.Random):
-    """A random quadratic or quartic of random dimension and scale (losses from ~1e-3 to ~1e8), optionally with mini-batch
+    """A random quadratic or quartic of random dimension and scale (losses from ~1e-3 to ~1e8), optionally with
+    mini-batch
     noise (the minimiser moves at random from step to step, so L(wⁿ) may rise while a carried r does not)."""
     n = rng.randint(1, 12)
     g = torch.Generator().manual_seed(rng.randrange(2**31))
@@ -258,8 +259,11 @@ def run_random_cases(cls, variant, n_cases, n_steps, seed, dtype=F64):
     for case in range(n_cases):
         w0, batch_loss, desc = random_problem(rng)
         dt = 10 ** rng.uniform(-4, 4)
-        kw = dict(C=10 ** rng.uniform(-2, 2), lam=rng.choice((0.0, 10 ** rng.uniform(-2, 1)))) if cls is not IEQAdaptive \
+        kw = (
+            dict(C=10 ** rng.uniform(-2, 2), lam=rng.choice((0.0, 10 ** rng.uniform(-2, 1))))
+            if cls is not IEQAdaptive
             else dict(eps=1e-8)
+        )
         w = torch.nn.Parameter(w0.to(dtype))
         opt = cls([w], lr=dt, variant=variant, **kw)
         noise = torch.Generator().manual_seed(case)
@@ -308,16 +312,17 @@ def run_random_cases(cls, variant, n_cases, n_steps, seed, dtype=F64):
 @pytest.mark.parametrize("dtype,n_cases", [(F64, 150), (torch.float32, 40)], ids=["float64", "float32"])
 @pytest.mark.parametrize("cls,variant", SCHEMES, ids=[f"{c.__name__}-{v}" for c, v in SCHEMES])
 def test_energy_law_every_step(cls, variant, dtype, n_cases):
-    """SAV (every variant but relax): ``r² − (rⁿ⁺¹)² = (1/Δt + λ)‖Δw‖² + (rⁿ⁺¹ − r)²``; ExpSAV and IEQAdaptive: the identity
-    that ties their ``rⁿ⁺¹`` to the move; relax: ``rⁿ⁺¹ = min(r̂, √(r̃² + ηD))`` and ``(rⁿ⁺¹)² ≤ r² − (1 − η)D`` — on 6
-    steps of each random case, the first included. Breakage this was checked against: a factor ``rⁿ⁺¹/rⁿ`` used where the
-    vanilla form needs ``rⁿ⁺¹/r̂`` (law fails), ``κ = L + C`` for SAV (law fails), the float quadratic formula with a final
-    ``min`` in relax (equality fails), and a restart counted as a violation (``violations`` ≠ 0).
+    """SAV (every variant but relax): ``r² − (rⁿ⁺¹)² = (1/Δt + λ)‖Δw‖² + (rⁿ⁺¹ − r)²``; ExpSAV and IEQAdaptive: the
+    identity that ties their ``rⁿ⁺¹`` to the move; relax: ``rⁿ⁺¹ = min(r̂, √(r̃² + ηD))`` and ``(rⁿ⁺¹)² ≤ r² − (1 −
+    η)D`` — on 6 steps of each random case, the first included. Breakage this was checked against: a factor ``rⁿ⁺¹/rⁿ``
+    used where the vanilla form needs ``rⁿ⁺¹/r̂`` (law fails), ``κ = L + C`` for SAV (law fails), the float quadratic
+    formula with a final ``min`` in relax (equality fails), and a restart counted as a violation (``violations`` ≠ 0).
 
     Dropped cases (the problem's loss or gradient or the weights leave the float range): only ExpSAV, only after it took
-    a step that its energy did not damp (``φ ≥ ½`` in ``wⁿ⁺¹ = wⁿ − φ Δt g̃``) — at losses past ~40 its ``rⁿ⁺¹/rⁿ`` is 1 to
-    machine precision and the step is plain gradient descent, which diverges at large Δt, and the vanilla/relax factor
-    ``e^{ℓⁿ⁺¹ − L − log C}`` is unbounded once the loss falls below what r remembers (ExpSAV's docstring) — and in at most
+    a step that its energy did not damp (``φ ≥ ½`` in ``wⁿ⁺¹ = wⁿ − φ Δt g̃``) — at losses past ~40 its ``rⁿ⁺¹/rⁿ`` is 1
+    to machine precision and the step is plain gradient descent, which diverges at large Δt, and the vanilla/relax
+    factor ``e^{ℓⁿ⁺¹ − L − log C}`` is unbounded once the loss falls below what r remembers (ExpSAV's docstring) — and
+    in at most
     a quarter of the cases."""
     failures, dropped, checked = run_random_cases(cls, variant, n_cases=n_cases, n_steps=6, seed=1234, dtype=dtype)
     assert not failures, "\n".join(failures[:10])
@@ -330,12 +335,13 @@ def test_energy_law_every_step(cls, variant, dtype, n_cases):
         assert checked >= 4 * n_cases, checked  # the law was checked on most steps, not skipped
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 3. what must not happen
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def test_expsav_collapse_then_a_zero_gradient_changes_nothing():
     """ExpSAV at Δt = 1e4: log r doubles toward −∞ each step and reaches it; then a step with an exactly zero gradient
-    (a dead-ReLU network) has Δt·S = 0 and must change nothing. Breakage: the code before computed log 0 − (−∞) = NaN and
+    (a dead-ReLU network) has Δt·S = 0 and must change nothing. Breakage: the code before computed log 0 − (−∞) = NaN
+    and
     wrote NaN weights."""
     w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 1.0], dtype=F64))
     opt = ExpSAV([w], lr=1e4, C=1.0, lam=0.0)
@@ -377,7 +383,9 @@ def test_zero_gradient_step_changes_nothing(cls, variant):
     first = opt.global_state[opt.aux_key].item()
     opt.step(closure)
     assert w.tolist() == [0.5, -1.0]
-    assert opt.global_state[opt.aux_key].item() == first == log_r_hat(METHOD_OF[cls], 2.0, 1.0 if cls is ExpSAV else 100.0)
+    assert (
+        opt.global_state[opt.aux_key].item() == first == log_r_hat(METHOD_OF[cls], 2.0, 1.0 if cls is ExpSAV else 100.0)
+    )
 
 
 HUGE = [(SAV, 4.0), (SAV, 0.0), (ExpSAV, 4.0), (ExpSAV, 0.0), (IEQAdaptive, 0.0)]  # IEQAdaptive has no λ
@@ -386,7 +394,8 @@ HUGE = [(SAV, 4.0), (SAV, 0.0), (ExpSAV, 4.0), (ExpSAV, 0.0), (IEQAdaptive, 0.0)
 @pytest.mark.parametrize("cls,lam", HUGE, ids=[f"{c.__name__}-lam{lam:g}" for c, lam in HUGE])
 def test_huge_step_takes_the_limit_of_the_scheme(cls, lam):
     """``lr = 1e308``: ``Δt·λ`` and ``Δt·S`` overflow float64, but the scheme has a limit as ``Δt → ∞`` and the step
-    takes it — ``wⁿ⁺¹ = wⁿ − φ c g`` with ``c = 1/(1/Δt + λ)`` and ``φ`` from SPEC §2, computed here in 200 bits. Breakage:
+    takes it — ``wⁿ⁺¹ = wⁿ − φ c g`` with ``c = 1/(1/Δt + λ)`` and ``φ`` from SPEC §2, computed here in 200 bits.
+    Breakage:
     the code before formed ``Δt/(1 + Δtλ) = 1e308/inf = 0`` and never moved the weights, silently."""
     w = torch.nn.Parameter(torch.tensor([1.5, -0.5], dtype=F64))
     kw = {} if cls is IEQAdaptive else dict(C=1.0, lam=lam)
@@ -459,7 +468,8 @@ def _aux_rise(cls, **kw):
 
 
 def _ieq_rise(monkeypatch):
-    """IEQ (full) whose step 2 gets a "Gram" with negative eigenvalues, ``−0.75/Δt · I``: ``(I + Δt G)⁻¹`` then quadruples
+    """IEQ (full) whose step 2 gets a "Gram" with negative eigenvalues, ``−0.75/Δt · I``: ``(I + Δt G)⁻¹`` then
+    quadruples
     ``q`` (a wrong ``gram_fn``)."""
     torch.manual_seed(0)
     net = TwoLayerNet(4, 9, 1).double()
@@ -492,9 +502,9 @@ def test_a_rise_of_the_modified_energy_is_counted(case, monkeypatch):
     assert after["energy/modified"].item() > start.item()
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 4. large losses, bfloat16
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["seed", "restart", "vanilla", "relax"])
 def test_expsav_large_loss_float32(variant):
     """L ≈ 5000: C·exp(L) overflows float64 (and float32 from L ≈ 88); log r stays finite, and every step is
@@ -549,9 +559,10 @@ def test_sav_and_ieq_large_loss_float32():
 
 @pytest.mark.parametrize("cls", [SAV, ExpSAV, IEQAdaptive])
 def test_bfloat16_params_move_by_the_scheme_and_keep_exact_counters(cls):
-    """bfloat16 parameters (plain PyTorch; the Lightning module refuses 'bf16-true'): each step moves w by ``φ c g``, with
-    φ from SPEC §2 computed here (the auxiliary variable carried by the test itself, in float64, from the losses and
-    gradients the closure saw), to within one bfloat16 rounding; the counters stay exact over 300 steps. Breakage: the
+    """bfloat16 parameters (plain PyTorch; the Lightning module refuses 'bf16-true'): each step moves w by ``φ c g``,
+    with φ from SPEC §2 computed here (the auxiliary variable carried by the test itself, in float64, from the losses
+    and gradients the closure saw), to within one bfloat16 rounding; the counters stay exact over 300 steps. Breakage:
+    the
     test before used lr 1e-4, at which 0.5 in bfloat16 cannot move."""
     w = torch.nn.Parameter(torch.full((4,), 0.5, dtype=torch.bfloat16))
     opt = cls([w], lr=0.05)
@@ -585,9 +596,9 @@ def test_bfloat16_params_move_by_the_scheme_and_keep_exact_counters(cls):
     assert opt.global_state["step"].item() == 300
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 5. convergence on a toy problem
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def toy_regression():
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(128, 3, generator=g, dtype=F64) * 2 - 1)
@@ -616,7 +627,8 @@ def fit(cls, steps, **kw):
 
 
 def toy_reference(method, variant, steps, lr, **kw):
-    """The reference's trajectory on the toy regression: the model only differentiates (float64), the scheme is floats."""
+    """The reference's trajectory on the toy regression: the model only differentiates (float64), the scheme is
+    floats."""
     model, x, y = toy_regression()
     params = list(model.parameters())
     w0 = [torch.cat([p.detach().reshape(-1) for p in params]).tolist()]
@@ -656,8 +668,8 @@ def test_converges_along_the_reference_trajectory(method, kw):
 
 
 FREEZE = [  # the seed forms of ExpSAV and IEQAdaptive, at the Δt where their restart forms converge
-    # ExpSAV: r drops by ≈ Δt·Sⁿ every step whatever the loss does, so r⁰ = C·e^{L⁰} ≈ 2.6 is spent within ~15 steps; then
-    # rⁿ⁺¹/rⁿ → 0 and ℓ = log r doubles every step. Loss frozen at 0.119.
+    # ExpSAV: r drops by ≈ Δt·Sⁿ every step whatever the loss does, so r⁰ = C·e^{L⁰} ≈ 2.6 is spent within ~15 steps;
+    # then rⁿ⁺¹/rⁿ → 0 and ℓ = log r doubles every step. Loss frozen at 0.119.
     (ExpSAV, dict(lr=0.5, C=1.0, lam=0.0, variant="seed")),
     # IEQAdaptive: ‖q‖ only shrinks; once ‖q‖² ≲ Δt‖g‖² (within ~10 steps here) αⁿ ≈ ε/(Δt‖g‖²). Loss frozen at 0.268.
     (IEQAdaptive, dict(lr=0.5, variant="seed")),
@@ -666,8 +678,9 @@ FREEZE = [  # the seed forms of ExpSAV and IEQAdaptive, at the Δt where their r
 
 @pytest.mark.parametrize("cls,kw", FREEZE, ids=[c.__name__ for c, _ in FREEZE])
 def test_seed_form_freezes(cls, kw):
-    """The known failure of the seed forms (SPEC §2), reported honestly: the step collapses where the loss can still fall
-    (20 gradient steps of Δt/5 from the frozen weights lower it by 2 %, where the seed form moves it by less than 1e-6:
+    """The known failure of the seed forms (SPEC §2), reported honestly: the step collapses where the loss can still
+    fall (20 gradient steps of Δt/5 from the frozen weights lower it by 2 %, where the seed form moves it by less than
+    1e-6:
     a freeze, not a minimum), and nothing blows up."""
     first, losses, eff, opt = fit(cls, 60, **kw)
     assert losses[-1] < first  # it made progress before freezing
@@ -687,9 +700,9 @@ def test_seed_form_freezes(cls, kw):
     assert opt.global_state["violations"].item() == 0
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 6. the README snippets
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def readme_snippet(marker: str):
     for block in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S):
         if marker in block:

@@ -1,7 +1,7 @@
 """Particle time is the paper's flow in the mean-field reading: the velocity is ``N = m ∇L`` and every inner product of
-velocities is the particle average ``(1/m) Σ_k u_k·v_k``. Each method in particle time is then exactly a parameter-time run
-with rescaled settings, and these tests state each equivalence, through the plain ``torch.optim`` API and through the CLI
-on ``configs/paper/ex1.yaml``:
+velocities is the particle average ``(1/m) Σ_k u_k·v_k``. Each method in particle time is then exactly a parameter-time
+run with rescaled settings, and these tests state each equivalence, through the plain ``torch.optim`` API and through
+the CLI on ``configs/paper/ex1.yaml``:
 
 - SGD at ``Δt`` = SGD at ``m·Δt``;
 - the SAV family (every variant of SAV and ExpSAV, and IEQ adaptive, which has no ``λ``) at ``Δt, λ`` = the same at
@@ -93,9 +93,9 @@ def test_particle_time_is_a_rescaled_parameter_time_run(name: str) -> None:
     assert (a - b).norm().item() <= 1e-10 * moved
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the same through the CLI, on the paper's Example 1 config
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 SMALL = ["--data.init_args.n_samples=400", f"--model.net.init_args.m={M}", "--trainer.max_epochs=2", *QUIET,
          "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--data.init_args.steps_per_call=1",
          "--data.init_args.batch_size=80"]

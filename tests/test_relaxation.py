@@ -1,9 +1,9 @@
 """The relaxation (Ma, Mao & Shen 2024, Alg. 4) against an independent reference in 200-bit arithmetic.
 
-The reference solves Alg. 4 as it is stated — the smallest ``ξ ∈ [0, 1]`` with ``(ξ r̃ + (1 − ξ) r̂)² ≤ r̃² + η D`` — as a
-quadratic in ``ζ = 1 − ξ`` (``Δ²ζ² + 2 r̃ Δ ζ − η D ≤ 0``, ``Δ = r̂ − r̃``), in mpmath at 200 bits, whose exponent range has
-no limit: ``r = e^{−10⁸}`` is an ordinary number there (``references.relax_reference``). It shares no code and no formula
-with ``logspace.relax``.
+The reference solves Alg. 4 as it is stated — the smallest ``ξ ∈ [0, 1]`` with ``(ξ r̃ + (1 − ξ) r̂)² ≤ r̃² + η D`` — as
+a quadratic in ``ζ = 1 − ξ`` (``Δ²ζ² + 2 r̃ Δ ζ − η D ≤ 0``, ``Δ = r̂ − r̃``), in mpmath at 200 bits, whose exponent
+range has no limit: ``r = e^{−10⁸}`` is an ordinary number there (``references.relax_reference``). It shares no code and
+no formula with ``logspace.relax``.
 
 Breakage these tests were checked against: the textbook quadratic formula in float64 (the code before the closed form:
 off by up to 4.0 in log r), and a final ``min(…, log rⁿ)`` that hides a rise.
@@ -20,6 +20,7 @@ import torch
 from references import relax_reference
 
 from gf_lightning.optim import SAV, ExpSAV
+
 
 def random_inputs(rng: random.Random):
     """Inputs across every regime: log r from −1e8 (a collapsed r) to 1e4 (ExpSAV at a large loss), r̃ just below or far
@@ -51,9 +52,9 @@ def test_relax_matches_the_reference_over_every_regime():
     print(f"relax: worst |log r − reference| over 3000 cases: {worst:.3g}")
 
 
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # end to end: the optimizer's log r, step after step, against the scheme recomputed in 200 bits from the same inputs
-# ---------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def one_step_reference(method, variant, log_r, loss, g2, loss_next, dt, C, lam, eta):
     """One step of SAV / ExpSAV (vanilla or relax) in 200 bits from ``ℓⁿ``, ``L(wⁿ)``, ``‖g‖²`` and ``L(wⁿ⁺¹)``."""
     dt, C, lam, loss, g2 = (mpmath.mpf(v) for v in (dt, C, lam, loss, g2))
@@ -70,7 +71,9 @@ def one_step_reference(method, variant, log_r, loss, g2, loss_next, dt, C, lam, 
     loss_next = mpmath.mpf(loss_next)
     r_hat_next = mpmath.sqrt(loss_next + C) if method == "sav" else C * mpmath.exp(loss_next)
     log_moved = float(mpmath.log(moved)) if moved > 0 else -math.inf
-    return relax_reference(float(mpmath.log(r)), float(mpmath.log(r_tilde)), float(mpmath.log(r_hat_next)), log_moved, eta)[0]
+    return relax_reference(
+        float(mpmath.log(r)), float(mpmath.log(r_tilde)), float(mpmath.log(r_hat_next)), log_moved, eta
+    )[0]
 
 
 def run_recorded(cls, variant, dt, C, lam, problem, steps, seed):
@@ -135,5 +138,8 @@ def test_log_r_matches_the_scheme_in_high_precision(cls, method, C, lam, variant
             assert err <= 1e-6 * max(1.0, 1e-8 * abs(ref)), (dt, problem, n, before, after, ref)
     if method == "expsav":
         assert deepest < -1e8, deepest  # the collapsed regime was reached and checked
-    print(f"{method}-{variant}: worst |log r − reference| {worst:.3g} where |log r| ≤ 1e8, relative {worst_rel:.3g} beyond; "
-          f"deepest log r {deepest:.3g}")
+    print(
+        f"{method}-{variant}: worst |log r − reference| {worst:.3g} where |log r| ≤ 1e8, relative {worst_rel:.3g} "
+        "beyond; "
+        f"deepest log r {deepest:.3g}"
+    )

@@ -1,4 +1,5 @@
-"""The reproduction (``scripts/reproduce.py`` over ``gf_lightning.study``): a quick pass of experiment 3 with every method in
+"""The reproduction (``scripts/reproduce.py`` over ``gf_lightning.study``): a quick pass of experiment 3 with every
+method in
 two worker processes, checked against its own TensorBoard logs and against the same runs in this process."""
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import CONFIGS, METHODS, ROOT
+from helpers import callback_arg
+
 from gf_lightning.cli import cli_main
-from gf_lightning.study.reproduce import claims, figures, records, reproduction, workers
-from gf_lightning.study.reproduce import in_process as runner
 from gf_lightning.study.events import read_scalars
 from gf_lightning.study.methods import ENERGY_METHODS
-from helpers import callback_arg
+from gf_lightning.study.reproduce import claims, figures, records, reproduction, workers
+from gf_lightning.study.reproduce import in_process as runner
 
 SHARED_SPEC = ROOT.parent / "shared" / "spec"
 #: exp3 at 5 epochs a method, energies logged every 2 steps, one intra-op thread a process
@@ -92,7 +93,8 @@ def test_figures_are_small_valid_pngs(exp3, name):
 
 
 def test_table_numbers_are_the_tensorboard_scalars(exp3):
-    """Read every method's events back independently and compare with results.json (exactly) and results.md (as printed)."""
+    """Read every method's events back independently and compare with results.json (exactly) and results.md (as
+    printed)."""
     runs = _runs(exp3)
     accuracy, cost = _md_tables((exp3 / "results.md").read_text())
     accuracy = {row["method"]: row for row in accuracy}
@@ -148,7 +150,10 @@ def test_claims_are_the_seed_documents():
     for row in epochs:
         method = SEED_NAMES[row["算法"]]
         for exp, column in ((1, "实验1"), (2, "实验2"), (3, "实验3")):
-            assert claims.claim(exp, "epochs_to", method) == row[column].replace("未收敛", "not converged"), (exp, method)
+            assert claims.claim(exp, "epochs_to", method) == row[column].replace("未收敛", "not converged"), (
+                exp,
+                method,
+            )
     mnist = next(t for t in tables if t and set(t[0]) == {"算法", "所需轮数"})
     for row in mnist:
         assert claims.claim(4, "epochs_to", SEED_NAMES[row["算法"]]) == row["所需轮数"]
@@ -180,7 +185,9 @@ def test_every_method_started_from_the_same_weights_and_data(exp3, tmp_path):
 def test_a_run_that_goes_nan_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch):
     poison = callback_arg("PoisonAtEpoch", epoch=2)
     plain = runner.cli_args
-    monkeypatch.setattr(runner, "cli_args", lambda spec, *a: plain(spec, *a) + ([poison] if spec.method == "sgd" else []))
+    monkeypatch.setattr(
+        runner, "cli_args", lambda spec, *a: plain(spec, *a) + ([poison] if spec.method == "sgd" else [])
+    )
     settings = records.Settings(out=tmp_path, epochs_scale=0.04, progress_every=0, threads=1, jobs=1)
     reproduction.reproduce([3], ["sgd", "sav"], settings)
     runs = _runs(tmp_path / "exp3")
@@ -191,15 +198,22 @@ def test_a_run_that_goes_nan_is_recorded_and_the_next_one_still_runs(tmp_path, m
     assert "**NaN** in epoch 3" in (tmp_path / "exp3" / "results.md").read_text()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--experiment", "3", "--methods", "sgd", "nope"], ["--methods", "'nope'", "allowed:", "expsav_restart"]),
-    (["--experiment", "3", "--methods", "expsav_restart"], ["--methods expsav_restart", "experiment 3", "nothing to run"]),
-    (["--experiment", "3", "--epochs-scale", "nan"], ["--epochs-scale nan", "finite number > 0"]),
-    (["--experiment", "3", "--epochs-scale", "0"], ["--epochs-scale 0.0", "finite number > 0"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--experiment", "3", "--methods", "sgd", "nope"], ["--methods", "'nope'", "allowed:", "expsav_restart"]),
+        (
+            ["--experiment", "3", "--methods", "expsav_restart"],
+            ["--methods expsav_restart", "experiment 3", "nothing to run"],
+        ),
+        (["--experiment", "3", "--epochs-scale", "nan"], ["--epochs-scale nan", "finite number > 0"]),
+        (["--experiment", "3", "--epochs-scale", "0"], ["--epochs-scale 0.0", "finite number > 0"]),
+    ],
+)
 def test_bad_input_is_one_line_before_any_work(args, words, tmp_path, capsys):
-    """An unknown method, methods without a config in the experiment, a scale that is not a positive number: exit 2 and one
-    line, nothing written. Breakage: "nothing to run" and exit 0; ``--epochs-scale nan`` a traceback (tried: each fails)."""
+    """An unknown method, methods without a config in the experiment, a scale that is not a positive number: exit 2 and
+    one line, nothing written. Breakage: "nothing to run" and exit 0; ``--epochs-scale nan`` a traceback (tried: each
+    fails)."""
     spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "scripts" / "reproduce.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -31,14 +31,35 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 #: what → (checkpoint, config, extra arguments, words of the one-line message)
 REFUSED = {
-    "changed settings": ("sav", "exp3_sav", ["--model.optimizer.init_args.lr=0.05", "--model.optimizer.init_args.lam=0"],
-                         ["model.optimizer.init_args.lr: 0.01 in the checkpoint, 0.05 here",
-                          "model.optimizer.init_args.lam: 4.0 in the checkpoint, 0.0 here", "--resume_with_changes=true"]),
+    "changed settings": (
+        "sav",
+        "exp3_sav",
+        ["--model.optimizer.init_args.lr=0.05", "--model.optimizer.init_args.lam=0"],
+        [
+            "model.optimizer.init_args.lr: 0.01 in the checkpoint, 0.05 here",
+            "model.optimizer.init_args.lam: 4.0 in the checkpoint, 0.0 here",
+            "--resume_with_changes=true",
+        ],
+    ),
     "changed data": ("sav", "exp3_sav", ["--data.init_args.batch_size=128"], ["data.init_args.batch_size: 256", "128"]),
-    "SAV checkpoint, SGD run": ("sav", "exp3_sgd", [], ["gf_lightning.optim.SAV", "torch.optim.SGD", "cannot continue"]),
-    "SGD checkpoint, SAV run": ("sgd", "exp3_sav", [], ["torch.optim.SGD", "gf_lightning.optim.SAV", "cannot continue"]),
-    "SAV checkpoint, ExpSAV run": ("sav", "exp3_sav", ["--model.optimizer.class_path=gf_lightning.optim.ExpSAV"],
-                                   ["model.optimizer.class_path=gf_lightning.optim.SAV", "ExpSAV", "cannot continue"]),
+    "SAV checkpoint, SGD run": (
+        "sav",
+        "exp3_sgd",
+        [],
+        ["gf_lightning.optim.SAV", "torch.optim.SGD", "cannot continue"],
+    ),
+    "SGD checkpoint, SAV run": (
+        "sgd",
+        "exp3_sav",
+        [],
+        ["torch.optim.SGD", "gf_lightning.optim.SAV", "cannot continue"],
+    ),
+    "SAV checkpoint, ExpSAV run": (
+        "sav",
+        "exp3_sav",
+        ["--model.optimizer.class_path=gf_lightning.optim.ExpSAV"],
+        ["model.optimizer.class_path=gf_lightning.optim.SAV", "ExpSAV", "cannot continue"],
+    ),
     "another width": ("sav", "exp3_sav", ["--model.net.init_args.m=64"], ["another shape", "net.W", "(41, 64)"]),
     "opting in cannot change the optimizer": ("sav", "exp3_sgd", ["--resume_with_changes=true"], ["cannot continue"]),
 }
@@ -62,7 +83,8 @@ def test_a_resume_that_cannot_continue_the_run_is_refused(case, checkpoints, tmp
 def test_opting_in_uses_the_new_settings_everywhere_and_records_them(checkpoints, tmp_path):
     """``--resume_with_changes=true``: the loaded optimizer takes the new lr and λ (not the checkpoint's), the run's
     config.yaml and its next checkpoint record them, and the steps are those of the new settings: the same as a resume
-    whose checkpoint had been saved with them. Breakage: loading the checkpoint's groups unchanged (lr stays 0.01) fails."""
+    whose checkpoint had been saved with them. Breakage: loading the checkpoint's groups unchanged (lr stays 0.01)
+    fails."""
     new = ["--model.optimizer.init_args.lr=0.05", "--model.optimizer.init_args.lam=0"]
     cli = cli_main(fit_args("exp3_sav", tmp_path / "a", "--trainer.max_epochs=2", f"--ckpt_path={checkpoints['sav']}",
                             "--resume_with_changes=true", *new))
@@ -70,7 +92,10 @@ def test_opting_in_uses_the_new_settings_everywhere_and_records_them(checkpoints
     assert groups[0]["lr"] == 0.05 and groups[0]["lam"] == 0.0
     folder = run_dir(tmp_path / "a")
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.05 and config["model"]["optimizer"]["init_args"]["lam"] == 0
+    assert (
+        config["model"]["optimizer"]["init_args"]["lr"] == 0.05
+        and config["model"]["optimizer"]["init_args"]["lam"] == 0
+    )
     saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["gf_lightning_run"]["model.optimizer.init_args.lr"] == 0.05
     assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.05

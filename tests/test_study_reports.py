@@ -1,4 +1,5 @@
-"""What the study's reports say about runs they did not run: a paper figure's table over seeds, and a sweep's report written
+"""What the study's reports say about runs they did not run: a paper figure's table over seeds, and a sweep's report
+written
 again from its ``results.json`` alone (records judged by today's rule, paths relative to the report's folder)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``scripts/sweep.py`` and ``gf_lightning.study``'s sweep: a grid of methods × step sizes run through the CLI, read back,
+"""``scripts/sweep.py`` and ``gf_lightning.study``'s sweep: a grid of methods × step sizes run through the CLI, read
+back,
 summarised over seeds and reported; its SLURM form; gradient descent's stability limit from the Hessian."""
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONFIGS, ROOT
 
 from gf_lightning.study.methods import LABELS as STUDY_LABELS
@@ -67,18 +67,23 @@ def test_a_huge_sgd_step_is_diverged_and_a_small_one_trained(swept):
     assert runs[GOOD_LR]["status"] == "trained", runs[GOOD_LR]["message"]
     assert len(runs[GOOD_LR]["train_loss"]) == 2 and runs[GOOD_LR]["train_loss"][-1] < runs[GOOD_LR]["init_train_loss"]
     text = (swept / "sweep.md").read_text()
-    assert "largest stable SGD step observed (every seed trained): Δt = 0.1; above it SGD diverged at Δt = 1e+30" in text
+    assert (
+        "largest stable SGD step observed (every seed trained): Δt = 0.1; above it SGD diverged at Δt = 1e+30" in text
+    )
     (cell,) = [c for c in json.loads((swept / "results.json").read_text())["cells"] if c["lr"] == float(HUGE_LR)]
     assert cell["status"] == "diverged" and cell["final"] is None
 
 
 def test_the_table_and_figure_are_written(swept):
-    """``sweep.md`` has the per-method table (largest Δt that trains, best Δt, its metric) and the commands; ``sweep.png``
+    """``sweep.md`` has the per-method table (largest Δt that trains, best Δt, its metric) and the commands;
+    ``sweep.png``
     is a PNG. Breakage: a report that drops the method's row, or a figure never saved."""
     png = swept / "sweep.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = (swept / "sweep.md").read_text()
-    header = "| method | Δt tried | largest Δt that trains | best Δt | final test loss at best Δt | best test loss there |"
+    header = (
+        "| method | Δt tried | largest Δt that trains | best Δt | final test loss at best Δt | best test loss there |"
+    )
     assert header in text
     row = next(line for line in text.splitlines() if line.startswith("| SGD |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -118,7 +123,8 @@ def _dense_lambda_max(loss_fn, params) -> float:
 
 def test_lambda_max_matches_a_dense_eigendecomposition():
     """Power iteration with Hessian-vector products gives the Hessian's largest eigenvalue of a small network's loss, as
-    the dense Hessian's eigen-decomposition does (float64, 1e-6). Breakage: a wrong product (a gradient without its graph,
+    the dense Hessian's eigen-decomposition does (float64, 1e-6). Breakage: a wrong product (a gradient without its
+    graph,
     a missing term), or stopping before convergence."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
@@ -137,7 +143,8 @@ def test_lambda_max_matches_a_dense_eigendecomposition():
 
 
 def test_lambda_max_is_the_largest_eigenvalue_not_the_largest_in_magnitude():
-    """A loss that curves down (−3) more than up (+1): λ_max is +1, the limit of gradient descent, not −3. Breakage: plain
+    """A loss that curves down (−3) more than up (+1): λ_max is +1, the limit of gradient descent, not −3. Breakage:
+    plain
     power iteration, which returns the eigenvalue of largest magnitude."""
     w = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
     a = torch.tensor([1.0, -3.0, 0.25], dtype=torch.float64)
@@ -195,9 +202,10 @@ SCALAR_METHODS = [m for m, spec in METHODS.items() if spec.class_path.startswith
 
 @pytest.mark.parametrize("method", SCALAR_METHODS)
 def test_a_method_whose_energy_may_rise_between_steps_is_labelled_a_restart(method):
-    """Six steps of the method on a loss that jumps up by 2 between steps: the logged modified energy rises between steps
-    exactly for the restart forms, and exactly those carry "restart" (or "Res") in their label — the sweep's and the
-    reproduction's alike. Breakage: SAV's default (``variant: seed``, which resets ``r`` every step) labelled plain "SAV",
+    """Six steps of the method on a loss that jumps up by 2 between steps: the logged modified energy rises between
+    steps exactly for the restart forms, and exactly those carry "restart" (or "Res") in their label — the sweep's and
+    the reproduction's alike. Breakage: SAV's default (``variant: seed``, which resets ``r`` every step) labelled plain
+    "SAV",
     read as a scheme whose curve never rises (tried: fails)."""
     init = METHODS[method].optimizer(0.1)
     module, _, name = init["class_path"].rpartition(".")
@@ -245,7 +253,8 @@ def _record(point, status, metric, seconds=None, train=(0.5,)):
 
 def test_the_report_gives_mean_and_spread_over_seeds():
     """Three seeds per step: the cell's final metric is their mean ± sample deviation; a step where one seed diverged is
-    diverged, not trained; largest Δt that trains and best Δt follow. Breakage: a summary over the last seed only, or one
+    diverged, not trained; largest Δt that trains and best Δt follow. Breakage: a summary over the last seed only, or
+    one
     that counts a step as training when a seed diverged."""
     plan = Plan.build(CONFIGS / "exp3_sgd.yaml", ["sgd"], "0.01,0.1,1", seeds=["0", "1", "2"], out="/tmp/x")
     points = plan.points()
@@ -266,8 +275,9 @@ def test_the_report_gives_mean_and_spread_over_seeds():
 
 
 def test_a_step_that_ends_worse_on_held_out_data_than_it_started_does_not_train():
-    """Adam at Δt = 1 on exp3 learns the training set and ends with a held-out loss 10⁵ times the untrained network's: it is
-    *worse*, not *trains*, and the largest Δt that trains stops below it. Breakage: judging by the training loss alone."""
+    """Adam at Δt = 1 on exp3 learns the training set and ends with a held-out loss 10⁵ times the untrained network's:
+    it is *worse*, not *trains*, and the largest Δt that trains stops below it. Breakage: judging by the training loss
+    alone."""
     plan = Plan.build(CONFIGS / "exp3_sgd.yaml", ["adam"], "0.01,1", out="/tmp/x")
     points = plan.points()
     finals = {0.01: 0.001, 1.0: 1500.0}
@@ -300,8 +310,10 @@ def test_a_finished_run_is_read_back_as_trained_frozen_diverged_or_error(case, t
         writer.add_scalar("train/loss", train, step)
         writer.add_scalar("val/loss", val, step)
     writer.close()
-    code, line = {"diverged": (1, "gf_lightning: training went non-finite (loss = nan) with SGD at epoch 1, step 7"),
-                  "error": (2, "gf_lightning: error: model.optimizer.init_args.lr must be > 0; got -1")}.get(case, (0, ""))
+    code, line = {
+        "diverged": (1, "gf_lightning: training went non-finite (loss = nan) with SGD at epoch 1, step 7"),
+        "error": (2, "gf_lightning: error: model.optimizer.init_args.lr must be > 0; got -1"),
+    }.get(case, (0, ""))
     (folder / "log.txt").write_text(f"Seed set to 0\n{line}\n")
     (folder / "started").write_text("0\n")
     (folder / "exit_code").write_text(f"{code}\n")
@@ -318,8 +330,24 @@ def test_the_slurm_script_parses_and_runs_every_point_once(tmp_path, capsys):
     that point's outcome by the same report code. Breakage: a task list that repeats or drops a point, unquoted JSON in
     a command, or a task whose run the report cannot read."""
     out = tmp_path / "sw"
-    argv = ["--config", str(CONFIGS / "exp3_sgd.yaml"), "--methods", "sgd", "sav", "--lr", "1e-2:1:3", "--seeds", "0", "1",
-            *TINY, "--slurm", "--sbatch", "time=0:10:00", "--out", str(out)]
+    argv = [
+        "--config",
+        str(CONFIGS / "exp3_sgd.yaml"),
+        "--methods",
+        "sgd",
+        "sav",
+        "--lr",
+        "1e-2:1:3",
+        "--seeds",
+        "0",
+        "1",
+        *TINY,
+        "--slurm",
+        "--sbatch",
+        "time=0:10:00",
+        "--out",
+        str(out),
+    ]
     assert script.main(argv) == 0
     path = out / "sweep.sbatch"
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
@@ -359,7 +387,8 @@ def test_the_slurm_script_parses_and_runs_every_point_once(tmp_path, capsys):
 def test_bad_input_is_one_line_naming_the_setting_what_was_given_and_what_is_allowed(args, setting, given, tmp_path,
                                                                                        capsys):
     """An unknown method, a malformed axis, an empty value, a backwards range, a method setting no method takes, a key
-    the CLI does not know, a metric the config's validation never logs (accuracy on a regression): exit 2 and one line that names the setting, what was given and what is allowed; nothing
+    the CLI does not know, a metric the config's validation never logs (accuracy on a regression): exit 2 and one line
+    that names the setting, what was given and what is allowed; nothing
     runs. Breakage: a traceback, or a sweep that starts and fails in every run."""
     base = {"--methods": ["sav"], "--lr": ["0.1"]}
     given_keys = [a for a in args if a.startswith("--")]

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 class TwoLayerJacobian:
     r"""The Jacobian of ``q = scale·(f(x) − y)`` for :class:`~gf_lightning.components.TwoLayerNet`
-    ``f(x) = s aᵀ σ(Wᵀ x̃)``, in closed form and never as a matrix: products with ``J Jᵀ``, the structured preconditioner,
-    and the costs that ``solver="auto"`` weighs. Built by :meth:`TwoLayerNet.jacobian_operator`; the net's
-    tensors are read when first needed, so an operator that ``"auto"`` does not use costs nothing.
+    ``f(x) = s aᵀ σ(Wᵀ x̃)``, in closed form and never as a matrix: products with ``J Jᵀ``, the structured
+    preconditioner, and the costs that ``solver="auto"`` weighs. Built by :meth:`TwoLayerNet.jacobian_operator`; the
+    net's tensors are read when first needed, so an operator that ``"auto"`` does not use costs nothing.
 
     With ``h = Wᵀx̃``, ``σ = relu(h)`` (``B × m``), ``g = σ'(h)``, ``U_{(b,c),j} = a_jc g_bj`` and ``K = X̃ X̃ᵀ``
     (``B × B``), rows ``(b, c)`` sample-major as ``f(x).reshape(-1)``:
@@ -91,7 +91,8 @@ class TwoLayerJacobian:
 
     @torch.no_grad()
     def vjp(self, v: Tensor) -> dict[int, Tensor]:
-        """``Jᵀ v`` for flat ``v`` (``N``): the gradient of ``⟨q, v⟩`` in each parameter that requires grad, keyed by the
+        """``Jᵀ v`` for flat ``v`` (``N``): the gradient of ``⟨q, v⟩`` in each parameter that requires grad, keyed by
+        the
         parameter's ``id`` (what a backward pass of ``q`` with ``grad_outputs=v`` gives), from the cached products."""
         p = self.parts()
         V = v.to(self.dtype).view(self.B, self.k)
@@ -109,7 +110,8 @@ class TwoLayerJacobian:
 
     @torch.no_grad()
     def dense(self) -> Tensor:
-        """``J Jᵀ`` itself (``N × N``, a fresh tensor) for the Cholesky path, from the cached products (times ``scale²``;
+        """``J Jᵀ`` itself (``N × N``, a fresh tensor) for the Cholesky path, from the cached products (times
+        ``scale²``;
         :meth:`TwoLayerNet.jacobian_gram` is this at ``scale = 1``)."""
         p = self.parts()
         B, k = self.B, self.k
@@ -151,7 +153,8 @@ class TwoLayerJacobian:
         return (out * self.c).reshape(v.shape).to(v.dtype)
 
     def _kernel(self, T: Tensor) -> Tensor:
-        """``X̃ X̃ᵀ T`` for ``T`` of shape ``(B, ·)``: through ``K``, or through ``X̃`` when the batch is larger than that."""
+        """``X̃ X̃ᵀ T`` for ``T`` of shape ``(B, ·)``: through ``K``, or through ``X̃`` when the batch is larger than
+        that."""
         p = self.parts()
         if self.kernel:
             return torch.mm(p["K"], T)
@@ -170,11 +173,12 @@ class TwoLayerJacobian:
 
     @torch.no_grad()
     def preconditioner(self, dt: float) -> Preconditioner | None:
-        """``r ↦ M⁻¹ r`` for ``M = I + Δt c [σσᵀ ⊗ I_k + (s sᵀ) ∘ (U Uᵀ)]`` (the class's notation, ``s = X̃ μ̂``, ``μ̂`` the
-        unit mean of the batch's ``x̃``), which satisfies ``I ⪯ M ⪯ I + Δt J Jᵀ``: the output layer's part of ``J Jᵀ``
-        exactly, the hidden layer's along ``μ̂`` (``(s sᵀ) ⪯ K`` and the Schur product keeps the order). Its inverse is
-        formed explicitly at the build — a ``B × B`` matrix (``B ≤ m``) or an ``m × m`` one for Woodbury, and an ``m × m``
-        one for the hidden part — so that an application is five matrix products. ``None`` when there is nothing to
+        """``r ↦ M⁻¹ r`` for ``M = I + Δt c [σσᵀ ⊗ I_k + (s sᵀ) ∘ (U Uᵀ)]`` (the class's notation, ``s = X̃ μ̂``, ``μ̂``
+        the unit mean of the batch's ``x̃``), which satisfies ``I ⪯ M ⪯ I + Δt J Jᵀ``: the output layer's part of ``J
+        Jᵀ`` exactly, the hidden layer's along ``μ̂`` (``(s sᵀ) ⪯ K`` and the Schur product keeps the order). Its
+        inverse is formed explicitly at the build — a ``B × B`` matrix (``B ≤ m``) or an ``m × m`` one for Woodbury, and
+        an ``m × m`` one for the hidden part — so that an application is five matrix products. ``None`` when there is
+        nothing to
         precondition or a factorisation fails (one host sync, at the build)."""
         if self.B == 0 or not (self.with_a or self.with_w):
             return None

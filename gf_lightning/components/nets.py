@@ -25,15 +25,14 @@ class TwoLayerNet(nn.Module):
     """``f(x) = s · aᵀ σ(Wᵀ [x; 1])`` with the bias folded into the last row of ``W``.
 
     Args:
-        d: input dimension.
-        m: hidden width.
-        k: output dimension (1 for regression, 10 for MNIST).
-        init: ``"fan_in"`` (default): ``W ~ U(±1/√(d+1))``, ``a ~ U(±1/√m)``, PyTorch's ``nn.Linear`` rule with the fan-in of
+        d: input dimension. m: hidden width. k: output dimension (1 for regression, 10 for MNIST). init: ``"fan_in"``
+        (default): ``W ~ U(±1/√(d+1))``, ``a ~ U(±1/√m)``, PyTorch's ``nn.Linear`` rule with the fan-in of
             each layer on the right axis; ``"kaiming"``: ``W ~ N(0, 2/(d+1))`` (He, for ReLU), ``a ~ N(0, 1/m)``;
-            ``"normal"``: ``W, a ~ N(0, 1)``, the mean-field choice (use it with ``mean_field=True``; the paper configs do);
-            ``"public"``: ``W ~ N(0, 2/m)``, ``a ~ N(0, 2)``, what the public implementation of the seed's methods draws —
-            Kaiming's rule with the fan-in taken on the wrong axis of each weight (``m`` for ``W``, 1 for ``a``). Offered
-            to compare with it, not as a recommendation: at exp1's shape its outputs start ~47 times larger than ``fan_in``'s.
+            ``"normal"``: ``W, a ~ N(0, 1)``, the mean-field choice (use it with ``mean_field=True``; the paper configs
+            do); ``"public"``: ``W ~ N(0, 2/m)``, ``a ~ N(0, 2)``, what the public implementation of the seed's methods
+            draws — Kaiming's rule with the fan-in taken on the wrong axis of each weight (``m`` for ``W``, 1 for
+            ``a``). Offered to compare with it, not as a recommendation: at exp1's shape its outputs start ~47 times
+            larger than ``fan_in``'s.
         mean_field: scale the output by ``s = 1/m``.
     """
 
@@ -85,15 +84,16 @@ class TwoLayerNet(nn.Module):
         ``(J Jᵀ)[(b,c),(b',c')] = s² ( δ_cc' σ(h_b)·σ(h_b') + (x̃_b·x̃_b') Σ_j a_jc σ'(h_bj) a_jc' σ'(h_b'j) )``,
 
         the first term from ``∂f/∂a``, the second from ``∂f/∂W``. Cost ``O(B²k²m + B²d)``. ``J`` is the Jacobian in the
-        parameters that require grad: a frozen ``W`` or ``a`` contributes no term (its columns are not in ``J``). Computed
-        by the Jacobian operator (:meth:`jacobian_operator`), which IEQ's Cholesky path uses too.
+        parameters that require grad: a frozen ``W`` or ``a`` contributes no term (its columns are not in ``J``).
+        Computed by the Jacobian operator (:meth:`jacobian_operator`), which IEQ's Cholesky path uses too.
         """
         return self.jacobian_operator(x).dense()
 
-    # -- the Jacobian as an operator (IEQ's Krylov solve) -----------------------------------------------------------------
+    # -- the Jacobian as an operator (IEQ's Krylov solve)
+    # -----------------------------------------------------------------
     def jacobian_operator(self, x: Tensor, scale: float | Tensor = 1.0) -> TwoLayerJacobian:
-        """The Jacobian of ``q = scale · (f(x) − y)`` as IEQ's Krylov solve uses it (``IEQ.step(jacobian_fn=…)``): products
-        with ``J Jᵀ`` without forming it, a preconditioner, and the costs ``solver="auto"`` weighs
+        """The Jacobian of ``q = scale · (f(x) − y)`` as IEQ's Krylov solve uses it (``IEQ.step(jacobian_fn=…)``):
+        products with ``J Jᵀ`` without forming it, a preconditioner, and the costs ``solver="auto"`` weighs
         (:class:`~gf_lightning.components.jacobians.TwoLayerJacobian`, a
         :class:`~gf_lightning.optim.jacobian.JacobianOperator`). ``J`` is in the parameters that require grad, as in
         :meth:`jacobian_gram`; nothing is computed until the solve asks."""
@@ -114,13 +114,11 @@ class MLP(nn.Module):
     physics-informed network of Ma, Mao & Shen (2024) Example 5 is ``MLP(d=2, k=1, width=32, depth=5)`` with tanh.
 
     Args:
-        d: input dimension.
-        k: output dimension.
-        width: units per hidden layer.
-        depth: hidden layers (≥ 1).
-        activation: ``"tanh"`` (default), ``"relu"``, ``"sigmoid"``, ``"softplus"`` or ``"sin"``; smooth ones for a PINN,
+        d: input dimension. k: output dimension. width: units per hidden layer. depth: hidden layers (≥ 1). activation:
+        ``"tanh"`` (default), ``"relu"``, ``"sigmoid"``, ``"softplus"`` or ``"sin"``; smooth ones for a PINN,
             whose loss holds second derivatives in the inputs (ReLU's vanish).
-        init: ``"xavier"`` (default): Glorot-normal weights, zero biases (Raissi et al.'s PINNs); ``"torch"``: ``nn.Linear``'s
+        init: ``"xavier"`` (default): Glorot-normal weights, zero biases (Raissi et al.'s PINNs); ``"torch"``:
+        ``nn.Linear``'s
             own uniform rule.
     """
 
@@ -156,4 +154,5 @@ class MLP(nn.Module):
         return self.layers[-1](x)
 
     def extra_repr(self) -> str:
-        return f"d={self.d}, k={self.k}, width={self.width}, depth={self.depth}, activation={self.activation!r}, init={self.init!r}"
+        return (f"d={self.d}, k={self.k}, width={self.width}, depth={self.depth}, activation={self.activation!r}, "
+                f"init={self.init!r}")

@@ -6,7 +6,8 @@ An objective turns a network's predictions into
   ``r = √(L + C)`` is built from);
 - ``residual(pred, y)``: IEQ's ``q``, flat, with the same autograd graph, scaled so that ``‖q‖² / q.numel()`` equals the
   loss (for cross-entropy, the seed's one-hot squared error stands in: cross-entropy is no sum of squares);
-- ``residual_scale(y)``: the ``s`` of ``q = s · (pred − target)``, so that the Gram matrix of ``q``'s Jacobian is ``s²`` times
+- ``residual_scale(y)``: the ``s`` of ``q = s · (pred − target)``, so that the Gram matrix of ``q``'s Jacobian is ``s²``
+  times
   the network's own (:meth:`TwoLayerNet.jacobian_gram <gf_lightning.components.TwoLayerNet.jacobian_gram>`).
 
 ``predict(net, x)`` is the network's output the objective compares (``net(x)``; a physics-informed objective applies its
@@ -33,7 +34,8 @@ from ..problems.problem import Problem
 
 @dataclass
 class Ratio:
-    """An objective over a set of batches that is a ratio of sums over them (``Σ numerator / Σ denominator``), not a mean
+    """An objective over a set of batches that is a ratio of sums over them (``Σ numerator / Σ denominator``), not a
+    mean
     of the batches' values."""
 
     numerator: Tensor
@@ -105,7 +107,8 @@ class Objective:
         return PerSampleRows(net, x, scale)
 
     def shard_loss(self, pred: Tensor, y: Tensor, total: int) -> Tensor:
-        """This rank's term of the global batch's loss (``total`` samples over all ranks): ``W / total · Σ`` its samples'
+        """This rank's term of the global batch's loss (``total`` samples over all ranks): ``W / total · Σ`` its
+        samples'
         terms, or the plain mean when every rank holds ``total / W`` samples (one process: always)."""
         world = world_size()
         if len(y) * world == total:
@@ -128,12 +131,13 @@ class MeanSquaredError(Objective):
 
 
 class RelativeError(Objective):
-    """``Σ (f − y)² / Σ y²`` over the batch: the objective of Ma, Mao & Shen (2024), which a network predicting zero scores
-    1 whatever the targets' scale. Its residual is ``q = (f − y) · √(N / Σ y²)`` (``N`` the batch's entries), so that
-    ``‖q‖² / N`` is the loss.
+    """``Σ (f − y)² / Σ y²`` over the batch: the objective of Ma, Mao & Shen (2024), which a network predicting zero
+    scores 1 whatever the targets' scale. Its residual is ``q = (f − y) · √(N / Σ y²)`` (``N`` the batch's entries), so
+    that ``‖q‖² / N`` is the loss.
 
-    It is not a mean of per-sample terms: under DDP, training normalises by the global batch's ``Σ y²`` (one all-reduce a
-    step, in :meth:`shard_loss` and :meth:`residual_scale`); :meth:`loss` is the batch at hand's, with no communication.
+    It is not a mean of per-sample terms: under DDP, training normalises by the global batch's ``Σ y²`` (one all-reduce
+    a step, in :meth:`shard_loss` and :meth:`residual_scale`); :meth:`loss` is the batch at hand's, with no
+    communication.
     """
 
     per_sample = False

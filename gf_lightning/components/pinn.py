@@ -1,7 +1,8 @@
 """The physics-informed objective of Ma, Mao & Shen (2024), Example 5: the viscous Burgers equation.
 
-A network ``u(x, t)`` is trained on the collocation points of :class:`~gf_lightning.data.BurgersCollocation`, whose ``y``
-carries each row's target and kind (interior, initial, boundary, or solution for the held-out grid). The objective is
+A network ``u(x, t)`` is trained on the collocation points of :class:`~gf_lightning.data.BurgersCollocation`, whose
+``y`` carries each row's target and kind (interior, initial, boundary, or solution for the held-out grid). The objective
+is
 
 .. math::
     L = \\frac{1}{n_f}\\sum_{\\rm interior} (u_t + u u_x - \\nu u_{xx})^2
@@ -9,15 +10,15 @@ carries each row's target and kind (interior, initial, boundary, or solution for
       + \\frac{1}{n_b}\\sum_{\\rm boundary} u^2\\ \\Big[ + \\frac{1}{n_s}\\sum_{\\rm solution} (u - u^*)^2 \\Big],
 
 the sum of the mean squared error of each kind of row present in the batch, each with weight 1 (the per-kind means keep
-the 320 initial and boundary points from being drowned by the 12 000 interior ones, as in Raissi, Perdikaris & Karniadakis
-2019, which sum the boundary and the PDE means). The held-out grid holds solution rows only, so ``val/loss`` is the mean
-squared error against the exact solution and ``val/rel_l2`` the relative L² error ``‖u − u*‖ / ‖u*‖``.
+the 320 initial and boundary points from being drowned by the 12 000 interior ones, as in Raissi, Perdikaris &
+Karniadakis 2019, which sum the boundary and the PDE means). The held-out grid holds solution rows only, so ``val/loss``
+is the mean squared error against the exact solution and ``val/rel_l2`` the relative L² error ``‖u − u*‖ / ‖u*‖``.
 
 IEQ: the residual is the vector of those errors, each scaled by ``√(N / n_kind)`` (``N`` the batch's rows), so that
 ``‖q‖² / N`` is the loss. Its Jacobian needs the PDE residual's derivatives in the weights: for an :class:`MLP`,
 :meth:`BurgersPINN.jacobian` gives its dense rows (:class:`BurgersRows`: ``u, u_x, u_t, u_xx`` propagated forward
-through the layers, then ``torch.func``), which IEQ's exact solves read; for another network IEQ takes them from the residual's
-graph (slow), or conjugate gradients with Jacobian-vector products above ``max_dense``.
+through the layers, then ``torch.func``), which IEQ's exact solves read; for another network IEQ takes them from the
+residual's graph (slow), or conjugate gradients with Jacobian-vector products above ``max_dense``.
 """
 
 from __future__ import annotations
@@ -50,17 +51,19 @@ class BurgersRows:
     """Dense rows of the Jacobian of :meth:`BurgersPINN.residual` for an :class:`MLP`, in its parameters' order.
 
     The four channels ``(u, u_x, u_t, u_xx)`` of every point are propagated forward through the layers in one batched
-    pass (Taylor mode: ``h' = W a'``, ``a' = σ'(h) h'``, ``a'' = σ''(h) h'² + σ'(h) h''``), then one batched reverse pass
-    from each row's cotangent (``(u_x, u, 1, −ν)`` at an interior row, ``(1, 0, 0, 0)`` elsewhere) gives every row's
-    gradient at once: a layer's block of ``J`` is ``Σ_c h̄_c ⊗ a_c``, one batched product with four terms per point.
-    ``method="vmap"`` is the same forward pass for one point under ``torch.func.vmap`` of ``torch.func.grad``.
+    pass (Taylor mode: ``h' = W a'``, ``a' = σ'(h) h'``, ``a'' = σ''(h) h'² + σ'(h) h''``), then one batched reverse
+    pass from each row's cotangent (``(u_x, u, 1, −ν)`` at an interior row, ``(1, 0, 0, 0)`` elsewhere) gives every
+    row's gradient at once: a layer's block of ``J`` is ``Σ_c h̄_c ⊗ a_c``, one batched product with four terms per
+    point. ``method="vmap"`` is the same forward pass for one point under ``torch.func.vmap`` of ``torch.func.grad``.
     Measured on one CPU thread, float64, the 12 320 × 4 353 ``J`` of ``configs/paper/burgers.yaml``: see
     ``scripts/bench_ieq_pinn.py`` (``vmap`` 2.6 s; nested ``torch.func``, ``jacfwd(jacrev)`` for ``u_xx``, 19 s; batched
     backward passes through the residual's double-backward graph 560 s)."""
 
     methods = ("taylor", "vmap")
 
-    def __init__(self, net: MLP, x: Tensor, y: Tensor, scale: float | Tensor, nu: float, method: str = "taylor") -> None:
+    def __init__(
+        self, net: MLP, x: Tensor, y: Tensor, scale: float | Tensor, nu: float, method: str = "taylor"
+    ) -> None:
         self.net, self.x, self.y, self.scale, self.nu, self.method = net, x, y, scale, nu, method
         self.params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
         self.rows = len(x)
@@ -141,13 +144,14 @@ class BurgersRows:
 
 
 class BurgersPINN(Objective):
-    """``u_t + u u_x = ν u_xx`` at the interior rows, ``u = target`` at the others; the per-kind mean squared errors summed.
+    """``u_t + u u_x = ν u_xx`` at the interior rows, ``u = target`` at the others; the per-kind mean squared errors
+    summed.
 
-    ``predict(net, x)`` returns ``(N, 2)``: column 0 the network's ``u(x, t)``, column 1 the PDE residual
-    ``u_t + u u_x − ν u_xx`` from automatic differentiation in the inputs (``create_graph``, so that the loss can be
-    differentiated in the weights). It computes the residual at every row — it does not see the rows' kinds, which travel
-    in ``y`` — and does so in evaluation too (validation runs under ``torch.inference_mode``, which it leaves for the
-    derivatives). The network must treat rows independently (no batch norm): ``∂u/∂x`` comes from ``∂(Σ u)/∂x``.
+    ``predict(net, x)`` returns ``(N, 2)``: column 0 the network's ``u(x, t)``, column 1 the PDE residual ``u_t + u u_x
+    − ν u_xx`` from automatic differentiation in the inputs (``create_graph``, so that the loss can be differentiated in
+    the weights). It computes the residual at every row — it does not see the rows' kinds, which travel in ``y`` — and
+    does so in evaluation too (validation runs under ``torch.inference_mode``, which it leaves for the derivatives). The
+    network must treat rows independently (no batch norm): ``∂u/∂x`` comes from ``∂(Σ u)/∂x``.
 
     Args:
         nu: the viscosity; the data module's ``nu`` must be the same (both default to the paper's ``0.01/π``).
@@ -161,14 +165,17 @@ class BurgersPINN(Objective):
             raise GFConfigError(f"model.objective.init_args.nu must be a finite number > 0; got {nu!r}")
         self.nu = float(nu)
 
-    # -- the prediction: u and the PDE residual --------------------------------------------------------------------------
+    # -- the prediction: u and the PDE residual
+    # --------------------------------------------------------------------------
     def predict(self, net: nn.Module, x: Tensor) -> Tensor:
         grad_mode = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad():
             xt = x.detach().clone().requires_grad_(True)  # (a clone: an inference tensor cannot join a graph)
             u = net(xt)
             if u.dim() != 2 or u.shape[1] != 1:
-                raise GFConfigError(f"{type(self).__name__} needs a network with one output u(x, t); got shape {tuple(u.shape)}")
+                raise GFConfigError(
+                    f"{type(self).__name__} needs a network with one output u(x, t); got shape {tuple(u.shape)}"
+                )
             (du,) = torch.autograd.grad(u.sum(), xt, create_graph=True)
             u_x, u_t = du[:, :1], du[:, 1:2]
             (d2u,) = torch.autograd.grad(u_x.sum(), xt, create_graph=grad_mode)
@@ -177,8 +184,9 @@ class BurgersPINN(Objective):
         return out if grad_mode else out.detach()
 
     def check_net(self, net: nn.Module) -> None:
-        """Refuse a network whose ``u_xx`` is exactly 0 on an 8 × 8 grid of the domain: a piecewise-linear network (ReLU,
-        leaky ReLU, hard tanh, …) has no second derivative, so the viscous term ``ν u_xx`` drops out and the network is
+        """Refuse a network whose ``u_xx`` is exactly 0 on an 8 × 8 grid of the domain: a piecewise-linear network
+        (ReLU, leaky ReLU, hard tanh, …) has no second derivative, so the viscous term ``ν u_xx`` drops out and the
+        network is
         trained on the inviscid equation. Checked numerically, so it holds for any network; draws no random numbers."""
         param = next(net.parameters(), None)
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
@@ -193,8 +201,10 @@ class BurgersPINN(Objective):
             activation = getattr(net, "activation", None)
             what = f"{type(net).__name__}" + (f" with activation {activation!r}" if isinstance(activation, str) else "")
             raise GFConfigError(
-                f"model.net ({what}) has u_xx = 0 at every one of 64 points of the domain (a piecewise-linear network): "
-                f"{type(self).__name__} would drop the viscous term nu·u_xx and train the inviscid equation; allowed: a "
+                f"model.net ({what}) has u_xx = 0 at every one of 64 points of the domain (a piecewise-linear "
+                "network): "
+                f"{type(self).__name__} would drop the viscous term nu·u_xx and train the inviscid equation; allowed: "
+                "a "
                 "network with a second derivative, such as MLP with activation tanh, sigmoid, softplus or sin"
             )
 
@@ -213,13 +223,15 @@ class BurgersPINN(Objective):
                 f"viscosity in both (the default of both is 0.01/π)"
             )
 
-    # -- the loss --------------------------------------------------------------------------------------------------------
+    # -- the loss
+    # --------------------------------------------------------------------------------------------------------
     @staticmethod
     def errors(pred: Tensor, y: Tensor) -> Tensor:
         """Each row's error, flat: the PDE residual at interior rows, ``u − target`` at the others."""
         if y.dim() != 2 or y.shape[1] != 2 or pred.dim() != 2 or pred.shape[1] != 2:
             raise GFConfigError(
-                f"BurgersPINN needs y of shape (N, 2), (target, kind), as gf_lightning.data.BurgersCollocation makes it, and "
+                "BurgersPINN needs y of shape (N, 2), (target, kind), as gf_lightning.data.BurgersCollocation makes "
+                "it, and "
                 f"its own predict's (u, PDE residual); got y {tuple(y.shape)}, prediction {tuple(pred.shape)}"
             )
         kind = y[:, 1]
@@ -247,14 +259,16 @@ class BurgersPINN(Objective):
         return Ratio(self.loss(pred, y).detach() * n, n)
 
     def shard_loss(self, pred: Tensor, y: Tensor, total: int) -> Tensor:
-        """Under DDP: ``W · Σ`` this rank's squared errors over the *global* kind counts (one all-reduce of four counts),
+        """Under DDP: ``W · Σ`` this rank's squared errors over the *global* kind counts (one all-reduce of four
+        counts),
         so that the ranks' mean is the global batch's loss."""
         world = world_size()
         if world == 1:
             return self.loss(pred, y)
         return (self.errors(pred, y).square() * self._weights(y, True)).sum() * world
 
-    # -- IEQ ---------------------------------------------------------------------------------------------------------------
+    # -- IEQ
+    # ---------------------------------------------------------------------------------------------------------------
     def residual_scale(self, y: Tensor) -> Tensor:
         """``√(N / n_kind)`` per row, ``N`` and ``n_kind`` of the global batch: ``‖q‖² / N`` is then the loss."""
         counts = self._counts(y, True)
@@ -271,7 +285,8 @@ class BurgersPINN(Objective):
             return None
         return BurgersRows(net, x, y, scale, self.nu)
 
-    # -- evaluation: the predicted solution against the exact one ------------------------------------------------------------
+    # -- evaluation: the predicted solution against the exact one
+    # ------------------------------------------------------------
     @staticmethod
     def solution(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, u*)`` at the rows of kind SOLUTION: what ``val/rel_l2 = ‖u − u*‖ / ‖u*‖`` compares."""

@@ -6,22 +6,22 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from .batching import TensorBatches
 from ..errors import GFConfigError
 from ..problems.problem import Problem
+from .batching import TensorBatches
 
 
 class TensorDataModule(L.LightningDataModule):
     """A data module over four in-memory tensors: ``x_train, y_train, x_test, y_test``.
 
-    Subclasses fill them in :meth:`build`. Validation and test both use the held-out split (the seed has no third split).
-    The tensors move to the run's device once, so that a step costs no host-to-device copy.
+    Subclasses fill them in :meth:`build`. Validation and test both use the held-out split (the seed has no third
+    split). The tensors move to the run's device once, so that a step costs no host-to-device copy.
 
     Args:
         batch_size: the global training batch size; ``None``: the whole training set (full-batch gradient descent).
-        eval_batch_size: the batch size for validation and test (the whole held-out set by default).
-        seed: seeds the data draw and the batch order; ``None`` takes the run's ``seed_everything`` seed.
-        steps_per_call: training mini-batches handed to each ``training_step`` call (one optimizer step each, in the same
+        eval_batch_size: the batch size for validation and test (the whole held-out set by default). seed: seeds the
+        data draw and the batch order; ``None`` takes the run's ``seed_everything`` seed. steps_per_call: training
+        mini-batches handed to each ``training_step`` call (one optimizer step each, in the same
             order as with 1). Lightning's per-call cost — hooks, progress bar, batch transfer — is then paid once per
             ``steps_per_call`` steps; ``trainer.max_steps`` counts optimizer steps, while the progress bar,
             ``limit_train_batches`` and an integer ``val_check_interval`` count calls. The experiment configs use 32.
@@ -30,10 +30,18 @@ class TensorDataModule(L.LightningDataModule):
     task = "regression"
 
     def __init__(
-        self, batch_size: int = 256, eval_batch_size: int | None = None, seed: int | None = None, steps_per_call: int = 1
+        self,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        seed: int | None = None,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("steps_per_call", steps_per_call)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("steps_per_call", steps_per_call),
+        ):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise GFConfigError(f"data.{name} must be a positive integer; got {value!r}")
         self.batch_size = batch_size
@@ -43,7 +51,8 @@ class TensorDataModule(L.LightningDataModule):
         self._tensors: dict[str, Tensor] | None = None
         self._device: torch.device | None = None
 
-    # -- what a subclass provides ----------------------------------------------------------------------------------------
+    # -- what a subclass provides
+    # ----------------------------------------------------------------------------------------
     @property
     def dims(self) -> tuple[int, int]:
         """``(d, k)``: input dimension and number of outputs (classes for classification)."""
@@ -53,7 +62,8 @@ class TensorDataModule(L.LightningDataModule):
         """Return ``x_train, y_train, x_test, y_test``."""
         raise NotImplementedError
 
-    # -- Lightning hooks -------------------------------------------------------------------------------------------------
+    # -- Lightning hooks
+    # -------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self._tensors is None:
             tensors = self.build()
@@ -99,8 +109,11 @@ class TensorDataModule(L.LightningDataModule):
             limit = torch.finfo(t.dtype).max ** 0.5
             bad = ~torch.isfinite(t)
             if bad.any() or t.abs().max() > limit:
-                what = (f"{int(bad.sum())} of {t.numel()} values NaN or Inf" if bad.any()
-                        else f"values up to {t.abs().max().item():.3g}, whose squares overflow {t.dtype} above {limit:.3g}")
+                what = (
+                    f"{int(bad.sum())} of {t.numel()} values NaN or Inf"
+                    if bad.any()
+                    else f"values up to {t.abs().max().item():.3g}, whose squares overflow {t.dtype} above {limit:.3g}"
+                )
                 settings = ", ".join(f"data.{name} = {getattr(self, name)!r}" for name in self.scale_settings)
                 raise GFConfigError(
                     f"data ({type(self).__name__}) made {key} with {what}; "
@@ -137,8 +150,11 @@ class TensorDataModule(L.LightningDataModule):
         n_test = len(self.tensors["x_test"])
         world = self.trainer.world_size if self.trainer is not None else 1
         if n_test < world:  # a rank without a sample would never join the metrics' synchronisation
-            raise GFConfigError(f"the held-out split has {n_test} samples, fewer than the {world} processes; each needs one")
-        # at least one sample a rank in every batch but the last (the metrics are sums: the batch size changes nothing else)
+            raise GFConfigError(
+                f"the held-out split has {n_test} samples, fewer than the {world} processes; each needs one"
+            )
+        # at least one sample a rank in every batch but the last (the metrics are sums: the batch size changes nothing
+        # else)
         return self._loader("test", max(world, self.eval_batch_size or n_test), shuffle=False)
 
     def val_dataloader(self) -> TensorBatches:

@@ -1,14 +1,15 @@
 """Batches taken from in-memory tensors by index, a whole batch at once.
 
 The data sets here are small tensors, and ``DataLoader``'s per-sample collation costs more than the model's step. A
-:class:`TensorBatches` yields one :class:`Batch` — ``x[idx], y[idx]`` and the size of the global batch — per index tensor.
+:class:`TensorBatches` yields one :class:`Batch` — ``x[idx], y[idx]`` and the size of the global batch — per index
+tensor.
 
-Under a distributed run the epoch's permutation is cut into global batches of ``batch_size`` first, and each global batch
-is shared among the ranks, rank ``r`` taking its samples ``r, r + W, …``. Every full batch is then split exactly as
-``torch.utils.data.DistributedSampler`` splits it, and nothing is padded: an epoch's last, shorter batch gives some ranks
-one sample more than others, or none, and every rank takes the same number of steps. Each sample counts once, whatever the
-number of processes; the ``LightningModule`` weights each rank's loss by its share (``Batch.total``), so that DDP's
-average of the ranks' gradients is the gradient of the global batch's mean loss.
+Under a distributed run the epoch's permutation is cut into global batches of ``batch_size`` first, and each global
+batch is shared among the ranks, rank ``r`` taking its samples ``r, r + W, …``. Every full batch is then split exactly
+as ``torch.utils.data.DistributedSampler`` splits it, and nothing is padded: an epoch's last, shorter batch gives some
+ranks one sample more than others, or none, and every rank takes the same number of steps. Each sample counts once,
+whatever the number of processes; the ``LightningModule`` weights each rank's loss by its share (``Batch.total``), so
+that DDP's average of the ranks' gradients is the gradient of the global batch's mean loss.
 """
 
 from __future__ import annotations
@@ -54,12 +55,10 @@ class TensorBatches:
     """An iterable of :class:`Batch` es over tensors already in memory.
 
     Args:
-        x, y: the data, first dimension the sample.
-        batch_size: the global batch size (over all ranks).
-        shuffle: a new permutation every epoch, a function of ``(seed, epoch)`` only, so a resumed run sees the same order.
-        seed: the shuffling seed.
-        drop_last: drop a last, smaller batch.
-        rank, world_size: this process's place in a distributed run: rank ``r`` takes samples ``r, r + W, …`` of every
+        x, y: the data, first dimension the sample. batch_size: the global batch size (over all ranks). shuffle: a new
+        permutation every epoch, a function of ``(seed, epoch)`` only, so a resumed run sees the same order. seed: the
+        shuffling seed. drop_last: drop a last, smaller batch. rank, world_size: this process's place in a distributed
+        run: rank ``r`` takes samples ``r, r + W, …`` of every
             global batch.
         steps_per_call: yield lists of this many consecutive mini-batches (the last list may be shorter); the order of
             the mini-batches is the same whatever this is.
@@ -88,7 +87,8 @@ class TensorBatches:
 
     # -- resuming inside an epoch --------------------------------------------------------------------------------------
     def resume_at(self, epoch: int, calls_done: int) -> None:
-        """Let the next iteration, if it is over ``epoch``, start after its first ``calls_done`` calls: a run resumed from
+        """Let the next iteration, if it is over ``epoch``, start after its first ``calls_done`` calls: a run resumed
+        from
         a checkpoint taken inside an epoch trains the rest of that epoch's batches, not its first ones again."""
         self._resume = (epoch, calls_done)
 

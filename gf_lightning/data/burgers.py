@@ -16,13 +16,26 @@ import torch
 from torch import Tensor
 
 from ..errors import GFConfigError
-from ..problems.burgers import (BOUNDARY, BURGERS, INITIAL, INTERIOR, MIN_NU, NU, SOLUTION, T_MAX, X_MAX, X_MIN,
-                                burgers_exact)
+from ..problems.burgers import (
+    BOUNDARY,
+    BURGERS,
+    INITIAL,
+    INTERIOR,
+    MIN_NU,
+    NU,
+    SOLUTION,
+    T_MAX,
+    X_MAX,
+    X_MIN,
+    burgers_exact,
+)
 from .base import TensorDataModule
+
 
 class BurgersCollocation(TensorDataModule):
     """The collocation points of a physics-informed network for the Burgers problem, and a held-out grid with the exact
-    solution. Nothing is downloaded; everything is a function of the settings (and ``seed``, when ``sampling="random"``).
+    solution. Nothing is downloaded; everything is a function of the settings (and ``seed``, when
+    ``sampling="random"``).
 
     Training rows (``x_train``: ``(x, t)``; ``y_train``: ``(target, kind)``, see the module's docstring):
 
@@ -33,8 +46,8 @@ class BurgersCollocation(TensorDataModule):
     - boundary: ``n_boundary`` points on each of ``x = −1`` and ``x = 1``, ``t = j/n_boundary``, target 0.
 
     Held-out rows (``x_test``, ``y_test``): the grid of ``eval_nx`` × ``eval_nt`` points ``x ∈ [−1, 1]``, ``t ∈ [0, 1]``
-    (both ends included), kind SOLUTION, target the exact ``u*`` (:func:`burgers_exact`). The objective's validation then
-    reports the relative L² error ``‖u − u*‖ / ‖u*‖`` on it (``val/rel_l2``).
+    (both ends included), kind SOLUTION, target the exact ``u*`` (:func:`burgers_exact`). The objective's validation
+    then reports the relative L² error ``‖u − u*‖ / ‖u*‖`` on it (``val/rel_l2``).
 
     Args:
         n_x, n_t: interior points along x and t (200, 60).
@@ -67,16 +80,25 @@ class BurgersCollocation(TensorDataModule):
         seed: int | None = None,
         steps_per_call: int = 1,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call)
-        for name, value, low in (("n_x", n_x, 1), ("n_t", n_t, 1), ("n_initial", n_initial, 1), ("n_boundary", n_boundary, 1),
-                                 ("eval_nx", eval_nx, 2), ("eval_nt", eval_nt, 1)):
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call
+        )
+        for name, value, low in (
+            ("n_x", n_x, 1),
+            ("n_t", n_t, 1),
+            ("n_initial", n_initial, 1),
+            ("n_boundary", n_boundary, 1),
+            ("eval_nx", eval_nx, 2),
+            ("eval_nt", eval_nt, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise GFConfigError(f"data.{name} must be an integer >= {low}; got {value!r}")
         if sampling not in self.samplings:
             raise GFConfigError(f"data.sampling must be one of {', '.join(self.samplings)}; got {sampling!r}")
         if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not (math.isfinite(nu) and nu >= MIN_NU):
             raise GFConfigError(
-                f"data.nu must be a finite number >= {MIN_NU:.4g} (0.002/π: below it the exact solution's quadrature is not "
+                f"data.nu must be a finite number >= {MIN_NU:.4g} (0.002/π: below it the exact solution's quadrature "
+                "is not "
                 f"accurate); got {nu!r}"
             )
         self.n_x, self.n_t, self.n_initial, self.n_boundary = n_x, n_t, n_initial, n_boundary
@@ -105,7 +127,13 @@ class BurgersCollocation(TensorDataModule):
         xs = torch.cat([xi, x0, torch.full_like(tb, X_MIN), torch.full_like(tb, X_MAX)])
         ts = torch.cat([ti, torch.zeros_like(x0), tb, tb])
         target = torch.cat([torch.zeros_like(xi), -torch.sin(math.pi * x0), torch.zeros(2 * len(tb), dtype=f64)])
-        kind = torch.cat([torch.full_like(xi, INTERIOR), torch.full_like(x0, INITIAL), torch.full((2 * len(tb),), BOUNDARY, dtype=f64)])
+        kind = torch.cat(
+            [
+                torch.full_like(xi, INTERIOR),
+                torch.full_like(x0, INITIAL),
+                torch.full((2 * len(tb),), BOUNDARY, dtype=f64),
+            ]
+        )
         return torch.stack([xs, ts], dim=1), torch.stack([target, kind], dim=1)
 
     def solution_grid(self) -> tuple[Tensor, Tensor]:
@@ -120,4 +148,9 @@ class BurgersCollocation(TensorDataModule):
     def build(self) -> dict[str, Tensor]:
         x_train, y_train = self.collocation()
         x_test, y_test = self.solution_grid()
-        return {"x_train": x_train.float(), "y_train": y_train.float(), "x_test": x_test.float(), "y_test": y_test.float()}
+        return {
+            "x_train": x_train.float(),
+            "y_train": y_train.float(),
+            "x_test": x_test.float(),
+            "y_test": y_test.float(),
+        }

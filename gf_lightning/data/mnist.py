@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .base import TensorDataModule
 from ..errors import GFConfigError
+from .base import TensorDataModule
 
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 #: the IDX magic numbers (0x00000803: unsigned bytes, three dimensions; 0x00000801: one) and header lengths
@@ -26,7 +26,8 @@ def _idx_count(path: Path, images: bool) -> int:
         head = f.read(header)
         if len(head) < header:
             raise GFConfigError(
-                f"MNIST file {path} is {'empty' if size == 0 else f'truncated ({size} bytes)'}: an IDX {kind} file starts "
+                f"MNIST file {path} is {'empty' if size == 0 else f'truncated ({size} bytes)'}: an IDX {kind} file "
+                "starts "
                 f"with a {header}-byte header; {FIX_HINT}"
             )
         magic, count = int.from_bytes(head[:4], "big"), int.from_bytes(head[4:8], "big")
@@ -39,7 +40,9 @@ def _idx_count(path: Path, images: bool) -> int:
         if images:
             rows, cols = int.from_bytes(head[8:12], "big"), int.from_bytes(head[12:16], "big")
             if (rows, cols) != (28, 28):
-                raise GFConfigError(f"MNIST file {path} holds images of {rows} x {cols} pixels; allowed: 28 x 28; {FIX_HINT}")
+                raise GFConfigError(
+                    f"MNIST file {path} holds images of {rows} x {cols} pixels; allowed: 28 x 28; {FIX_HINT}"
+                )
             item = 28 * 28
         want = header + count * item
         if size != want:
@@ -77,7 +80,9 @@ class MNISTDataModule(TensorDataModule):
         seed: int | None = None,
         steps_per_call: int = 1,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call)
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call
+        )
         for name, value in (("n_train", n_train), ("n_test", n_test)):
             if not isinstance(value, int) or value <= 0:
                 raise GFConfigError(f"data.{name} must be a positive integer; got {value!r}")
@@ -93,8 +98,10 @@ class MNISTDataModule(TensorDataModule):
         missing = [f for f in RAW_FILES if not (raw / f).is_file()]
         if missing and not self.download:
             raise FileNotFoundError(
-                f"MNIST files missing with data.download=false: the folder {raw} must hold the four uncompressed IDX files "
-                f"{', '.join(RAW_FILES)} (missing: {', '.join(missing)}). Point data.data_dir at the folder that contains "
+                f"MNIST files missing with data.download=false: the folder {raw} must hold the four uncompressed IDX "
+                "files "
+                f"{', '.join(RAW_FILES)} (missing: {', '.join(missing)}). Point data.data_dir at the folder that "
+                "contains "
                 "MNIST/raw/, or set data.download=true where the internet can be reached."
             )
         if not missing:
@@ -109,7 +116,8 @@ class MNISTDataModule(TensorDataModule):
             n_images, n_labels = _idx_count(images, images=True), _idx_count(labels, images=False)
             if n_images != n_labels:
                 raise GFConfigError(
-                    f"MNIST file {labels} holds {n_labels} labels but {images.name} holds {n_images} images; each image "
+                    f"MNIST file {labels} holds {n_labels} labels but {images.name} holds {n_images} images; each "
+                    "image "
                     f"needs its own label (files of another split under this name?); {FIX_HINT}"
                 )
 

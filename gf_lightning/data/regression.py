@@ -5,21 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import TensorDataModule
 from ..errors import GFConfigError
+from .base import TensorDataModule
 
 
 class SyntheticRegression(TensorDataModule):
     """``n_samples`` inputs ``x ∈ R^d`` and targets ``y = target(x)``, split ``train_fraction`` / rest, in float32.
 
-    Everything — the target's random coefficients, the inputs, the split — comes from one ``torch.Generator`` seeded with
-    ``seed``: one seed gives bit-identical tensors, on any machine that runs the same torch.
+    Everything — the target's random coefficients, the inputs, the split — comes from one ``torch.Generator`` seeded
+    with ``seed``: one seed gives bit-identical tensors, on any machine that runs the same torch.
 
     Args:
-        d: input dimension.
-        n_samples: samples in all (train + test).
-        train_fraction: the share that trains (the seed: 0.8).
-        standardize: z-score the inputs with the training split's per-feature mean and standard deviation (Ma, Mao & Shen
+        d: input dimension. n_samples: samples in all (train + test). train_fraction: the share that trains (the seed:
+        0.8). standardize: z-score the inputs with the training split's per-feature mean and standard deviation (Ma, Mao
+        & Shen
             2024; the targets are computed from the raw inputs first). The seed does not.
         batch_size, eval_batch_size, seed, steps_per_call: see :class:`TensorDataModule`.
     """
@@ -35,7 +34,9 @@ class SyntheticRegression(TensorDataModule):
         steps_per_call: int = 1,
         standardize: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call)
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, steps_per_call=steps_per_call
+        )
         if not isinstance(standardize, bool):
             raise GFConfigError(f"data.standardize must be true or false; got {standardize!r}")
         self.standardize = standardize
@@ -128,7 +129,8 @@ class QuadraticRegression(SyntheticRegression):
 class GaussianRegression(SyntheticRegression):
     """Experiment 3: ``y = exp(−10 ‖x‖²)``, ``x ~ N(0, σ² I)`` with ``σ = 0.2`` (variance 0.04), 1000 samples.
 
-    With ``E‖x‖² = 40 · 0.04 = 1.6`` the targets are tiny (median ≈ 1.5e−7): report the relative error beside the MSE."""
+    With ``E‖x‖² = 40 · 0.04 = 1.6`` the targets are tiny (median ≈ 1.5e−7): report the relative error beside the
+    MSE."""
 
     def __init__(
         self,

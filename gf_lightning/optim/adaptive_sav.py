@@ -20,9 +20,10 @@ from .settings import check_betas, check_choice, check_count, check_fraction, ch
 class MomentGroup(GradientGroup):
     """A :class:`~.auxiliary.GradientGroup` whose direction is the bias-corrected first moment ``m̂ = m/(1 − β1ᵗ)``.
 
-    ``grads`` holds the new (uncorrected) first moments ``mⁿ⁺¹``, which :meth:`AdaptiveSAV.step` stores once the step has
-    succeeded; ``log_scale = −log(1 − β1ᵗ)`` turns them into ``m̂``. ``log_dt`` is ``log Δt̂_g``, ``log_c`` is
-    ``log(Δt̂_g/(1 + Δt̂_g λ_g))`` and ``log_g2`` is ``log ‖m̂_g‖²``: the fields mean what they mean for SAV with ``m̂`` for
+    ``grads`` holds the new (uncorrected) first moments ``mⁿ⁺¹``, which :meth:`AdaptiveSAV.step` stores once the step
+    has succeeded; ``log_scale = −log(1 − β1ᵗ)`` turns them into ``m̂``. ``log_dt`` is ``log Δt̂_g``, ``log_c`` is
+    ``log(Δt̂_g/(1 + Δt̂_g λ_g))`` and ``log_g2`` is ``log ‖m̂_g‖²``: the fields mean what they mean for SAV with ``m̂``
+    for
     ``g`` and ``Δt̂`` for ``Δt``."""
 
     log_scale: float = 0.0
@@ -48,19 +49,19 @@ class AdaptiveSAV(SAV):
             vanilla / relax:  wⁿ⁺¹ = wⁿ − Δt̂ (rⁿ⁺¹ / √(L(wⁿ) + C)) ĝ              (Alg. 2)
             relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) √(L(wⁿ⁺¹) + C),  D = ‖wⁿ⁺¹ − wⁿ‖² / Δt̂   (Alg. 4; η = 0.99)
 
-    The ``r`` recursion has SAV's form with ``Δt̂ Ŝ ≥ 0``, so ``r`` never rises within a step, whatever ``m̂`` is; and SAV's
-    theorem holds with ``m̂`` for ``g`` (its proof never uses that ``g`` is the gradient): for ``vanilla`` (and ``restart``
-    from the restarted ``r``) ``(rⁿ)² − (rⁿ⁺¹)² = (1/Δt̂ + λ)‖Δw‖² + (rⁿ⁺¹ − rⁿ)²``; for ``relax``
-    ``(rⁿ⁺¹)² ≤ (rⁿ)² − (1 − η) D``. The modified energy ``r²`` never rises for ``vanilla`` and ``relax``; ``restart``
-    resets it each step (rises are counted in ``energy/restart_rises``). What the scheme does not promise: ``m̂`` is not
-    the gradient, so the loss itself may rise for a step (as under Adam) while ``r²`` falls.
+    The ``r`` recursion has SAV's form with ``Δt̂ Ŝ ≥ 0``, so ``r`` never rises within a step, whatever ``m̂`` is; and
+    SAV's theorem holds with ``m̂`` for ``g`` (its proof never uses that ``g`` is the gradient): for ``vanilla`` (and
+    ``restart`` from the restarted ``r``) ``(rⁿ)² − (rⁿ⁺¹)² = (1/Δt̂ + λ)‖Δw‖² + (rⁿ⁺¹ − rⁿ)²``; for ``relax`` ``(rⁿ⁺¹)²
+    ≤ (rⁿ)² − (1 − η) D``. The modified energy ``r²`` never rises for ``vanilla`` and ``relax``; ``restart`` resets it
+    each step (rises are counted in ``energy/restart_rises``). What the scheme does not promise: ``m̂`` is not the
+    gradient, so the loss itself may rise for a step (as under Adam) while ``r²`` falls.
 
     Choices the paper leaves open, decided here:
 
     - ``variant="relax"`` is the default (A-RelSAV, the method of the paper's Fig. 10): its ``r²`` never rises, and the
       relaxation pulls ``r`` back toward ``√(L + C)`` each step. ``"vanilla"`` (the paper's A-SAV proper) carries ``r``
-      with no way back up (SPEC §2's failure of vanilla SAV): on exp1 at ``lr = 1``, 20 epochs, ``r² − C`` ended at −13.7
-      for vanilla and −3.8 for relax, at a loss of about 0.5. (Relax gives back at most ``η D`` a step, so the
+      with no way back up (SPEC §2's failure of vanilla SAV): on exp1 at ``lr = 1``, 20 epochs, ``r² − C`` ended at
+      −13.7 for vanilla and −3.8 for relax, at a loss of about 0.5. (Relax gives back at most ``η D`` a step, so the
       ``λ‖Δw‖²`` part of each decrease stays lost and ``r² − C`` still drifts below the loss.) ``relax`` costs a second
       closure call per step; ``"vanilla"`` and ``"restart"`` cost one.
     - Per-group step sizes: ``v̂`` is one scalar over every group's gradient (the spec's ``‖N‖²``), and each group takes
@@ -70,17 +71,19 @@ class AdaptiveSAV(SAV):
     - ``optim/effective_lr`` is the step that multiplies ``m̂`` in ``wⁿ⁺¹ = wⁿ − (effective_lr) m̂`` for the first
       group: ``φ Δt̂ / (1 + Δt̂ λ)`` with ``φ = rⁿ⁺¹/rⁿ`` (restart) or ``rⁿ⁺¹/√(L + C)`` (vanilla, relax) — SAV's
       ``φ Δt/(1 + Δt λ)`` with its ``Δt`` replaced by ``Δt̂`` and ``g`` by ``m̂``.
-    - State: ``exp_avg`` (``m``) per parameter, as Adam keeps it; the global scalars (with the first parameter) are SAV's
-      ``log_r``, ``step``, ``violations``, ``restart_rises`` and ``log_v = log v`` (kept in logarithms like ``r``: ``‖g‖²``
-      of a float64 model may pass 1e308). A step refused before it moves the weights (``L + C ≤ 0``, a closure that
-      returns no loss) leaves ``m``, ``v``, ``r`` and the counters as they were: ``m`` is formed out of place and stored,
-      with ``v``, once the step is done.
-    - Under DDP the gradient is the ranks' mean (DDP's doing) and the loss is averaged over ranks before it enters ``r``;
+    - State: ``exp_avg`` (``m``) per parameter, as Adam keeps it; the global scalars (with the first parameter) are
+      SAV's ``log_r``, ``step``, ``violations``, ``restart_rises`` and ``log_v = log v`` (kept in logarithms like ``r``:
+      ``‖g‖²`` of a float64 model may pass 1e308). A step refused before it moves the weights (``L + C ≤ 0``, a closure
+      that returns no loss) leaves ``m``, ``v``, ``r`` and the counters as they were: ``m`` is formed out of place and
+      stored, with ``v``, once the step is done.
+    - Under DDP the gradient is the ranks' mean (DDP's doing) and the loss is averaged over ranks before it enters
+      ``r``;
       every rank then computes the same ``m``, ``v`` and step.
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr`` and ``lam``; ``C``, ``variant``,
-            ``betas``, ``eps``, ``eta`` and ``particles`` are the whole optimizer's (``v`` and ``r`` are one scalar each).
+            ``betas``, ``eps``, ``eta`` and ``particles`` are the whole optimizer's (``v`` and ``r`` are one scalar
+            each).
         lr: the time step ``Δt`` (> 0) before the adaptive scaling; the paper runs 0.01 to 1.
         C: the shift with ``L + C > 0`` (> 0; the paper's Examples 1 and 3 use 100).
         lam: ``λ ≥ 0`` of ``𝓛 = λI`` (the paper's 4).
@@ -124,10 +127,12 @@ class AdaptiveSAV(SAV):
         self._pending: tuple[list[tuple[Tensor, Tensor]], float] | None = None
         super(SAV, self).__init__(params, defaults)  # AuxiliaryVariableOptimizer's, with these defaults
 
-    # -- the moments -----------------------------------------------------------------------------------------------------------
+    # -- the moments
+    # -----------------------------------------------------------------------------------------------------------
     def _evaluate(self, closure: Callable[[], Any]) -> Evaluation:
-        """Run the closure at ``wⁿ``, form ``mⁿ⁺¹`` (out of place: it is stored only when the step succeeds), and read the
-        loss, ``‖g‖`` and ``‖mⁿ⁺¹‖`` of every tensor back from the device in one transfer; then ``vⁿ⁺¹``, ``Δt̂_g`` and
+        """Run the closure at ``wⁿ``, form ``mⁿ⁺¹`` (out of place: it is stored only when the step succeeds), and read
+        the loss, ``‖g‖`` and ``‖mⁿ⁺¹‖`` of every tensor back from the device in one transfer; then ``vⁿ⁺¹``, ``Δt̂_g``
+        and
         ``‖m̂_g‖²`` on the host, in logarithms."""
         with torch.enable_grad():
             returned = closure()
@@ -142,7 +147,10 @@ class AdaptiveSAV(SAV):
                 continue
             grads = [p.grad for p in params]
             avgs = [self.state[p].get("exp_avg") for p in params]
-            avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) if a is None else a for p, a in zip(params, avgs)]
+            avgs = [
+                torch.zeros_like(p, memory_format=torch.preserve_format) if a is None else a
+                for p, a in zip(params, avgs)
+            ]
             moments = list(torch._foreach_lerp(avgs, grads, 1.0 - beta1))  # β1 m + (1 − β1) g, as Adam's lerp_
             entries.append((group, params, moments))
             g_norms += torch._foreach_norm(grads)

@@ -3,8 +3,8 @@
 Both write the loss as ``f = g² − c`` with ``g = √(f + c)`` and carry, for every coordinate ``i`` of every parameter, an
 energy ``rᵢ`` that starts at ``g(θ⁰)`` and is only ever divided by a number ``≥ 1``: it never rises, whatever the step
 size (their "unconditional energy stability"). The two methods share everything but the move, so they share this file:
-:class:`AdaptiveEnergyOptimizer` holds the closure, the loss, the energies, the counters and ``stats``; :class:`AEGD` and
-:class:`AEGDM` say how a group moves.
+:class:`AdaptiveEnergyOptimizer` holds the closure, the loss, the energies, the counters and ``stats``; :class:`AEGD`
+and :class:`AEGDM` say how a group moves.
 
 Checked against the authors' public code (read, not copied): ``txping/AEGD`` ``aegd.py`` (commit ``0e2fc98``) and
 ``txping/AEGDM`` ``aegdm.py`` (commit ``aa4ce13``). What each class follows and where it departs is in its docstring.
@@ -31,7 +31,8 @@ def _maxima(tensors: list[Tensor]) -> list[Tensor]:
     return list(fused(tensors)) if fused is not None else [t.max() for t in tensors]
 
 
-# -- the record of a step --------------------------------------------------------------------------------------------------
+# -- the record of a step
+# --------------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class EnergyGroup:
     """One parameter group as the step left it: its step size and the energies of the parameters it moved."""
@@ -50,7 +51,8 @@ class EnergyStep:
 
 
 class AdaptiveEnergyOptimizer(EnergyOptimizer):
-    """What AEGD and AEGDM share: ``v = ∇f / (2√(f + c))``, the energies ``r ← r / (1 + 2η v²)``, the counters, ``stats``.
+    """What AEGD and AEGDM share: ``v = ∇f / (2√(f + c))``, the energies ``r ← r / (1 + 2η v²)``, the counters,
+    ``stats``.
 
     A step: run the closure (under ``torch.enable_grad()``), average its loss over ranks under DDP (DDP averages the
     gradients and nothing else: without this every rank would scale its ``v`` by its own shard's loss and the replicas
@@ -58,24 +60,25 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
     :meth:`_move` its parameters that have a gradient with ``torch._foreach_*`` ops. ``√(f + c)`` is formed once, on the
     loss's device, in the global-state dtype (float64; float32 on MPS), and enters each group in its parameters' dtype.
 
-    State: per parameter ``r`` (``self.state[p]["r"]``, the dtype and device of ``p``), created at the first step at which
-    ``p`` has a gradient as ``√(f + c)`` of that step's mini-batch — for the parameters present from the start, ``r⁰ =
-    √(f(θ⁰) + c)``, as the authors do. Global (``global_state``, float64 0-dim on the parameters' device): ``step``;
-    ``violations``, the steps in which some coordinate's divisor ``1 + 2η v²`` fell below 1, the only way an ``r`` can
-    rise. It cannot for ``η ≥ 0`` (in floating point either: ``1 + x ≥ 1`` for ``x ≥ 0``, and a division by a number
-    ``≥ 1`` rounds to at most the dividend), so this is a check; a scheduler that makes ``lr`` negative trips it.
+    State: per parameter ``r`` (``self.state[p]["r"]``, the dtype and device of ``p``), created at the first step at
+    which ``p`` has a gradient as ``√(f + c)`` of that step's mini-batch — for the parameters present from the start,
+    ``r⁰ = √(f(θ⁰) + c)``, as the authors do. Global (``global_state``, float64 0-dim on the parameters' device):
+    ``step``; ``violations``, the steps in which some coordinate's divisor ``1 + 2η v²`` fell below 1, the only way an
+    ``r`` can rise. It cannot for ``η ≥ 0`` (in floating point either: ``1 + x ≥ 1`` for ``x ≥ 0``, and a division by a
+    number ``≥ 1`` rounds to at most the dividend), so this is a check; a scheduler that makes ``lr`` negative trips it.
 
     ``stats`` (0-dim tensors; computed when asked, from the energies the last step left):
 
     - ``energy/true``: ``f(θⁿ)``, the loss the step started from (the mean over ranks);
-    - ``energy/modified``: ``mean_i (rᵢⁿ⁺¹)² − c`` over the coordinates the step moved. Every ``rᵢ²`` starts at ``f + c``,
+    - ``energy/modified``: ``mean_i (rᵢⁿ⁺¹)² − c`` over the coordinates the step moved. Every ``rᵢ²`` starts at ``f +
+      c``,
       so this is in the loss's units, starts just under the first loss, and never rises while the set of coordinates
       stays the same (it is one mean over them: two small sums when asked, none in the step);
     - ``energy/violations``: the count above, which stays 0;
     - ``optim/effective_lr``: ``mean_i ηᵢ rᵢⁿ⁺¹ / √(f(θⁿ) + c)``. AEGD moves ``θᵢ ← θᵢ − ηᵢ (rᵢⁿ⁺¹/√(f + c)) ∂ᵢf``, so
-      this is the mean over coordinates of the step size on the raw gradient, the number to set beside SGD's ``lr``: just
-      under ``lr`` at the first step, it falls as the energy is spent and rises as the loss falls below the ``f + c`` that
-      the energy remembers. (AEGDM applies the same factor to its momentum buffer, which sums past ``v``'s.)
+      this is the mean over coordinates of the step size on the raw gradient, the number to set beside SGD's ``lr``:
+      just under ``lr`` at the first step, it falls as the energy is spent and rises as the loss falls below the ``f +
+      c`` that the energy remembers. (AEGDM applies the same factor to its momentum buffer, which sums past ``v``'s.)
     """
 
     per_group_settings: dict[str, Callable[[str, Any], Any]] = {"lr": check_positive, "weight_decay": check_nonnegative}
@@ -88,7 +91,8 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
             defaults[key] = check(key, defaults[key])
         super().__init__(params, defaults)
 
-    # -- what a subclass defines -------------------------------------------------------------------------------------------
+    # -- what a subclass defines
+    # -------------------------------------------------------------------------------------------
     def _move(
         self, group: dict[str, Any], params: list[Tensor], v: list[Tensor], energies: list[Tensor], two_lr: float
     ) -> Tensor:
@@ -96,7 +100,8 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
         overwrite). Returns the group's smallest divisor ``1 + 2η v²`` (0-dim) for the violation check."""
         raise NotImplementedError
 
-    # -- the step ----------------------------------------------------------------------------------------------------------
+    # -- the step
+    # ----------------------------------------------------------------------------------------------------------
     def _mean_loss(self, returned: Any) -> Tensor:
         """The closure's loss as a 0-dim tensor in the global-state dtype, averaged over ranks."""
         loss = self._loss_value(returned).to(self._scalar_dtype, copy=True)
@@ -113,7 +118,8 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Take one step. ``closure`` zeroes the gradients, computes the mean mini-batch loss, back-propagates and returns
+        """Take one step. ``closure`` zeroes the gradients, computes the mean mini-batch loss, back-propagates and
+        returns
         the loss (a tensor or a number); it is required. Returns what the closure returned."""
         name = type(self).__name__
         if closure is None:
@@ -142,7 +148,9 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
             energies = []
             for p in params:
                 if p.grad.is_sparse:
-                    raise GFStepError(f"{name} does not support sparse gradients (a parameter of shape {tuple(p.shape)})")
+                    raise GFStepError(
+                        f"{name} does not support sparse gradients (a parameter of shape {tuple(p.shape)})"
+                    )
                 entry = self.state[p]
                 if "r" not in entry:  # r⁰ = √(f + c) at the first step the parameter has a gradient
                     entry["r"] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(root)
@@ -158,7 +166,8 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
         self._last = EnergyStep(loss, root, groups)
         return returned
 
-    # -- stats -------------------------------------------------------------------------------------------------------------
+    # -- stats
+    # -------------------------------------------------------------------------------------------------------------
     def _stats_of(self, record: EnergyStep) -> dict[str, Tensor]:
         sd = self._scalar_dtype
         energies = [r for g in record.groups for r in g.energies]
@@ -193,31 +202,31 @@ class AEGD(AdaptiveEnergyOptimizer):
             rⁿ⁺¹  = rⁿ / (1 + 2η v²)                        (elementwise)
             θⁿ⁺¹  = θⁿ − 2η rⁿ⁺¹ v                          (elementwise)
 
-    Energy law (per coordinate, without weight decay): ``rᵢⁿ − rᵢⁿ⁺¹ = (θᵢⁿ⁺¹ − θᵢⁿ)² / (2η rᵢⁿ⁺¹) ≥ 0``, for every ``η``.
-    Written on the raw gradient the move is ``θᵢ ← θᵢ − η (rᵢⁿ⁺¹/√(f + c)) ∂ᵢf``: gradient descent whose per-coordinate
-    step ``η rᵢ/√(f + c)`` starts near ``η``, shrinks as that coordinate's energy is spent and grows as the loss falls
-    (``optim/effective_lr`` is its mean). A step that asks too much of a coordinate spends its energy instead of
-    overshooting: as ``η → ∞`` the move tends to ``rᵢ/vᵢ`` and ``rᵢ`` to 0. The flip side is the method's known weakness:
-    an energy spent early stays spent, and that coordinate then freezes.
+    Energy law (per coordinate, without weight decay): ``rᵢⁿ − rᵢⁿ⁺¹ = (θᵢⁿ⁺¹ − θᵢⁿ)² / (2η rᵢⁿ⁺¹) ≥ 0``, for every
+    ``η``. Written on the raw gradient the move is ``θᵢ ← θᵢ − η (rᵢⁿ⁺¹/√(f + c)) ∂ᵢf``: gradient descent whose
+    per-coordinate step ``η rᵢ/√(f + c)`` starts near ``η``, shrinks as that coordinate's energy is spent and grows as
+    the loss falls (``optim/effective_lr`` is its mean). A step that asks too much of a coordinate spends its energy
+    instead of overshooting: as ``η → ∞`` the move tends to ``rᵢ/vᵢ`` and ``rᵢ`` to 0. The flip side is the method's
+    known weakness: an energy spent early stays spent, and that coordinate then freezes.
 
     Followed (``txping/AEGD``, ``aegd.py``): the update above, ``r⁰ = √(f + c)`` from the first mini-batch's loss (per
     parameter, at its first step with a gradient), the defaults ``lr = 0.1``, ``c = 1``, and both weight decays — the
     coupled one added to ``v`` *before* the energy update (so ``λθ`` spends energy too), the decoupled one (their
-    ``aegdw=True``) scaling ``θ`` by ``1 − ηλ`` before the move. Departures: ``c > 0`` and ``lr > 0`` are required
-    (they allow any ``c`` with ``f + c > 0``, and ``lr = 0``); ``c`` is the whole optimizer's (theirs is per group: here
-    ``√(f + c)`` is formed once, and the modified energy has one ``c``); ``f + c`` is checked once, before anything moves
-    (theirs group by group, after the earlier groups moved), and a non-finite loss is refused too; ``√(f + c)`` is formed
-    in float64 and rounded to the parameters' dtype (theirs in the loss's dtype: the last bit of a float32 step may
-    differ); under DDP the loss is averaged over ranks (theirs is single-process). Sparse gradients are refused, as
+    ``aegdw=True``) scaling ``θ`` by ``1 − ηλ`` before the move. Departures: ``c > 0`` and ``lr > 0`` are required (they
+    allow any ``c`` with ``f + c > 0``, and ``lr = 0``); ``c`` is the whole optimizer's (theirs is per group: here ``√(f
+    + c)`` is formed once, and the modified energy has one ``c``); ``f + c`` is checked once, before anything moves
+    (theirs group by group, after the earlier groups moved), and a non-finite loss is refused too; ``√(f + c)`` is
+    formed in float64 and rounded to the parameters' dtype (theirs in the loss's dtype: the last bit of a float32 step
+    may differ); under DDP the loss is averaged over ranks (theirs is single-process). Sparse gradients are refused, as
     theirs are.
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr``, ``weight_decay`` and
             ``decoupled_weight_decay``; ``c`` is the whole optimizer's.
-        lr: the base step ``η`` (> 0); the authors' default 0.1 (their CIFAR runs: 0.1–0.4).
-        c: the shift with ``f + c > 0`` (> 0; default 1). A step whose loss has ``f + c ≤ 0`` is refused.
-        weight_decay: ``λ ≥ 0`` (default 0).
-        decoupled_weight_decay: ``θ ← (1 − ηλ) θ`` instead of adding ``λθ`` to ``v`` (the authors' AEGDW; default false).
+        lr: the base step ``η`` (> 0); the authors' default 0.1 (their CIFAR runs: 0.1–0.4). c: the shift with ``f + c >
+        0`` (> 0; default 1). A step whose loss has ``f + c ≤ 0`` is refused. weight_decay: ``λ ≥ 0`` (default 0).
+        decoupled_weight_decay: ``θ ← (1 − ηλ) θ`` instead of adding ``λθ`` to ``v`` (the authors' AEGDW; default
+        false).
     """
 
     per_group_settings = {**AdaptiveEnergyOptimizer.per_group_settings, "decoupled_weight_decay": check_flag}
@@ -230,7 +239,9 @@ class AEGD(AdaptiveEnergyOptimizer):
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        super().__init__(params, dict(lr=lr, c=c, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay))
+        super().__init__(
+            params, dict(lr=lr, c=c, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay)
+        )
 
     def _move(
         self, group: dict[str, Any], params: list[Tensor], v: list[Tensor], energies: list[Tensor], two_lr: float
@@ -259,18 +270,19 @@ class AEGDM(AdaptiveEnergyOptimizer):
             mⁿ⁺¹  = β mⁿ + (1 − δ) v                        (β = 0: no buffer, mⁿ⁺¹ = v)
             θⁿ⁺¹  = θⁿ − 2η rⁿ⁺¹ mⁿ⁺¹
 
-    The energy update is AEGD's, so ``rᵢ`` never rises for any ``η``; the move is the energy-scaled momentum. There is no
-    bias correction, and with ``δ = 0`` (the default) ``m`` is a sum, not an average: it settles near ``v / (1 − β)``,
-    which is why the authors' step sizes are about ten times AEGD's smaller. ``δ = β`` gives the exponential average
-    ``β m + (1 − β) v``.
+    The energy update is AEGD's, so ``rᵢ`` never rises for any ``η``; the move is the energy-scaled momentum. There is
+    no bias correction, and with ``δ = 0`` (the default) ``m`` is a sum, not an average: it settles near ``v / (1 −
+    β)``, which is why the authors' step sizes are about ten times AEGD's smaller. ``δ = β`` gives the exponential
+    average ``β m + (1 − β) v``.
 
     Followed (``txping/AEGDM``, ``aegdm.py``): the update above, in that order — the momentum buffer accumulates ``v``
-    (not the step), starts at zero (so the first move is ``2η r¹ (1 − δ) v⁰``; torch's SGD starts its buffer at the first
-    gradient instead), the coupled weight decay enters the buffer after the energy update — and the defaults ``lr = 0.01``,
-    ``c = 1``, ``momentum = 0.9``, ``dampening = 0`` (their README's CIFAR runs use 0.005–0.03). The paper's text was not
-    re-derived here: this class follows the code. Departures: as :class:`AEGD`'s (``c, lr > 0``; one ``c``; the check of
-    ``f + c`` before anything moves; ``√(f + c)`` in float64; the loss averaged over ranks under DDP); and the buffer is
-    created when a group first steps with ``momentum > 0`` (theirs always), which changes nothing but memory.
+    (not the step), starts at zero (so the first move is ``2η r¹ (1 − δ) v⁰``; torch's SGD starts its buffer at the
+    first gradient instead), the coupled weight decay enters the buffer after the energy update — and the defaults ``lr
+    = 0.01``, ``c = 1``, ``momentum = 0.9``, ``dampening = 0`` (their README's CIFAR runs use 0.005–0.03). The paper's
+    text was not re-derived here: this class follows the code. Departures: as :class:`AEGD`'s (``c, lr > 0``; one ``c``;
+    the check of ``f + c`` before anything moves; ``√(f + c)`` in float64; the loss averaged over ranks under DDP); and
+    the buffer is created when a group first steps with ``momentum > 0`` (theirs always), which changes nothing but
+    memory.
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr``, ``momentum``, ``dampening`` and
@@ -282,7 +294,11 @@ class AEGDM(AdaptiveEnergyOptimizer):
         weight_decay: ``λ ≥ 0`` (default 0).
     """
 
-    per_group_settings = {**AdaptiveEnergyOptimizer.per_group_settings, "momentum": check_momentum, "dampening": check_unit}
+    per_group_settings = {
+        **AdaptiveEnergyOptimizer.per_group_settings,
+        "momentum": check_momentum,
+        "dampening": check_unit,
+    }
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""The step that SAV, ExpSAV and IEQAdaptive share, written in the logarithm ``ℓ`` of their scalar auxiliary variable."""
+"""The step that SAV, ExpSAV and IEQAdaptive share, written in the logarithm ``ℓ`` of their scalar auxiliary
+variable."""
 
 from __future__ import annotations
 
@@ -64,30 +65,32 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
 
     ``ℓⁿ⁺¹ = ℓⁿ − softplus(log(Δt Sⁿ) − log κⁿ)``,   ``softplus(x) = log(1 + eˣ)``,
 
-    which neither overflows nor loses ``r`` to underflow however large the loss or the step. A subclass says what ``κⁿ`` is
-    (:meth:`_log_kappa`) and which value ``r̂ = r(L)`` the loss stands for (:meth:`_log_r_hat`). The variants:
+    which neither overflows nor loses ``r`` to underflow however large the loss or the step. A subclass says what ``κⁿ``
+    is (:meth:`_log_kappa`) and which value ``r̂ = r(L)`` the loss stands for (:meth:`_log_r_hat`). The variants:
 
     - ``seed`` (carried ``r``, ``wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹/rⁿ) g̃``); ``restart``: the same after ``rⁿ ← r̂(L(wⁿ))``;
     - ``vanilla``: carried ``r``, ``wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹/r̂(L(wⁿ))) g̃``;
     - ``relax``: the vanilla step, then ``rⁿ⁺¹`` relaxed toward ``r̂(L(wⁿ⁺¹))`` by :func:`~.logspace.relax` (one more
       closure call).
 
-    ``r⁰ = r̂(L(w⁰))`` on the first mini-batch: the optimizer sees one batch at a time, and a full-data ``r⁰`` would cost
-    a pass over the training set (the public implementation did that; the difference is mini-batch noise in ``r⁰``).
+    ``r⁰ = r̂(L(w⁰))`` on the first mini-batch: the optimizer sees one batch at a time, and a full-data ``r⁰`` would
+    cost a pass over the training set (the public implementation did that; the difference is mini-batch noise in
+    ``r⁰``).
 
-    Inner products and norms of the gradient (``Sⁿ``, the relaxation's ``‖Δw‖²``) are the optimizer's (:meth:`_log_sq_norm`):
-    Euclidean, or with ``particles = m`` the particle average ``(1/m) Σ_k u_k·v_k`` of the paper's particle time.
+    Inner products and norms of the gradient (``Sⁿ``, the relaxation's ``‖Δw‖²``) are the optimizer's
+    (:meth:`_log_sq_norm`): Euclidean, or with ``particles = m`` the particle average ``(1/m) Σ_k u_k·v_k`` of the
+    paper's particle time.
 
-    Every product of step sizes, norms and factors is formed in logarithms too (``log Δt Sⁿ = logsumexp_g(log c_g +
-    log ‖g_g‖²)``), so no setting overflows: ``lr = 1e308`` takes the ``Δt → ∞`` limit of the scheme. A step with
-    ``Δt Sⁿ = 0`` (a zero gradient, or every group at ``lr = 0``) changes nothing. A group whose factor exceeds its dtype's
-    range moves by the largest finite factor (ExpSAV's vanilla form can ask for ``e^{1000}``).
+    Every product of step sizes, norms and factors is formed in logarithms too (``log Δt Sⁿ = logsumexp_g(log c_g + log
+    ‖g_g‖²)``), so no setting overflows: ``lr = 1e308`` takes the ``Δt → ∞`` limit of the scheme. A step with ``Δt Sⁿ =
+    0`` (a zero gradient, or every group at ``lr = 0``) changes nothing. A group whose factor exceeds its dtype's range
+    moves by the largest finite factor (ExpSAV's vanilla form can ask for ``e^{1000}``).
 
     Counters (float64 0-dim CPU tensors in ``global_state``): ``step``; ``violations``, the steps whose ``r`` rose above
-    the value the step started from by more than rounding — the scheme guarantees it never does; and ``restart_rises``, the
-    restarts (``restart``, and SAV's ``seed``) that set ``r`` above the value the last step left, which those variants
-    allow. The scalar arithmetic runs on the host in float64: a step reads the loss and the gradient norms back from the
-    device in one transfer, then moves each group with one fused ``_foreach_add_``.
+    the value the step started from by more than rounding — the scheme guarantees it never does; and ``restart_rises``,
+    the restarts (``restart``, and SAV's ``seed``) that set ``r`` above the value the last step left, which those
+    variants allow. The scalar arithmetic runs on the host in float64: a step reads the loss and the gradient norms back
+    from the device in one transfer, then moves each group with one fused ``_foreach_add_``.
     """
 
     variants: tuple[str, ...] = ("seed", "restart", "vanilla", "relax")
@@ -106,13 +109,15 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
         return torch.tensor(float(value), dtype=torch.float64)
 
     def _log_sq_norm(self, norms: list[float]) -> float:
-        """``log ‖u‖²`` of a velocity whose tensors have the norms ``norms``, in the optimizer's inner product: the particle
-        average ``⟨u, v⟩ = (1/m) Σ_k u_k·v_k`` with ``m = particles`` (1: the Euclidean one). Every inner product and norm
+        """``log ‖u‖²`` of a velocity whose tensors have the norms ``norms``, in the optimizer's inner product: the
+        particle average ``⟨u, v⟩ = (1/m) Σ_k u_k·v_k`` with ``m = particles`` (1: the Euclidean one). Every inner
+        product and norm
         of the step (``Sⁿ``, Alg. 5's ``v``, the relaxation's ``‖Δw‖²``) is formed from these."""
         particles = self.param_groups[0].get("particles", 1)  # (a checkpoint of an earlier version has none)
         return 2.0 * log0(math.hypot(*norms)) - math.log(particles)
 
-    # -- what a subclass defines ---------------------------------------------------------------------------------------------
+    # -- what a subclass defines
+    # ---------------------------------------------------------------------------------------------
     def _log_r_hat(self, loss: float) -> float:
         """``log r̂(L)``, the value of the auxiliary variable that the loss ``L`` stands for."""
         raise NotImplementedError
@@ -129,7 +134,8 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
     def _restarts(self) -> bool:
         return self.setting("variant") == "restart"
 
-    # -- the step ------------------------------------------------------------------------------------------------------------
+    # -- the step
+    # ------------------------------------------------------------------------------------------------------------
     def _evaluate(self, closure: Callable[[], Any]) -> Evaluation:
         """Run the closure at ``wⁿ``; the loss and the gradient norms come back from the device in one transfer."""
         with torch.enable_grad():
@@ -171,7 +177,8 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Take one step. ``closure`` zeroes the gradients, computes the mean mini-batch loss, back-propagates and returns
+        """Take one step. ``closure`` zeroes the gradients, computes the mean mini-batch loss, back-propagates and
+        returns
         the loss (a tensor or a number); it is required. Returns what the closure returned."""
         if closure is None:
             raise GFStepError(NO_CLOSURE.format(cls=type(self).__name__))
@@ -199,7 +206,9 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
             self._move(ev.groups, log_factor)
         xi = None
         if variant == "relax":  # ‖Δw‖²/Δt = Σ_g (φ c_g)² ‖g_g‖² / Δt_g, then r̂ at wⁿ⁺¹ from one more closure call
-            log_moved = logsumexp(2.0 * (log_factor + e.log_c) + e.log_g2 - e.log_dt for e in ev.groups if e.log_dt > NEG_INF)
+            log_moved = logsumexp(
+                2.0 * (log_factor + e.log_c) + e.log_g2 - e.log_dt for e in ev.groups if e.log_dt > NEG_INF
+            )
             with torch.enable_grad():
                 loss_next = self._mean_loss(closure()).item()
             relaxed = relax(log_r, log_new, self._log_r_hat(loss_next), log_moved, settings["eta"])

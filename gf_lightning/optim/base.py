@@ -1,8 +1,9 @@
-"""What every energy-stable optimizer shares: its global state, its settings, the closure protocol and the ``stats`` contract.
+"""What every energy-stable optimizer shares: its global state, its settings, the closure protocol and the ``stats``
+contract.
 
 Every optimizer here is a ``torch.optim.Optimizer``. Scalars that are global to the optimizer (the auxiliary variable,
-counters) live in ``self.state`` of the first parameter, as ``torch.optim.LBFGS`` keeps its own, so that ``state_dict()``
-carries them and ``load_state_dict()`` moves them to the parameters' device.
+counters) live in ``self.state`` of the first parameter, as ``torch.optim.LBFGS`` keeps its own, so that
+``state_dict()`` carries them and ``load_state_dict()`` moves them to the parameters' device.
 
 Settings are read from the parameter groups on every step, never from ``self.defaults``: after ``load_state_dict`` the
 step uses the loaded settings, as every torch optimizer does. A setting that enters the one global auxiliary variable
@@ -28,7 +29,8 @@ __all__ = ["EnergyOptimizer", "GFConfigError", "GFStepError", "NO_CLOSURE"]
 
 NO_CLOSURE = (
     "{cls}.step() needs a closure that zeroes the gradients, computes the loss, back-propagates and returns the loss. "
-    "Called without one: 16-bit mixed precision with a gradient scaler does this; use precision '32-true', '64-true' or "
+    "Called without one: 16-bit mixed precision with a gradient scaler does this; use precision '32-true', '64-true' "
+    "or "
     "'bf16-mixed' with the energy-stable methods."
 )
 
@@ -45,8 +47,8 @@ class EnergyOptimizer(torch.optim.Optimizer):
     """Base of the energy-stable methods: global state, settings per group or per optimizer, the last step's record.
 
     A subclass declares ``per_group_settings`` (name → validator, for settings each group may set) and
-    ``shared_settings`` (names of settings of the whole optimizer), stores the record of each step in ``self._last``, and
-    turns a record into scalars in :meth:`_stats_of`.
+    ``shared_settings`` (names of settings of the whole optimizer), stores the record of each step in ``self._last``,
+    and turns a record into scalars in :meth:`_stats_of`.
 
     Global scalars are float64 0-dim tensors (float32 on MPS, which has no float64). ``Optimizer.load_state_dict`` would
     cast them to the parameters' dtype, so :meth:`load_state_dict` puts them back as they were saved: a checkpoint round
@@ -62,7 +64,9 @@ class EnergyOptimizer(torch.optim.Optimizer):
         self._last: Any = None
         super().__init__(params, defaults)
         if first_parameter(self.param_groups) is None:
-            raise GFConfigError(f"{type(self).__name__}: every parameter group is empty; give it at least one parameter")
+            raise GFConfigError(
+                f"{type(self).__name__}: every parameter group is empty; give it at least one parameter"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         reference = self.param_groups[0] if self.param_groups else self.defaults
@@ -73,7 +77,8 @@ class EnergyOptimizer(torch.optim.Optimizer):
         """A setting of the whole optimizer, as the parameter groups hold it now (loaded settings included)."""
         return self.param_groups[0][name]
 
-    # -- state -------------------------------------------------------------------------------------------------------------
+    # -- state
+    # -------------------------------------------------------------------------------------------------------------
     @property
     def global_state(self) -> dict[str, Any]:
         """The optimizer's global scalars, stored with the first parameter so that ``state_dict()`` carries them."""
@@ -107,7 +112,8 @@ class EnergyOptimizer(torch.optim.Optimizer):
         state.update({name: getattr(self, name, None) for name in self._carried})
         return state
 
-    # -- the closure ---------------------------------------------------------------------------------------------------------
+    # -- the closure
+    # ---------------------------------------------------------------------------------------------------------
     def _loss_value(self, loss: Any) -> Tensor:
         """The closure's loss as a detached 0-dim tensor: a one-element tensor, or a real number (as ``LBFGS`` takes
         ``float(closure())``)."""
@@ -121,7 +127,8 @@ class EnergyOptimizer(torch.optim.Optimizer):
             f"one-element tensor; it returned {what}"
         )
 
-    # -- stats ---------------------------------------------------------------------------------------------------------------
+    # -- stats
+    # ---------------------------------------------------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, Tensor]:
         """The last step's scalars (``energy/…``, ``optim/…``) as 0-dim tensors; ``{}`` before the first step."""

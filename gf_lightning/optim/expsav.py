@@ -23,16 +23,16 @@ class ExpSAV(AuxiliaryVariableOptimizer):
             vanilla / relax:  wⁿ⁺¹ = wⁿ − Δt (rⁿ⁺¹ / (C·exp(L(wⁿ)))) g̃
             relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) C·exp(L(wⁿ⁺¹))   (ξ: see logspace.relax; η = 0.99)
 
-    ``variant="seed"`` (the default) carries ``r`` from step to step, as the seed does. ``r`` is never formed: the optimizer
-    keeps ``ℓ = log r`` and steps ``ℓⁿ⁺¹ = ℓⁿ − softplus(log(Δt Sⁿ) − ℓⁿ)``, exact in floating point where ``C·exp(L)``
-    would overflow (``L > 709`` in float64, ``L > 88`` in float32: exp2's first losses are in the thousands). Note what the
-    formula does there: with ``rⁿ`` astronomically large, ``rⁿ⁺¹/rⁿ = 1`` to machine precision and the step is a gradient step
-    of size ``Δt / (1 + Δt λ)``.
+    ``variant="seed"`` (the default) carries ``r`` from step to step, as the seed does. ``r`` is never formed: the
+    optimizer keeps ``ℓ = log r`` and steps ``ℓⁿ⁺¹ = ℓⁿ − softplus(log(Δt Sⁿ) − ℓⁿ)``, exact in floating point where
+    ``C·exp(L)`` would overflow (``L > 709`` in float64, ``L > 88`` in float32: exp2's first losses are in the
+    thousands). Note what the formula does there: with ``rⁿ`` astronomically large, ``rⁿ⁺¹/rⁿ = 1`` to machine precision
+    and the step is a gradient step of size ``Δt / (1 + Δt λ)``.
 
-    ``vanilla`` and ``relax`` step by ``rⁿ⁺¹/(C·exp(L(wⁿ))) = exp(ℓⁿ⁺¹ − log C − L(wⁿ))``: when the loss falls far below the
-    loss that the carried ``r`` remembers (a next mini-batch 100 lower is enough), that factor is ``e¹⁰⁰`` and the step blows
-    up; ``relax`` follows a falling loss within a batch but not across batches. At losses of order one they behave; at exp2's
-    they do not. The seed and restart forms step by ``rⁿ⁺¹/rⁿ ≤ 1``.
+    ``vanilla`` and ``relax`` step by ``rⁿ⁺¹/(C·exp(L(wⁿ))) = exp(ℓⁿ⁺¹ − log C − L(wⁿ))``: when the loss falls far below
+    the loss that the carried ``r`` remembers (a next mini-batch 100 lower is enough), that factor is ``e¹⁰⁰`` and the
+    step blows up; ``relax`` follows a falling loss within a batch but not across batches. At losses of order one they
+    behave; at exp2's they do not. The seed and restart forms step by ``rⁿ⁺¹/rⁿ ≤ 1``.
 
     The modified energy logged is ``log r − log C``, the loss that ``r`` stands for.
 

@@ -24,13 +24,13 @@ class IEQAdaptive(AuxiliaryVariableOptimizer):
             qⁿ⁺¹ = αⁿ qⁿ
             wⁿ⁺¹ = wⁿ − Δt αⁿ g
 
-    ``variant="seed"`` (the default) carries ``q``, so ``‖q‖`` never rises; once ``‖q‖² ≲ Δt ‖g‖²`` the step collapses and
-    training freezes (the known failure of this form). ``"restart"`` resets ``q`` to the current batch's residual.
+    ``variant="seed"`` (the default) carries ``q``, so ``‖q‖`` never rises; once ``‖q‖² ≲ Δt ‖g‖²`` the step collapses
+    and training freezes (the known failure of this form). ``"restart"`` resets ``q`` to the current batch's residual.
 
-    What ``q`` is: IEQ writes the loss as ``L = ½‖q‖²``. For the mean squared error over a batch of ``B`` that makes
-    ``q = √(2/B)·(f(X) − Y)``, which is exactly consistent with ``g = Jᵀq`` and so with the estimate ``‖J‖² ≈ ‖g‖²/‖q‖²``.
-    ``q`` is only ever rescaled by ``αⁿ``, and only ``‖q‖`` enters the update, so the optimizer keeps ``ℓ = log ‖q‖`` (state
-    ``"log_q"``) and takes ``‖q⁰‖ = √(2 L(w⁰))``, which works for any loss (cross-entropy included).
+    What ``q`` is: IEQ writes the loss as ``L = ½‖q‖²``. For the mean squared error over a batch of ``B`` that makes ``q
+    = √(2/B)·(f(X) − Y)``, which is exactly consistent with ``g = Jᵀq`` and so with the estimate ``‖J‖² ≈ ‖g‖²/‖q‖²``.
+    ``q`` is only ever rescaled by ``αⁿ``, and only ``‖q‖`` enters the update, so the optimizer keeps ``ℓ = log ‖q‖``
+    (state ``"log_q"``) and takes ``‖q⁰‖ = √(2 L(w⁰))``, which works for any loss (cross-entropy included).
 
     The modified energy logged is ``½‖q‖²``, on the scale of the loss.
 
@@ -58,7 +58,9 @@ class IEQAdaptive(AuxiliaryVariableOptimizer):
 
     def _log_r_hat(self, loss: float) -> float:
         if loss < 0:
-            raise GFStepError(f"IEQAdaptive writes the loss as L = ½‖q‖², so L must be >= 0; the closure returned L = {loss:.6g}")
+            raise GFStepError(
+                f"IEQAdaptive writes the loss as L = ½‖q‖², so L must be >= 0; the closure returned L = {loss:.6g}"
+            )
         return 0.5 * log0(2.0 * loss)
 
     def _log_kappa(self, loss: float, log_r: float) -> float:

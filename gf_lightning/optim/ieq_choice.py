@@ -14,8 +14,8 @@ from .krylov import nystrom_costs
 
 #: the CG iterations assumed before any CG solve has been measured
 PRIOR_CG_ITERS = 20
-#: what one CG iteration costs beyond its multiply-adds (~20 small kernels and the host sync of its stopping test: ~60 µs
-#: at ~30 G multiply-adds/s on one CPU thread), in multiply-adds
+#: what one CG iteration costs beyond its multiply-adds (~20 small kernels and the host sync of its stopping test: ~60
+#: µs at ~30 G multiply-adds/s on one CPU thread), in multiply-adds
 CG_ITER_OVERHEAD = 2e6
 #: weight of the newest CG iteration count in the running estimate
 CG_ITERS_WEIGHT = 0.25

@@ -1,9 +1,9 @@
 """The Jacobian of IEQ's residual as the optimizer sees it: the two protocols a caller may hand
-``IEQ.step(jacobian_fn=…)`` — a closed-form operator (:class:`JacobianOperator`) or dense rows (:class:`JacobianRows`) — and, for any
-``nn.Module``, the generic forms from the residual's graph (``Jᵀv`` one backward pass, ``J·`` the double-backward trick;
-the Krylov solve itself is in :mod:`.krylov`, the exact solves from rows in :mod:`.ieq_solve`). ``D = diag(Δt_g)`` holds
-each parameter group's step. The optimizer knows no network: a network offers its own operator (the two-layer net's is
-:class:`~gf_lightning.components.jacobians.TwoLayerJacobian`).
+``IEQ.step(jacobian_fn=…)`` — a closed-form operator (:class:`JacobianOperator`) or dense rows (:class:`JacobianRows`) —
+and, for any ``nn.Module``, the generic forms from the residual's graph (``Jᵀv`` one backward pass, ``J·`` the
+double-backward trick; the Krylov solve itself is in :mod:`.krylov`, the exact solves from rows in :mod:`.ieq_solve`).
+``D = diag(Δt_g)`` holds each parameter group's step. The optimizer knows no network: a network offers its own operator
+(the two-layer net's is :class:`~gf_lightning.components.jacobians.TwoLayerJacobian`).
 
 Dense rows for the Burgers PINN of ``configs/paper/burgers.yaml`` (12 320 × 4 353, float64, one CPU thread), fastest
 first: the objective's own (:class:`~gf_lightning.components.pinn.BurgersRows`: the input derivatives propagated
@@ -25,8 +25,8 @@ from torch.func import functional_call, jacrev, vmap
 
 from .krylov import Preconditioner
 
-#: the dense generic path materialises ``J`` (``N × n``) when it takes at most this many bytes, else it builds ``J D Jᵀ``
-#: column block by column block with Jacobian-vector products and never holds ``J``
+#: the dense generic path materialises ``J`` (``N × n``) when it takes at most this many bytes, else it builds ``J D
+#: Jᵀ`` column block by column block with Jacobian-vector products and never holds ``J``
 MAX_JACOBIAN_BYTES = 64 * 2**20
 #: bytes of batched gradients (``rows × n``) that one block of the dense generic path may hold
 BLOCK_BYTES = 64 * 2**20
@@ -52,7 +52,8 @@ class JacobianOperator(Protocol):
     ``gram(v)`` is ``J Jᵀ v`` for flat ``v`` (``N``) or a block of columns (``N × r``), ``preconditioner(dt)`` applies
     ``M⁻¹`` for a symmetric ``I ⪯ M ⪯ I + Δt J Jᵀ`` (or is ``None``), and ``costs(preconditioned)`` the multiply-adds
     ``solver="auto"`` weighs. ``J`` is in exactly the optimizer's parameters that require grad. Two methods are
-    optional, used when present: ``dense()``, ``J Jᵀ`` itself (a fresh ``N × N`` tensor) for the Cholesky path, and ``vjp(v)``,
+    optional, used when present: ``dense()``, ``J Jᵀ`` itself (a fresh ``N × N`` tensor) for the Cholesky path, and
+    ``vjp(v)``,
     ``Jᵀ v`` as a dict from each parameter's ``id`` to its gradient, for the move in one process."""
 
     rows: int
@@ -74,7 +75,8 @@ def unit_rows(start: int, rows: int, n_rows: int, like: Tensor) -> Tensor:
 
 
 def vjp(q: Tensor, params: list[Tensor], v: Tensor, batched: bool = False) -> tuple[Tensor | None, ...]:
-    """``Jᵀv`` per parameter (``None`` where a parameter does not reach ``q``); ``batched``: ``v`` has a leading batch axis."""
+    """``Jᵀv`` per parameter (``None`` where a parameter does not reach ``q``); ``batched``: ``v`` has a leading batch
+    axis."""
     return torch.autograd.grad(q, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
 
 

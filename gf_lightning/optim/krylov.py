@@ -22,30 +22,30 @@ which is exactly the discrete energy law of the exact step: with ``qⁿ⁺¹ = x
     ‖xᵏ‖² ≤ ‖xᵏ‖²_A ≤ ‖x*‖²_A = qᵀ A⁻¹ q ≤ ‖q‖²
 
 (Pythagoras in the ``A``-inner product for the middle step): at any iteration count, any ``Δt`` and with *any* SPD
-preconditioner, ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` — even ``≤ ‖qⁿ‖_{A⁻¹}``. (Steihaug's theorem, that the iterates grow monotonically in the
-``M``-norm, is the classical route for ``M = I``; for ``M ≠ I`` the 2-norm need not grow monotonically, but it stays below
-``‖qⁿ‖_{A⁻¹}``, which is what the energy needs.) What the argument does need: ``x⁰ = 0`` (from another start CG
+preconditioner, ``‖qⁿ⁺¹‖ ≤ ‖qⁿ‖`` — even ``≤ ‖qⁿ‖_{A⁻¹}``. (Steihaug's theorem, that the iterates grow monotonically in
+the ``M``-norm, is the classical route for ``M = I``; for ``M ≠ I`` the 2-norm need not grow monotonically, but it stays
+below ``‖qⁿ‖_{A⁻¹}``, which is what the energy needs.) What the argument does need: ``x⁰ = 0`` (from another start CG
 minimises over an affine space, not a subspace, and the projection bound is lost; a warm start would have to enter as an
 extra direction of a deflated CG), a symmetric ``M``, and a ``G`` that is the ``J D Jᵀ`` of the step's own move.
 
 In floating point the Galerkin orthogonality, and with it the bound, hold up to rounding (it drifts over many iterations
 of an ill-conditioned solve), so the solve checks ``‖x‖ ≤ ‖q‖`` at the end (no host sync) and, should rounding have
-pushed ``x`` out, scales it back onto that sphere (``IEQ`` counts it in ``optim/cg_safeguards``; it has not happened in the
-tests' random cases). A non-finite ``x`` (an overflowing preconditioner) is replaced by 0, a skipped step, as a failed
-Cholesky is.
+pushed ``x`` out, scales it back onto that sphere (``IEQ`` counts it in ``optim/cg_safeguards``; it has not happened in
+the tests' random cases). A non-finite ``x`` (an overflowing preconditioner) is replaced by 0, a skipped step, as a
+failed Cholesky is.
 
 The preconditioners here are both ``M = I + J D^½ Π D^½ Jᵀ`` for an orthogonal projection ``Π`` of parameter space, so
 besides being SPD they satisfy ``I ⪯ M ⪯ A``: ``M⁻¹A`` has its eigenvalues in ``[1, 1 + ‖(I − Π) D^½ Jᵀ‖²]``.
 
 - **structured** (the two-layer net's, :class:`~gf_lightning.components.jacobians.TwoLayerJacobian`, the default
-  where the closed form is given): ``Π`` keeps every output-layer
-  direction and the hidden-layer directions ``W = μ̂ βᵀ`` along one input direction ``μ̂`` (the batch's mean ``x̃``,
-  bias included), i.e. ``M = I + Δt c [σσᵀ ⊗ I_k + (s sᵀ) ∘ (U Uᵀ)]`` with ``s = X̃ μ̂`` — exactly the output layer's Gram
-  (the ``k``-fold repeated top eigenvalues of MNIST's ``J Jᵀ``) plus the hidden layer's Gram along the data's mean. It is
-  applied through an explicit ``B × B`` (or ``m × m``) inverse and an ``m × m`` Woodbury correction, never an ``N × N``
-  matrix. At the MNIST shape and ``Δt = 0.1`` (MNIST images, float64, after 5 epochs of IEQ) it takes CG to a relative
-  residual of 1e-6 in 17 iterations instead of 67 (1e-4: 12 against 48; ``Δt = 1``: 41 against 192); the per-sample
-  ``k × k`` blocks (block Jacobi) take 79, a rank-50 Nyström 39, a rank-100 one 31.
+  where the closed form is given): ``Π`` keeps every output-layer direction and the hidden-layer directions ``W = μ̂
+  βᵀ`` along one input direction ``μ̂`` (the batch's mean ``x̃``, bias included), i.e. ``M = I + Δt c [σσᵀ ⊗ I_k + (s
+  sᵀ) ∘ (U Uᵀ)]`` with ``s = X̃ μ̂`` — exactly the output layer's Gram (the ``k``-fold repeated top eigenvalues of
+  MNIST's ``J Jᵀ``) plus the hidden layer's Gram along the data's mean. It is applied through an explicit ``B × B`` (or
+  ``m × m``) inverse and an ``m × m`` Woodbury correction, never an ``N × N`` matrix. At the MNIST shape and ``Δt =
+  0.1`` (MNIST images, float64, after 5 epochs of IEQ) it takes CG to a relative residual of 1e-6 in 17 iterations
+  instead of 67 (1e-4: 12 against 48; ``Δt = 1``: 41 against 192); the per-sample ``k × k`` blocks (block Jacobi) take
+  79, a rank-50 Nyström 39, a rank-100 one 31.
 - **Nyström** (any module, opt-in): ``Π`` projects onto ``span(D^½ Jᵀ Ω)`` for a Gaussian ``Ω`` of ``ℓ`` columns: the
   randomised Nyström approximation ``Ĝ = GΩ (ΩᵀGΩ)⁺ ΩᵀG`` of Frangella, Tropp & Udell (2023), ``M = I + Ĝ``. Its ``ℓ``
   products cost more than the iterations they save on MNIST's slowly decaying spectrum (a batched product through
@@ -81,11 +81,12 @@ class CGResult:
 def conjugate_gradients(
     matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, max_iter: int, precond: Preconditioner | None = None
 ) -> CGResult:
-    """(Preconditioned) CG from ``x⁰ = 0`` on ``(I + G) x = b`` for a symmetric positive semi-definite ``G`` (``matvec``),
-    with ``precond`` applying ``M⁻¹`` for a symmetric positive definite ``M`` (or none): every iterate then has
-    ``‖x‖² + xᵀGx = bᵀx`` and so ``‖x‖ ≤ ‖b‖`` (the module's docstring). Stops at ``‖r‖ ≤ tol·‖b‖`` or after ``max_iter`` iterations. The scalars
-    (``pᵀAp``, ``rᵀz``, ``rᵀr``) are read on the host, two syncs per iteration: the stopping test needs one anyway, and
-    host arithmetic spares a dozen tiny kernels an iteration, which at these sizes cost more than the syncs. A breakdown
+    """(Preconditioned) CG from ``x⁰ = 0`` on ``(I + G) x = b`` for a symmetric positive semi-definite ``G``
+    (``matvec``), with ``precond`` applying ``M⁻¹`` for a symmetric positive definite ``M`` (or none): every iterate
+    then has ``‖x‖² + xᵀGx = bᵀx`` and so ``‖x‖ ≤ ‖b‖`` (the module's docstring). Stops at ``‖r‖ ≤ tol·‖b‖`` or after
+    ``max_iter`` iterations. The scalars (``pᵀAp``, ``rᵀz``, ``rᵀr``) are read on the host, two syncs per iteration: the
+    stopping test needs one anyway, and host arithmetic spares a dozen tiny kernels an iteration, which at these sizes
+    cost more than the syncs. A breakdown
     (``pᵀAp ≤ 0`` or not finite, only through rounding) stops it where it is."""
     b_norm = float(torch.linalg.vector_norm(b))
     x = torch.zeros_like(b)
@@ -132,21 +133,24 @@ def keep_guarantee(x: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return x, rescaled, failed
 
 
-# -- costs, for solver="auto" -------------------------------------------------------------------------------------------------
+# -- costs, for solver="auto"
+# -------------------------------------------------------------------------------------------------
 def nystrom_costs(n_rows: int, rank: int, matvec: float) -> tuple[float, float]:
     """``(setup, per iteration)`` of a rank-``rank`` Nyström preconditioner: ``rank`` products, a QR, a Cholesky and an
     SVD of ``n_rows × rank`` matrices; two ``n_rows × rank`` products an application."""
     return rank * matvec + 4.0 * n_rows * rank**2 + rank**3, 2.0 * n_rows * rank
 
 
-# -- a randomised Nyström preconditioner, for any module ----------------------------------------------------------------------
+# -- a randomised Nyström preconditioner, for any module
+# ----------------------------------------------------------------------
 def nystrom_preconditioner(
     matmat: Callable[[Tensor], Tensor], n_rows: int, rank: int, like: Tensor, seed: int
 ) -> Preconditioner | None:
-    """``r ↦ M⁻¹ r`` for ``M = I + Ĝ``, ``Ĝ = U Λ Uᵀ`` the rank-``rank`` randomised Nyström approximation of the positive
-    semi-definite ``G`` that ``matmat`` applies (``V ↦ G V`` for ``V`` of shape ``(n_rows, rank)``), in the stable form of
-    Tropp, Yurtsever, Udell & Cevher (2017, Alg. 3): a shift ``ν`` of the order of rounding keeps the small Cholesky
-    positive definite and is taken off again. ``Ĝ ⪯ G`` (up to ``ν``), so ``I ⪯ M ⪯ I + G``. The test matrix is drawn from
+    """``r ↦ M⁻¹ r`` for ``M = I + Ĝ``, ``Ĝ = U Λ Uᵀ`` the rank-``rank`` randomised Nyström approximation of the
+    positive semi-definite ``G`` that ``matmat`` applies (``V ↦ G V`` for ``V`` of shape ``(n_rows, rank)``), in the
+    stable form of Tropp, Yurtsever, Udell & Cevher (2017, Alg. 3): a shift ``ν`` of the order of rounding keeps the
+    small Cholesky positive definite and is taken off again. ``Ĝ ⪯ G`` (up to ``ν``), so ``I ⪯ M ⪯ I + G``. The test
+    matrix is drawn from
     its own generator seeded with ``seed`` (the global RNG is not touched); ``None`` when the Cholesky fails anyway."""
     rank = min(rank, n_rows)
     if rank < 1:

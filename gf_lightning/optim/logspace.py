@@ -32,7 +32,8 @@ def log0(x: float) -> float:
 
 
 def logsumexp(values: Iterable[float]) -> float:
-    """``log Σ e^{vᵢ}``, exact to rounding for any spread of the ``vᵢ``; ``−∞`` for an empty sum or one of ``−∞`` only."""
+    """``log Σ e^{vᵢ}``, exact to rounding for any spread of the ``vᵢ``; ``−∞`` for an empty sum or one of ``−∞``
+    only."""
     values = [v for v in values if v != NEG_INF]
     if len(values) < 2:
         return values[0] if values else NEG_INF
@@ -69,17 +70,18 @@ def relax(log_r_old: float, log_r_tilde: float, log_r_hat: float, log_moved: flo
     """The relaxation of Ma, Mao & Shen (2024, Alg. 4), in closed form and in logarithms.
 
     Alg. 4 takes ``rⁿ⁺¹ = ξ r̃ + (1 − ξ) r̂`` with the smallest ``ξ ∈ [0, 1]`` such that ``(rⁿ⁺¹)² ≤ r̃² + η D``. The
-    right-hand side does not depend on ``ξ`` and ``rⁿ⁺¹`` moves linearly from ``r̂`` (``ξ = 0``) to ``r̃`` (``ξ = 1``), which
-    satisfies it, so the answer is
+    right-hand side does not depend on ``ξ`` and ``rⁿ⁺¹`` moves linearly from ``r̂`` (``ξ = 0``) to ``r̃`` (``ξ = 1``),
+    which satisfies it, so the answer is
 
         ``rⁿ⁺¹ = min(r̂, √(r̃² + η D))``,   ``ξ = (r̂ − rⁿ⁺¹) / (r̂ − r̃)``  (``ξ = 0`` when ``r̂`` itself satisfies it),
 
     without the quadratic formula, whose ``b² − 4ac`` cancels once ``r̂/r̃ ≳ e¹²``. Here ``ℓ = log r`` throughout:
     ``ℓⁿ⁺¹ = min(ℓ̂, ½ log(e^{2ℓ̃} + η e^{log D}))`` and ``ξ = expm1(ℓⁿ⁺¹ − ℓ̂) / expm1(ℓ̃ − ℓ̂)``.
 
-    Ma et al. take ``D = ‖wⁿ⁺¹ − wⁿ‖² / Δt`` (``log_moved``). For SAV the vanilla step gives ``‖Δw‖²/Δt ≤ (rⁿ)² − r̃²``, so
-    ``D = min(‖Δw‖²/Δt, (rⁿ)² − r̃²)`` is the same number there; for ExpSAV, where that bound does not follow from the
-    scheme, the minimum is what keeps ``rⁿ⁺¹ ≤ rⁿ`` (as ``η ≤ 1``). With it, ``(rⁿ⁺¹)² ≤ (rⁿ)² − (1 − η) D`` for both.
+    Ma et al. take ``D = ‖wⁿ⁺¹ − wⁿ‖² / Δt`` (``log_moved``). For SAV the vanilla step gives ``‖Δw‖²/Δt ≤ (rⁿ)² − r̃²``,
+    so ``D = min(‖Δw‖²/Δt, (rⁿ)² − r̃²)`` is the same number there; for ExpSAV, where that bound does not follow from
+    the scheme, the minimum is what keeps ``rⁿ⁺¹ ≤ rⁿ`` (as ``η ≤ 1``). With it, ``(rⁿ⁺¹)² ≤ (rⁿ)² − (1 − η) D`` for
+    both.
     """
     log_gap = 2.0 * log_r_old + log1mexp(2.0 * (log_r_tilde - log_r_old)) if log_r_tilde < log_r_old else NEG_INF
     log_d = min(log_moved, log_gap)

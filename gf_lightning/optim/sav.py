@@ -1,4 +1,5 @@
-"""SAV: the scalar auxiliary variable method (Shen, Xu & Yang 2018) for training, as in the seed and Ma, Mao & Shen (2024)."""
+"""SAV: the scalar auxiliary variable method (Shen, Xu & Yang 2018) for training, as in the seed and Ma, Mao & Shen
+(2024)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class SAV(AuxiliaryVariableOptimizer):
             relax:            rⁿ⁺¹ ← ξ rⁿ⁺¹ + (1 − ξ) √(L(wⁿ⁺¹) + C)   (ξ: see logspace.relax; η = 0.99)
 
     ``variant="seed"`` (the default) is the seed's formula. There ``rⁿ`` cancels from ``rⁿ⁺¹/rⁿ``, so it is exactly
-    ``restart`` (Ma, Mao & Shen 2024, Alg. 3), and the two names are one method here. ``vanilla`` is their Alg. 2 (``r`` carries
-    memory and never rises), ``relax`` their Alg. 4 (the modified energy ``r²`` never rises, and ``r`` tracks ``√(L + C)``).
+    ``restart`` (Ma, Mao & Shen 2024, Alg. 3), and the two names are one method here. ``vanilla`` is their Alg. 2 (``r``
+    carries memory and never rises), ``relax`` their Alg. 4 (the modified energy ``r²`` never rises, and ``r`` tracks
+    ``√(L + C)``).
 
     The modified energy logged is ``r² − C``, on the scale of the loss it stands for. A restart above the value the last
     step left is counted in ``energy/restart_rises``, not as a violation: the restart form allows it.

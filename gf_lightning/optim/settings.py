@@ -83,9 +83,12 @@ def sav_defaults(lr: float, C: float, lam: float, variant: str, eta: float, part
     )
 
 
-def check_group(group: dict[str, Any], per_group: dict[str, Any], shared: Sequence[str], reference: dict[str, Any]) -> None:
-    """A parameter group's own settings: those in ``per_group`` (name → check) are validated; those in ``shared`` belong to
-    the whole optimizer (its auxiliary variable is one scalar) and must equal ``reference``'s, else the step would ignore
+def check_group(
+    group: dict[str, Any], per_group: dict[str, Any], shared: Sequence[str], reference: dict[str, Any]
+) -> None:
+    """A parameter group's own settings: those in ``per_group`` (name → check) are validated; those in ``shared`` belong
+    to the whole optimizer (its auxiliary variable is one scalar) and must equal ``reference``'s, else the step would
+    ignore
     them."""
     for key, check in per_group.items():
         if key in group:
@@ -93,7 +96,8 @@ def check_group(group: dict[str, Any], per_group: dict[str, Any], shared: Sequen
     for key in shared:
         if key in group and group[key] != reference[key]:
             raise GFConfigError(
-                f"{key} is a setting of the whole optimizer, not of a parameter group: a group has {key}={group[key]!r} "
+                f"{key} is a setting of the whole optimizer, not of a parameter group: a group has "
+                f"{key}={group[key]!r} "
                 f"while the optimizer has {key}={reference[key]!r}; per-group values are allowed for "
                 f"{', '.join(per_group) or 'none'}"
             )

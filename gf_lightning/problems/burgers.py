@@ -56,20 +56,22 @@ def burgers_exact(x: Tensor, t: Tensor, nu: float = NU, n_nodes: int = 200, chun
     ``u(x, t) = −∫ sin(π(x − η)) φ(x − η) e^{−η²/(4νt)} dη / ∫ φ(x − η) e^{−η²/(4νt)} dη``;
 
     ``η = √(4νt)·s`` turns both integrals into Gauss–Hermite sums over the weight ``e^{−s²}``. ``φ`` spans
-    ``exp(±1/(2πν))`` (``e^{±50}`` at the paper's ν), so each sum is taken in logarithms: ``aₖ = log wₖ − cos(π yₖ)/(2πν)``,
-    shifted by its maximum before the exponential (a log-sum-exp), and the ratio formed from the shifted terms.
-    ``u(x, 0) = −sin(πx)`` directly. At the paper's ν, 100 nodes already agree with a 400 001-point trapezoidal rule to
-    ~2e−15 over the whole domain; the default 200 leaves a margin, and stays accurate (to 4e−15) down to ``ν = 0.002/π``
-    (:data:`MIN_NU`; a smaller ν is refused: there the nodes miss the far contributions, and the rule is off by 0.1 at
-    ``0.001/π``). (In float64 the shift is a safeguard rather than a necessity at these ν: ``e^{±50}`` does not overflow;
-    it would below ``ν ≈ 2e−4``.) The solution is extended ``2``-periodically and odd in x (the Cole–Hopf integral runs
-    over the whole line), so it meets ``u(±1, t) = 0`` exactly.
+    ``exp(±1/(2πν))`` (``e^{±50}`` at the paper's ν), so each sum is taken in logarithms: ``aₖ = log wₖ − cos(π
+    yₖ)/(2πν)``, shifted by its maximum before the exponential (a log-sum-exp), and the ratio formed from the shifted
+    terms. ``u(x, 0) = −sin(πx)`` directly. At the paper's ν, 100 nodes already agree with a 400 001-point trapezoidal
+    rule to ~2e−15 over the whole domain; the default 200 leaves a margin, and stays accurate (to 4e−15) down to ``ν =
+    0.002/π`` (:data:`MIN_NU`; a smaller ν is refused: there the nodes miss the far contributions, and the rule is off
+    by 0.1 at ``0.001/π``). (In float64 the shift is a safeguard rather than a necessity at these ν: ``e^{±50}`` does
+    not overflow; it would below ``ν ≈ 2e−4``.) The solution is extended ``2``-periodically and odd in x (the Cole–Hopf
+    integral runs over the whole line), so it meets ``u(±1, t) = 0`` exactly.
 
-    Computed in float64, returned in the floating dtype of the inputs (float64 for integer inputs); ``chunk`` points at a
-    time (a ``chunk × n_nodes`` work array).
+    Computed in float64, returned in the floating dtype of the inputs (float64 for integer inputs); ``chunk`` points at
+    a time (a ``chunk × n_nodes`` work array).
     """
     if not (isinstance(nu, (int, float)) and not isinstance(nu, bool) and math.isfinite(nu) and nu >= MIN_NU):
-        raise GFConfigError(f"nu must be a finite number >= {MIN_NU:.4g} (0.002/π: where the quadrature was checked); got {nu!r}")
+        raise GFConfigError(
+            f"nu must be a finite number >= {MIN_NU:.4g} (0.002/π: where the quadrature was checked); got {nu!r}"
+        )
     x, t = torch.as_tensor(x), torch.as_tensor(t)
     dtype = torch.promote_types(x.dtype, t.dtype)
     dtype = dtype if dtype.is_floating_point else torch.float64

@@ -42,7 +42,8 @@ class Method:
 
 
 def settings_of(cls: type) -> dict[str, Any]:
-    """``name → default`` of every constructor setting of ``cls`` (but ``params``) whose default a JSON value can carry."""
+    """``name → default`` of every constructor setting of ``cls`` (but ``params``) whose default a JSON value can
+    carry."""
     out = {}
     for name, par in inspect.signature(cls.__init__).parameters.items():
         if name in ("self", "params") or par.kind in (par.VAR_POSITIONAL, par.VAR_KEYWORD) or par.default is par.empty:
@@ -58,7 +59,8 @@ def settings_of(cls: type) -> dict[str, Any]:
 METHODS: dict[str, Method] = {
     "sgd": Method("torch.optim.SGD", {}, "SGD"),
     "adam": Method("torch.optim.Adam", {}, "Adam"),
-    "sav": Method("gf_lightning.optim.SAV", {"variant": "seed"}, "SAV (restart)"),  # SAV's seed form is its restart form
+    # SAV's seed form is its restart form
+    "sav": Method("gf_lightning.optim.SAV", {"variant": "seed"}, "SAV (restart)"),
     "sav-vanilla": Method("gf_lightning.optim.SAV", {"variant": "vanilla"}, "SAV (vanilla)"),
     "sav-relax": Method("gf_lightning.optim.SAV", {"variant": "relax"}, "SAV (relax)"),
     "expsav": Method("gf_lightning.optim.ExpSAV", {"variant": "seed"}, "ExpSAV"),

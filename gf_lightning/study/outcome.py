@@ -1,12 +1,15 @@
 """A run's outcome, one definition for every study (the sweeps, the paper's figures, the seed reproduction).
 
-From the training loss per epoch (each point the mean over the epoch's batches; one step per epoch in full batch) and the
-training loss at the initial weights ``L₀``:
+From the training loss per epoch (each point the mean over the epoch's batches; one step per epoch in full batch) and
+the training loss at the initial weights ``L₀``:
 
-- ``diverged``: the loss or a held-out metric went non-finite (the CLI's guard stopped the run, or a NaN/Inf was logged);
-- ``unstable``: it stayed finite, but at some epoch its loss rose above ``UNSTABLE_RISE`` × ``L₀`` — whatever it ended at
+- ``diverged``: the loss or a held-out metric went non-finite (the CLI's guard stopped the run, or a NaN/Inf was
+  logged);
+- ``unstable``: it stayed finite, but at some epoch its loss rose above ``UNSTABLE_RISE`` × ``L₀`` — whatever it ended
+  at
   (a blow-up that collapsed to a constant predictor, or one it recovered from, is not a run that trained);
-- ``frozen``: it never rose that far, and its last epoch's loss is above ``(1 − FROZEN_DROP)`` × ``L₀`` (it did not learn);
+- ``frozen``: it never rose that far, and its last epoch's loss is above ``(1 − FROZEN_DROP)`` × ``L₀`` (it did not
+  learn);
 - ``trained``: neither: its loss fell by more than ``FROZEN_DROP`` and never rose far above the start.
 
 ``worse`` (a trained run whose held-out metric ends worse than the untrained network's) is a property of a sweep's cell,
@@ -32,10 +35,12 @@ FROZEN_DROP = 0.01
 #: the outcomes in the order a cell of several seeds reports the first one present (the worst first)
 SEVERITY = ("diverged", "unstable", "frozen", "trained")
 
-RULE = (f"*diverged*: the loss or a held-out metric went non-finite; *unstable*: finite, but the training loss (epoch "
-        f"mean) rose above {UNSTABLE_RISE:g} × its value at the initial weights at some epoch, whatever it ended at; "
-        f"*frozen*: it never did, and the last epoch's training loss is above {1 - FROZEN_DROP:g} × the initial one (it "
-        f"did not learn); *trained*: none of these")
+RULE = (
+    f"*diverged*: the loss or a held-out metric went non-finite; *unstable*: finite, but the training loss (epoch "
+    f"mean) rose above {UNSTABLE_RISE:g} × its value at the initial weights at some epoch, whatever it ended at; "
+    f"*frozen*: it never did, and the last epoch's training loss is above {1 - FROZEN_DROP:g} × the initial one (it "
+    f"did not learn); *trained*: none of these"
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,17 @@ def judge(train_loss: Sequence[float], initial: float, finals: Sequence[float] =
     peak = max(train_loss)
     if peak > UNSTABLE_RISE * initial:
         epoch = train_loss.index(peak) + 1
-        return Outcome("unstable", f"training loss rose to {peak / initial:.3g} × the initial {initial:.4g} (epoch {epoch}) "
-                                   f"and ended at {train_loss[-1] / initial:.3g} ×")
+        return Outcome(
+            "unstable",
+            f"training loss rose to {peak / initial:.3g} × the initial {initial:.4g} (epoch {epoch}) "
+            f"and ended at {train_loss[-1] / initial:.3g} ×",
+        )
     if train_loss[-1] > (1 - FROZEN_DROP) * initial:
-        return Outcome("frozen", f"training loss {train_loss[-1]:.4g} after {len(train_loss)} epochs vs {initial:.4g} at "
-                                 f"the initial weights (fell by less than {FROZEN_DROP:.0%})")
+        return Outcome(
+            "frozen",
+            f"training loss {train_loss[-1]:.4g} after {len(train_loss)} epochs vs {initial:.4g} at "
+            f"the initial weights (fell by less than {FROZEN_DROP:.0%})",
+        )
     return Outcome("trained")
 
 

@@ -1,10 +1,9 @@
 """The Burgers PINN of Ma, Mao & Shen (2024), Example 5 (Fig. 12): the solution figure (u predicted, exact, and their
 difference over x–t), the training curves of several runs, and the table of what each run reached.
 
-A run is a folder ``.../lightning_logs/<experiment>/<run>/version_N`` written by
-``python -m gf_lightning fit --config configs/paper/burgers.yaml …``: its ``config.yaml`` (the network and ν), its
-``checkpoints/last.ckpt`` (the weights) and its TensorBoard events (``train/loss``, ``val/rel_l2``). matplotlib is imported
-only when a figure is drawn.
+A run is a folder ``.../lightning_logs/<experiment>/<run>/version_N`` written by ``python -m gf_lightning fit --config
+configs/paper/burgers.yaml …``: its ``config.yaml`` (the network and ν), its ``checkpoints/last.ckpt`` (the weights) and
+its TensorBoard events (``train/loss``, ``val/rel_l2``). matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -141,7 +140,8 @@ def curves_figure(runs: dict[float, dict[str, str | Path]], path: str | Path) ->
     """Training loss (top) and held-out relative L² error (bottom) against the step, one column per step size, every
     method of ``runs`` (``{lr: {method: run folder}}``). Each method has a marker and a dash of its own (hollow on the
     validations and a little apart on the step axis, staggered along the loss), so that a curve under another still
-    shows; a run with fewer steps than the longest of its column (stopped early, or run shorter) ends in a ■ at its last step."""
+    shows; a run with fewer steps than the longest of its column (stopped early, or run shorter) ends in a ■ at its last
+    step."""
     from matplotlib.lines import Line2D
 
     plt = pyplot()

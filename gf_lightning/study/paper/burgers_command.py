@@ -3,12 +3,11 @@ difference (the Burgers figure's command line).
 
     python -m gf_lightning.study burgers-figure --root results/burgers --out docs/paper/fig12 --solution 0.01/ieq
 
-reads every run ``<root>/lr<LR>/lightning_logs/<experiment>/<method>/version_N`` (as docs/paper.md's commands write them:
-``--trainer.default_root_dir=<root>/lr<LR> --run_name=<method>``; the newest version of each) and, if present,
+reads every run ``<root>/lr<LR>/lightning_logs/<experiment>/<method>/version_N`` (as docs/paper.md's commands write
+them: ``--trainer.default_root_dir=<root>/lr<LR> --run_name=<method>``; the newest version of each) and, if present,
 ``<root>/times.tsv`` (``method, lr, user s, system s, wall s`` per run, from /usr/bin/time: the table's CPU column), and
 writes ``<out>/burgers_curves.png``, ``<out>/burgers_solution.png`` (the run ``--solution LR/METHOD``) and
-``<out>/burgers_table.md``.
-The figures and the table are :mod:`.burgers`.
+``<out>/burgers_table.md``. The figures and the table are :mod:`.burgers`.
 """
 
 from __future__ import annotations
@@ -98,9 +97,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     try:
         net, nu = load_run(chosen)
     except (OSError, RuntimeError, EOFError, KeyError) as err:  # a checkpoint missing, truncated or not a run's
-        print(f"burgers_figure: cannot load the trained network of {chosen} ({type(err).__name__}: "
-              f"{' '.join(str(err).split())[:120]}); allowed: a run with checkpoints/last.ckpt (or --solution another run)",
-              file=sys.stderr)
+        print(
+            f"burgers_figure: cannot load the trained network of {chosen} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:120]}); allowed: a run with checkpoints/last.ckpt (or --solution another "
+            "run)",
+            file=sys.stderr,
+        )
         return 2
     rel = solution_figure(net, out / "burgers_solution.png", nu,
                           title=f"{label(method)}, lr = {lr_text}, after {steps} steps")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ...errors import GFConfigError
-from ..interrupts import Interrupted, interruptible, interrupted_line
+from ..interrupts import Interrupted, interrupted_line, interruptible
 from .figures import FIGURES, measure
 
 PROG = "python -m gf_lightning.study paper"
@@ -22,7 +22,9 @@ PROG = "python -m gf_lightning.study paper"
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Measure the figures ``argv`` (default: the process's arguments) names."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--figures", nargs="+", default=["all"], choices=["all", *FIGURES], metavar="FIGURE",
                    help=f"any of: {', '.join(FIGURES)}, or all (default)")
     p.add_argument("--out", type=Path, default=Path("paper_runs"))

@@ -17,14 +17,24 @@ from pathlib import Path
 from ..events import read_scalars
 from ..methods import label
 from ..plotting import MARKERS, pyplot
-from ..tables import Stat, counts_text, md_table, mean_sd, number
 from ..sweep.execute import execute
 from ..sweep.grid import Plan, Point, experiment_name
 from ..sweep.records import RunRecord, done
+from ..tables import Stat, counts_text, md_table, mean_sd, number
 
 #: the paper's three SAV schemes by the project's names: Alg. 2 (vanilla), Alg. 3 (restart = the seed's form), Alg. 4
-PAPER_NAMES = {"sav-vanilla": "SAV", "sav": "ResSAV", "sav-relax": "RelSAV", "sgd": "Euler (SGD)", "adam": "A-Euler (Adam)",
-               "asav": "A-SAV", "aressav": "A-ResSAV", "arelsav": "A-RelSAV", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
+PAPER_NAMES = {
+    "sav-vanilla": "SAV",
+    "sav": "ResSAV",
+    "sav-relax": "RelSAV",
+    "sgd": "Euler (SGD)",
+    "adam": "A-Euler (Adam)",
+    "asav": "A-SAV",
+    "aressav": "A-ResSAV",
+    "arelsav": "A-RelSAV",
+    "adagrad": "Adagrad",
+    "rmsprop": "RMSprop",
+}
 SAV_FAMILY = ["sav-vanilla", "sav", "sav-relax"]
 ADAPTIVE_FAMILY = ["asav", "aressav", "arelsav"]
 
@@ -64,40 +74,95 @@ SEEDS = ("0", "1", "2")
 #: Fig. 10 on the paper's full 100 000 samples: long enough that Adam's test loss levels off (docs/paper.md says where)
 FIG10_EPOCHS = 5
 EX1, EX2, EX3, MNIST = (f"paper/{n}.yaml" for n in ("ex1", "ex2", "ex3", "mnist"))
-FIGURES: dict[str, Figure] = {f.name: f for f in [
-    Figure("fig1", EX1, "SAV and RelSAV losses decay monotonically; Euler (gradient descent) oscillates",
-           [Part("all", ["sgd", "sav-vanilla", "sav-relax"], "0.6", method_args=["C=1", "lam=10"])], epochs=300,
-           common=["data.init_args.d=20", "model.net.init_args.d=20", "data.init_args.n_samples=10000",
-                   "data.init_args.batch_size=null"]),
-    Figure("fig3", EX1, "SAV, ResSAV, RelSAV nearly identical and far better than SGD at 0.01; at lr 1 SAV unchanged "
-           "while Euler does not converge",
-           [Part("sav", SAV_FAMILY, "0.5,1", method_args=["C=100", "lam=4"]), Part("sgd", ["sgd"], "0.01,0.5,1")],
-           epochs=3),
-    Figure("fig4", EX1, "the A-SAV family converges at lr 1 where Adam at lr 1 does not; slightly better and faster than "
-           "Adam at 0.001",
-           [Part("adaptive", ADAPTIVE_FAMILY, "0.01,1", method_args=["C=100", "lam=4"]),
-            Part("adam", ["adam"], "0.001,1")], epochs=3),
-    Figure("fig5", EX1, "λ = 4 is best for vanilla SAV; λ matters little for ResSAV and RelSAV",
-           [Part("lam", SAV_FAMILY, "0.5", grid=["model.optimizer.init_args.lam=0,1,4,10"], method_args=["C=100"])],
-           epochs=3),
-    Figure("fig6", EX1, "1 − rⁿ/r̂ⁿ ≈ 0.6 for vanilla SAV at λ = 0, ≈ 0 for the others",
-           [Part("ratio", SAV_FAMILY, "0.5", grid=["model.optimizer.init_args.lam=0,4"], method_args=["C=10"])],
-           epochs=3, energy=True),
-    Figure("fig8", EX2, "Euler diverges at lr 0.4 and 1; the SAV schemes converge there but about one order of magnitude "
-           "less accurate than SGD at 0.01",
-           [Part("sav", SAV_FAMILY, "0.4,1", method_args=["C=1", "lam=4"]), Part("sgd", ["sgd"], "0.01,0.4,1")],
-           epochs=20),
-    Figure("fig9", EX2, "the A-SAV family is about as accurate as Adam at 0.001 and faster early on; Adam at the large lr "
-           "is worse",
-           [Part("adaptive", ADAPTIVE_FAMILY, "0.1,1", method_args=["C=1", "lam=4"]), Part("adam", ["adam"], "0.001,1")],
-           epochs=20),
-    Figure("fig10", EX3, "RelSAV is more stable than Euler at lr 1; A-RelSAV is more accurate and much faster than Adam, "
-           "Adagrad and RMSprop (train ≈ 1e-6, test ≈ 1.5e-3 against ≈ 1e-2)",
-           [Part("large", ["sgd", "sav-relax", "arelsav"], "1", method_args=["C=100", "lam=4"]),
-            Part("baselines", ["adam", "adagrad", "rmsprop"], "0.001")], epochs=FIG10_EPOCHS),
-    Figure("fig11", MNIST, "no obvious difference between the four methods; ≈ 98.2–98.5 % test accuracy after 10 epochs",
-           [Part("all", ["sgd", *SAV_FAMILY], "0.1", method_args=["C=100", "lam=4"])], epochs=10, metric="val/acc"),
-]}
+FIGURES: dict[str, Figure] = {
+    f.name: f
+    for f in [
+        Figure(
+            "fig1",
+            EX1,
+            "SAV and RelSAV losses decay monotonically; Euler (gradient descent) oscillates",
+            [Part("all", ["sgd", "sav-vanilla", "sav-relax"], "0.6", method_args=["C=1", "lam=10"])],
+            epochs=300,
+            common=[
+                "data.init_args.d=20",
+                "model.net.init_args.d=20",
+                "data.init_args.n_samples=10000",
+                "data.init_args.batch_size=null",
+            ],
+        ),
+        Figure(
+            "fig3",
+            EX1,
+            "SAV, ResSAV, RelSAV nearly identical and far better than SGD at 0.01; at lr 1 SAV unchanged "
+            "while Euler does not converge",
+            [Part("sav", SAV_FAMILY, "0.5,1", method_args=["C=100", "lam=4"]), Part("sgd", ["sgd"], "0.01,0.5,1")],
+            epochs=3,
+        ),
+        Figure(
+            "fig4",
+            EX1,
+            "the A-SAV family converges at lr 1 where Adam at lr 1 does not; slightly better and faster than "
+            "Adam at 0.001",
+            [
+                Part("adaptive", ADAPTIVE_FAMILY, "0.01,1", method_args=["C=100", "lam=4"]),
+                Part("adam", ["adam"], "0.001,1"),
+            ],
+            epochs=3,
+        ),
+        Figure(
+            "fig5",
+            EX1,
+            "λ = 4 is best for vanilla SAV; λ matters little for ResSAV and RelSAV",
+            [Part("lam", SAV_FAMILY, "0.5", grid=["model.optimizer.init_args.lam=0,1,4,10"], method_args=["C=100"])],
+            epochs=3,
+        ),
+        Figure(
+            "fig6",
+            EX1,
+            "1 − rⁿ/r̂ⁿ ≈ 0.6 for vanilla SAV at λ = 0, ≈ 0 for the others",
+            [Part("ratio", SAV_FAMILY, "0.5", grid=["model.optimizer.init_args.lam=0,4"], method_args=["C=10"])],
+            epochs=3,
+            energy=True,
+        ),
+        Figure(
+            "fig8",
+            EX2,
+            "Euler diverges at lr 0.4 and 1; the SAV schemes converge there but about one order of magnitude "
+            "less accurate than SGD at 0.01",
+            [Part("sav", SAV_FAMILY, "0.4,1", method_args=["C=1", "lam=4"]), Part("sgd", ["sgd"], "0.01,0.4,1")],
+            epochs=20,
+        ),
+        Figure(
+            "fig9",
+            EX2,
+            "the A-SAV family is about as accurate as Adam at 0.001 and faster early on; Adam at the large lr is worse",
+            [
+                Part("adaptive", ADAPTIVE_FAMILY, "0.1,1", method_args=["C=1", "lam=4"]),
+                Part("adam", ["adam"], "0.001,1"),
+            ],
+            epochs=20,
+        ),
+        Figure(
+            "fig10",
+            EX3,
+            "RelSAV is more stable than Euler at lr 1; A-RelSAV is more accurate and much faster than Adam, "
+            "Adagrad and RMSprop (train ≈ 1e-6, test ≈ 1.5e-3 against ≈ 1e-2)",
+            [
+                Part("large", ["sgd", "sav-relax", "arelsav"], "1", method_args=["C=100", "lam=4"]),
+                Part("baselines", ["adam", "adagrad", "rmsprop"], "0.001"),
+            ],
+            epochs=FIG10_EPOCHS,
+        ),
+        Figure(
+            "fig11",
+            MNIST,
+            "no obvious difference between the four methods; ≈ 98.2–98.5 % test accuracy after 10 epochs",
+            [Part("all", ["sgd", *SAV_FAMILY], "0.1", method_args=["C=100", "lam=4"])],
+            epochs=10,
+            metric="val/acc",
+        ),
+    ]
+}
 
 
 @dataclass
@@ -178,9 +243,10 @@ DIVERGED_Y = 0.97  #: where a diverged run's ✕ is drawn: near the top of the p
 
 
 def curves(figure: Figure, runs: list[Run], path: Path, configs: Path = Path("configs")) -> Path:
-    """Loss (and the held-out metric, and Fig. 6's ``1 − r/r̂``) against epochs: per method and setting the mean over the
-    seeds with a band from the smallest to the largest, a marker of its own every few epochs (so no curve hides under
-    another); a seed that diverged is a ✕ at the top of the panel at the epoch where it stopped, one that stopped early
+    """Loss (and the held-out metric, and Fig. 6's ``1 − r/r̂``) against epochs: per method and setting the mean over
+    the seeds with a band from the smallest to the largest, a marker of its own every few epochs (so no curve hides
+    under another); a seed that diverged is a ✕ at the top of the panel at the epoch where it stopped, one that stopped
+    early
     (fewer epochs than planned) a ■ at its last point, and the label says how many seeds were unstable."""
     plt = pyplot()
     from matplotlib.lines import Line2D

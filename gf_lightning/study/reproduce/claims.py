@@ -35,9 +35,22 @@ CLAIMS: dict[int, dict[str, dict[str, str]]] = {
     },
 }
 TIME_CLAIMS = {
-    "regression": {"sgd": "1.0×", "adam": "1.1×", "ieq_adaptive": "1.2×", "expsav": "1.5×", "sav": "1.5×", "ieq": "3.5×"},
-    "classification": {"sgd": "1.0×", "adam": "1.1×", "ieq_adaptive": "1.2×", "expsav": "1.8×", "sav": "1.8×",
-                       "ieq": "5.2×"},
+    "regression": {
+        "sgd": "1.0×",
+        "adam": "1.1×",
+        "ieq_adaptive": "1.2×",
+        "expsav": "1.5×",
+        "sav": "1.5×",
+        "ieq": "3.5×",
+    },
+    "classification": {
+        "sgd": "1.0×",
+        "adam": "1.1×",
+        "ieq_adaptive": "1.2×",
+        "expsav": "1.8×",
+        "sav": "1.8×",
+        "ieq": "5.2×",
+    },
 }
 
 

@@ -4,13 +4,13 @@
     gf-reproduce --experiment all --threads 1                      # everything: ~11 min on 2 idle cores
     gf-reproduce --experiment 3 --epochs-scale 0.05 --out /tmp/r3  # a quick pass: 5 epochs per method
 
-Every method runs through the same CLI and config a user runs (``python -m gf_lightning fit --config configs/expN_M.yaml``),
-with TensorBoard logs under ``<out>/exp<N>/<method>/``: with ``--jobs N``, in N worker processes at once, the longest runs
-first, each process on ``--threads`` intra-op threads (with ``--threads 1``, a run's numbers are bit for bit those of the
-same run alone in one process); with ``--jobs 1``, in this process, one after the other. When an experiment's last run
-has ended, its event files are read back and ``<out>/exp<N>/`` gets ``loss.png``, ``energy.png``, ``results.md``
-(measured | claimed) and ``results.json``. ``--experiment all`` also writes ``<out>/summary.md``. A run that goes
-non-finite is recorded as such; the others go on.
+Every method runs through the same CLI and config a user runs (``python -m gf_lightning fit --config
+configs/expN_M.yaml``), with TensorBoard logs under ``<out>/exp<N>/<method>/``: with ``--jobs N``, in N worker processes
+at once, the longest runs first, each process on ``--threads`` intra-op threads (with ``--threads 1``, a run's numbers
+are bit for bit those of the same run alone in one process); with ``--jobs 1``, in this process, one after the other.
+When an experiment's last run has ended, its event files are read back and ``<out>/exp<N>/`` gets ``loss.png``,
+``energy.png``, ``results.md`` (measured | claimed) and ``results.json``. ``--experiment all`` also writes
+``<out>/summary.md``. A run that goes non-finite is recorded as such; the others go on.
 
 This module only reads the command line (``python -m gf_lightning.study reproduce``, ``gf-reproduce``,
 ``python scripts/reproduce.py``): the reproduction is :mod:`.reproduction`.
@@ -34,12 +34,18 @@ PROG = "python -m gf_lightning.study reproduce"
 
 
 def parse_args(argv: list[str] | None, prog: str = PROG, configs: Path = Path("configs")) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--experiment", choices=["1", "2", "3", "4", "all"], required=True)
-    p.add_argument("--methods", nargs="+", default=list(SEED_METHODS),
-                   help=f"default: every config that exists for the experiment among {', '.join(SEED_METHODS)} (the seed's; "
-                        f"beyond it: {', '.join(NEW_METHODS)}); NAME runs "
-                        "configs/exp<N>_NAME.yaml, so a variant config such as exp4_expsav_restart.yaml runs as expsav_restart")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(SEED_METHODS),
+        help=f"default: every config that exists for the experiment among {', '.join(SEED_METHODS)} (the seed's; "
+        f"beyond it: {', '.join(NEW_METHODS)}); NAME runs "
+        "configs/exp<N>_NAME.yaml, so a variant config such as exp4_expsav_restart.yaml runs as expsav_restart",
+    )
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies each config's max_epochs (min 1 epoch)")
     p.add_argument("--accelerator", default="cpu", help="--trainer.accelerator (default cpu)")
     p.add_argument("--devices", default="1", help="--trainer.devices (default 1)")
@@ -50,13 +56,21 @@ def parse_args(argv: list[str] | None, prog: str = PROG, configs: Path = Path("c
     p.add_argument("--data-dir", default=default_data, help=f"MNIST folder holding MNIST/raw/ (default {default_data})")
     p.add_argument("--log-every-n-steps", type=int, default=None,
                    help="--trainer.log_every_n_steps: how often energies are logged (default: the config's, 10)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads of each process that trains (default: torch's choice, or with --jobs N the "
-                        "cores ÷ N; on a few busy shared cores 1 can be much faster)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help=f"runs trained at once, each in a worker process of its own (default: as many as the "
-                        f"{usable_cores()} usable cores hold at --threads each, here {default_jobs(1)} with --threads 1; "
-                        "1 without --threads); --jobs 1 trains in this process, one run after the other")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads of each process that trains (default: torch's choice, or with --jobs N the "
+        "cores ÷ N; on a few busy shared cores 1 can be much faster)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help=f"runs trained at once, each in a worker process of its own (default: as many as the "
+        f"{usable_cores()} usable cores hold at --threads each, here {default_jobs(1)} with --threads 1; "
+        "1 without --threads); --jobs 1 trains in this process, one run after the other",
+    )
     p.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
     opts = p.parse_args(argv)
     if not (math.isfinite(opts.epochs_scale) and opts.epochs_scale > 0):

@@ -8,16 +8,26 @@ import math
 import textwrap
 from pathlib import Path
 
-from .claims import EXPERIMENTS, MNIST
 from ..methods import COLORS, ENERGY_MEANING, ENERGY_METHODS, base, label
 from ..outcome import STEP_COLLAPSE
 from ..plotting import pyplot
+from .claims import EXPERIMENTS, MNIST
 from .records import RunResult, collapsed_from
 
 #: a marker and a dash pattern per method, so that curves that coincide (small steps: SGD ≈ SAV ≈ ExpSAV) stay visible
-STYLES = {"sgd": ("o", (0, (4, 2))), "adam": ("s", "-"), "sav": ("^", "-"), "expsav": ("v", (0, (1, 1))), "ieq": ("D", "-"),
-          "ieq_adaptive": ("x", (0, (6, 2, 1, 2))), "asav": ("P", "-"), "aressav": ("*", (0, (3, 1))),
-          "arelsav": ("h", (0, (1, 2))), "aegd": ("<", "-"), "aegdm": (">", (0, (5, 2)))}
+STYLES = {
+    "sgd": ("o", (0, (4, 2))),
+    "adam": ("s", "-"),
+    "sav": ("^", "-"),
+    "expsav": ("v", (0, (1, 1))),
+    "ieq": ("D", "-"),
+    "ieq_adaptive": ("x", (0, (6, 2, 1, 2))),
+    "asav": ("P", "-"),
+    "aressav": ("*", (0, (3, 1))),
+    "arelsav": ("h", (0, (1, 2))),
+    "aegd": ("<", "-"),
+    "aegdm": (">", (0, (5, 2))),
+}
 
 
 #: loss.png: runs whose train and test losses differ by less than this (relative) at every epoch lie on one line at the
@@ -115,8 +125,11 @@ def plot_losses(results: list[RunResult], path: Path) -> None:
     mnist = results[0].experiment == MNIST
     third = ("test accuracy", "test_acc", "init_test_metric") if mnist else (
         "test relative error Σ(f−y)²/Σy²", "test_rel_err", "init_test_metric")
-    panels = [("train loss (epoch mean)", "train_loss", None), ("test loss (held-out 20 %)", "test_loss", "init_test_loss"),
-              third]
+    panels = [
+        ("train loss (epoch mean)", "train_loss", None),
+        ("test loss (held-out 20 %)", "test_loss", "init_test_loss"),
+        third,
+    ]
     epochs = max(r.epochs_planned for r in results)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), dpi=90, layout="constrained")
     for ax, (title, attr, init) in zip(axes, panels):
@@ -173,8 +186,9 @@ def _decade_label(x: float, _pos=None) -> str:
 
 
 def _energy_yscale(ax, values: list[float]) -> float | None:
-    """Log when every value is positive; else symlog, linear within ±linthresh (the decade at or below the 5th percentile
-    of the values' magnitudes, at most 8 decades under the largest; shaded), ticked at 0 and at decades far enough apart
+    """Log when every value is positive; else symlog, linear within ±linthresh (the decade at or below the 5th
+    percentile of the values' magnitudes, at most 8 decades under the largest; shaded), ticked at 0 and at decades far
+    enough apart
     to be read. Returns linthresh (None: log or linear)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
@@ -248,12 +262,14 @@ def energy_caption(results: list[RunResult]) -> str:
     runs = [r for r in results if base(r.method) in ENERGY_METHODS]
     if not runs:
         return ""
-    text = ("Each panel: the method's modified energy (solid, its colour; what it is: the panel's title) and the true "
-            "energy, the step's mini-batch loss (black, dashed), in the loss's units, against the optimizer step. y axis: "
-            "logarithmic, or where an energy is ≤ 0 symmetric-logarithmic, linear inside the grey band around 0. ✕ and "
-            f"the dotted line: where the run froze for good (effective step below {STEP_COLLAPSE:g} × nominal, or the "
-            f"modified energy ±∞, up to the last logged step); a modified energy ±∞ or beyond {OFF_CHART:g} × the "
-            "panel's largest loss is not drawn.")
+    text = (
+        "Each panel: the method's modified energy (solid, its colour; what it is: the panel's title) and the true "
+        "energy, the step's mini-batch loss (black, dashed), in the loss's units, against the optimizer step. y axis: "
+        "logarithmic, or where an energy is ≤ 0 symmetric-logarithmic, linear inside the grey band around 0. ✕ and "
+        f"the dotted line: where the run froze for good (effective step below {STEP_COLLAPSE:g} × nominal, or the "
+        f"modified energy ±∞, up to the last logged step); a modified energy ±∞ or beyond {OFF_CHART:g} × the "
+        "panel's largest loss is not drawn."
+    )
     frozen = []
     for r in runs:
         start = collapsed_from(r)
@@ -266,7 +282,8 @@ def energy_caption(results: list[RunResult]) -> str:
 
 
 def plot_energy(results: list[RunResult], path: Path) -> None:
-    """One panel per energy method: the modified energy per logged step, beside the true energy (the loss it stands for);
+    """One panel per energy method: the modified energy per logged step, beside the true energy (the loss it stands
+    for);
     log or symlog y, freezes marked, notes under the panels, never on the data."""
     plt = pyplot()
     from matplotlib.lines import Line2D

@@ -1,6 +1,6 @@
 """One run of the reproduction in this process (the sweep's runs are processes: :mod:`..sweep.runner`): a method's
-config through the same CLI a user runs (``python -m gf_lightning fit --config …``), with the callbacks that record where
-it started and report its progress; afterwards its TensorBoard events are read back into a
+config through the same CLI a user runs (``python -m gf_lightning fit --config …``), with the callbacks that record
+where it started and report its progress; afterwards its TensorBoard events are read back into a
 :class:`~.records.RunResult`."""
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def cli_args(spec: RunSpec, run_dir: Path, settings: Settings) -> list[str]:
 
 def run_one(spec: RunSpec, settings: Settings, index: int = 0,
             report: Callable[[Tick], None] | None = None) -> RunResult:
-    """Train one method through the CLI, reporting its start and epochs to ``report`` (as run ``index`` of a plan); a run
+    """Train one method through the CLI, reporting its start and epochs to ``report`` (as run ``index`` of a plan); a
+    run
     that goes non-finite or fails its set-up is recorded, not raised."""
     run_dir = settings.out / f"exp{spec.experiment}" / spec.method
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run replaces the old one: the logs read back are this run's
@@ -120,7 +121,8 @@ def read_back(result: RunResult) -> None:
     result.restart_rises = rises[-1] if rises else math.nan
 
 
-# -- the callbacks -----------------------------------------------------------------------------------------------------------
+# -- the callbacks
+# -----------------------------------------------------------------------------------------------------------
 def _fingerprint(tensors) -> str:
     digest = hashlib.sha256()
     for t in tensors:
@@ -164,7 +166,8 @@ class EpochTicks(L.Callback):
         self.report(Tick(self.index, done, trainer.max_epochs, (time.monotonic() - self.start) / done))
 
 
-# -- the process the runs train in ---------------------------------------------------------------------------------------------
+# -- the process the runs train in
+# ---------------------------------------------------------------------------------------------
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Lightning's banners ("GPU available …", tips) and known harmless warnings would bury the progress lines; put back

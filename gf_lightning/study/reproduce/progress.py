@@ -1,4 +1,5 @@
-"""The progress lines on stderr while a study runs: each run's start, then its epochs with the run's and the whole study's
+"""The progress lines on stderr while a study runs: each run's start, then its epochs with the run's and the whole
+study's
 estimated time left."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from .records import RunSpec
 
 @dataclass(frozen=True)
 class Tick:
-    """How far one run is, as the process that trains it reports it: ``done`` of ``total`` epochs (0: it has just started),
+    """How far one run is, as the process that trains it reports it: ``done`` of ``total`` epochs (0: it has just
+    started),
     at ``rate`` seconds an epoch so far."""
 
     index: int  #: the run's place in the plan
@@ -24,7 +26,8 @@ class Tick:
 
 class Eta:
     """Time left overall: each started run's remaining epochs at its own rate, the runs to come at the rate seen so far
-    for the same experiment (else the latest rate seen), shared among the ``jobs`` processes that train. Rough: IEQ (full)
+    for the same experiment (else the latest rate seen), shared among the ``jobs`` processes that train. Rough: IEQ
+    (full)
     is slower than the rest."""
 
     def __init__(self, plan: list[RunSpec], jobs: int = 1) -> None:
@@ -60,7 +63,8 @@ class Eta:
 
 class ProgressLines:
     """Print a line when a run starts, then one per epoch at most every ``every`` seconds per run (and after its last
-    epoch): run, epoch, s/epoch, the run's and the whole plan's ETA. Call it with each :class:`Tick`, in any order of runs."""
+    epoch): run, epoch, s/epoch, the run's and the whole plan's ETA. Call it with each :class:`Tick`, in any order of
+    runs."""
 
     def __init__(self, plan: list[RunSpec], jobs: int = 1, every: float = 10.0, stream=None) -> None:
         self.plan, self.every, self.stream = plan, every, stream

@@ -13,18 +13,22 @@ from pathlib import Path
 
 import torch
 
-from .claims import EXPERIMENTS, MNIST, claim
-from .figures import energy_caption, loss_caption, plot_energy, plot_losses
 from ..outcome import STALL_EPOCHS, STALL_REL, STEP_COLLAPSE
 from ..tables import formatted, md_table, number
+from .claims import EXPERIMENTS, MNIST, claim
+from .figures import energy_caption, loss_caption, plot_energy, plot_losses
 from .records import RunResult, Settings
 
 FREEZE_NOTE = (
-    f"*Frozen* means the effective step that multiplies the gradient (`optim/effective_lr`, logged by the energy methods) "
-    f"was, at the last logged step, below {STEP_COLLAPSE:g} × the nominal step Δt/(1 + Δtλ) (the step with the auxiliary "
+    "*Frozen* means the effective step that multiplies the gradient (`optim/effective_lr`, logged by the energy "
+    "methods) "
+    f"was, at the last logged step, below {STEP_COLLAPSE:g} × the nominal step Δt/(1 + Δtλ) (the step with the "
+    "auxiliary "
     "factor at 1); *stalled* means the epoch's mean training loss changed by at "
-    f"most {STALL_REL:g} × its value in each of the last {STALL_EPOCHS} epochs (needs more than {STALL_EPOCHS} epochs). "
-    "*NaN in epoch e* means the non-finite guard stopped the run during epoch e; its numbers are those of epochs 1 … e−1."
+    f"most {STALL_REL:g} × its value in each of the last {STALL_EPOCHS} epochs (needs more than {STALL_EPOCHS} "
+    "epochs). "
+    "*NaN in epoch e* means the non-finite guard stopped the run during epoch e; its numbers are those of epochs 1 … "
+    "e−1."
 )
 
 
@@ -70,8 +74,11 @@ def same_start_line(results: list[RunResult]) -> str:
     weights = {r.init_weights for r in started}
     data = {r.init_data for r in started}
     if len(weights) == 1 and len(data) == 1:
-        return f"All {len(started)} methods started from the same initial weights and the same data (fingerprints above)."
-    return f"**The methods did not all start alike**: {len(weights)} different initial weights, {len(data)} different data."
+        return (
+            f"All {len(started)} methods started from the same initial weights and the same data (fingerprints above)."
+        )
+    return (f"**The methods did not all start alike**: {len(weights)} different initial weights, "
+            f"{len(data)} different data.")
 
 
 def machine_line() -> str:
@@ -90,7 +97,8 @@ def run_command(r: RunResult, settings: Settings) -> str:
 
 
 def write_results(exp: int, results: list[RunResult], skipped: list[str], settings: Settings, wall_s: float) -> Path:
-    """``<out>/exp<exp>/``: ``loss.png``, ``energy.png``, ``results.md`` and ``results.json`` of the runs ``results`` (in the
+    """``<out>/exp<exp>/``: ``loss.png``, ``energy.png``, ``results.md`` and ``results.json`` of the runs ``results``
+    (in the
     order of the tables); ``skipped``: the methods not run, and why; ``wall_s``: the experiment's wall time."""
     folder = settings.out / f"exp{exp}"
     folder.mkdir(parents=True, exist_ok=True)  # where no run got as far as its logs
@@ -134,7 +142,8 @@ def write_results(exp: int, results: list[RunResult], skipped: list[str], settin
         "excluded; it depends on the machine's load "
         "(on 2 shared busy cores, 2 intra-op threads stalled each other: exp3 took 0.5 s/epoch against 0.03 with "
         "`--threads 1`). Energy violations: `energy/violations` (the running count of steps where the modified energy "
-        "rose above the value the step started from, which the schemes guarantee never happens) at the last logged step; "
+        "rose above the value the step started from, which the schemes guarantee never happens) at the last logged "
+        "step; "
         "restart rises: `energy/restart_rises` (restart forms, SAV's seed form included: restarts that set r above the "
         "value the last step left, which those forms allow). Initial test loss: the "
         "held-out loss of the weights before the first step; the fingerprints are SHA-256 prefixes of the initial "
@@ -148,8 +157,17 @@ def write_results(exp: int, results: list[RunResult], skipped: list[str], settin
     if messages:
         lines += ["", "## Messages", "", *messages]
     (folder / "results.md").write_text("\n".join(lines) + "\n")
-    payload = [{**asdict(r), "final_loss": r.final_loss, "best_loss": r.best_loss, "epochs_to_target": r.epochs_to_target,
-                "seconds_per_epoch": r.seconds_per_epoch, "flag": r.flag} for r in results]
+    payload = [
+        {
+            **asdict(r),
+            "final_loss": r.final_loss,
+            "best_loss": r.best_loss,
+            "epochs_to_target": r.epochs_to_target,
+            "seconds_per_epoch": r.seconds_per_epoch,
+            "flag": r.flag,
+        }
+        for r in results
+    ]
     (folder / "results.json").write_text(json.dumps(payload, indent=1, default=str))
     return folder / "results.md"
 
@@ -167,7 +185,13 @@ def write_summary(done: dict[int, list[RunResult]], settings: Settings, wall_s: 
     ]
     for exp, results in done.items():
         lines += [f"## [Experiment {exp}](exp{exp}/results.md): {EXPERIMENTS[exp]}", ""]
-        header = ["method", "final test loss", "best test loss", "final acc" if exp == MNIST else "final rel err", "flag"]
+        header = [
+            "method",
+            "final test loss",
+            "best test loss",
+            "final acc" if exp == MNIST else "final rel err",
+            "flag",
+        ]
         rows = [[r.method, formatted(r.final_loss), formatted(r.best_loss),
                  number(r.final_acc, pct=True) if exp == MNIST else formatted(r.final_rel_err), r.flag]
                 for r in results]

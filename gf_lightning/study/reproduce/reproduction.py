@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from .in_process import intra_op_threads, quiet_lightning
 from .progress import ProgressLines
 from .records import RunResult, RunSpec, Settings
 from .reports import write_results, write_summary
-from .in_process import intra_op_threads, quiet_lightning
 from .workers import run_plan, usable_cores
 
 
@@ -26,7 +26,8 @@ def config_path(exp: int, method: str, configs: Path = Path("configs")) -> Path:
 
 def plan_experiment(exp: int, methods: list[str], scale: float,
                     configs: Path = Path("configs")) -> tuple[list[RunSpec], list[str]]:
-    """The runs of ``methods`` that have a config in experiment ``exp``, each for its config's ``max_epochs`` × ``scale``
+    """The runs of ``methods`` that have a config in experiment ``exp``, each for its config's ``max_epochs`` ×
+    ``scale``
     (rounded, at least 1); and the methods without one, with why."""
     specs, skipped = [], []
     for method in methods:
@@ -41,9 +42,10 @@ def plan_experiment(exp: int, methods: list[str], scale: float,
 
 def reproduce(experiments: list[int], methods: list[str], settings: Settings,
               summary: bool = False) -> dict[int, list[RunResult]]:
-    """Run ``methods`` in each of ``experiments`` and write each experiment's report under ``settings.out``; ``summary``:
-    also ``summary.md``. Returns each experiment's results, in the order of ``methods``. ``settings.jobs`` is at most the
-    number of runs; with more than 1 and no ``settings.threads``, each process gets the usable cores ÷ jobs intra-op
+    """Run ``methods`` in each of ``experiments`` and write each experiment's report under ``settings.out``;
+    ``summary``: also ``summary.md``. Returns each experiment's results, in the order of ``methods``. ``settings.jobs``
+    is at most the number of runs; with more than 1 and no ``settings.threads``, each process gets the usable cores ÷
+    jobs intra-op
     threads."""
     plans = {exp: plan_experiment(exp, methods, settings.epochs_scale, settings.configs) for exp in experiments}
     for exp, (specs, skipped) in plans.items():

@@ -1,11 +1,11 @@
 """Running a plan's runs: in this process one after the other (``jobs`` 1), or in ``jobs`` worker processes at once, the
 longest runs first.
 
-A worker is a fresh (spawned) Python process that trains one run after another with ``threads`` intra-op threads, through
-:func:`.in_process.run_one` as in this process: each run seeds itself (its config's ``seed_everything``), so that a run gives
-the same numbers bit for bit in a worker as in this process at the same thread count (``tests/test_reproduce.py``). Each
-run's progress comes back to this process as :class:`~.progress.Tick` records over a queue; each result as a
-:class:`Finished` record, in the order the runs end.
+A worker is a fresh (spawned) Python process that trains one run after another with ``threads`` intra-op threads,
+through :func:`.in_process.run_one` as in this process: each run seeds itself (its config's ``seed_everything``), so
+that a run gives the same numbers bit for bit in a worker as in this process at the same thread count
+(``tests/test_reproduce.py``). Each run's progress comes back to this process as :class:`~.progress.Tick` records over a
+queue; each result as a :class:`Finished` record, in the order the runs end.
 
 The order: the runs are queued longest first (:func:`estimated_seconds`) and each worker takes the next when it is free,
 so that the short runs fill the gaps at the end: on 2 cores, the seed's four experiments (exp1's six 1000-epoch runs,
@@ -35,9 +35,9 @@ from . import in_process
 from .progress import Tick
 from .records import RunResult, RunSpec, Settings
 
-#: :func:`estimated_seconds`: the time of one multiply-add in a step's matrix products on one core, and the fixed cost of
-#: an optimizer step (Python, the optimizer's own loop, Lightning's hooks); measured on exp1 (SGD 0.1 s an epoch, Adam and
-#: IEQ (full) at batch 64 ~0.35 s), rough elsewhere: only the order of the runs depends on it
+#: :func:`estimated_seconds`: the time of one multiply-add in a step's matrix products on one core, and the fixed cost
+#: of an optimizer step (Python, the optimizer's own loop, Lightning's hooks); measured on exp1 (SGD 0.1 s an epoch,
+#: Adam and IEQ (full) at batch 64 ~0.35 s), rough elsewhere: only the order of the runs depends on it
 SECONDS_PER_MAC, SECONDS_PER_STEP = 1e-10, 1.5e-3
 
 
@@ -110,7 +110,9 @@ def longest_first(plan: list[RunSpec]) -> list[int]:
     return sorted(range(len(plan)), key=lambda i: -seconds[i])
 
 
-def run_plan(plan: list[RunSpec], settings: Settings, report: Callable[[Tick], None] | None = None) -> Iterator[Finished]:
+def run_plan(
+    plan: list[RunSpec], settings: Settings, report: Callable[[Tick], None] | None = None
+) -> Iterator[Finished]:
     """Train every run of ``plan``, reporting each one's start and epochs to ``report``; yield each as it ends. With
     ``settings.jobs`` 1, in this process in the plan's order, each run only when the previous one has been taken: what
     the caller does in between (writing an experiment's report) happens before the next run starts."""
@@ -164,7 +166,8 @@ def _lost(spec: RunSpec, settings: Settings, err: BaseException) -> RunResult:
     return result
 
 
-# -- in the worker process -----------------------------------------------------------------------------------------------------
+# -- in the worker process
+# -----------------------------------------------------------------------------------------------------
 _ticks = None  # the queue to this process's parent
 
 

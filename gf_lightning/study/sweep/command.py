@@ -9,13 +9,13 @@
     gf-sweep --from-results DIR/results.json   # the report again from results.json alone
 
 Every point runs ``python -m gf_lightning fit --config CONFIG <overrides>`` in its own process and folder
-(``<out>/runs/<point>/``), ``--jobs`` at once; points already done (trained, frozen or diverged) are skipped on a re-run.
-The method replaces the config's optimizer entirely (class and every setting: the class's defaults, then the method's
-variant, then ``--method-args`` where the class takes them). Writes ``<out>/sweep.png`` (final and best held-out metric
-against Δt, diverged and frozen runs marked, gradient descent's stability limits), ``<out>/sweep.md`` (per method: the
-largest Δt that trains, the best Δt and its metric as mean ± spread over the seeds, the time to a target) and
-``<out>/results.json``. ``gf_lightning.study.sweep`` holds the code; its modules' docstrings define every term.
-``gf-sweep`` is ``python -m gf_lightning.study sweep`` and ``python scripts/sweep.py``.
+(``<out>/runs/<point>/``), ``--jobs`` at once; points already done (trained, frozen or diverged) are skipped on a
+re-run. The method replaces the config's optimizer entirely (class and every setting: the class's defaults, then the
+method's variant, then ``--method-args`` where the class takes them). Writes ``<out>/sweep.png`` (final and best
+held-out metric against Δt, diverged and frozen runs marked, gradient descent's stability limits), ``<out>/sweep.md``
+(per method: the largest Δt that trains, the best Δt and its metric as mean ± spread over the seeds, the time to a
+target) and ``<out>/results.json``. ``gf_lightning.study.sweep`` holds the code; its modules' docstrings define every
+term. ``gf-sweep`` is ``python -m gf_lightning.study sweep`` and ``python scripts/sweep.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from ...errors import GFConfigError
-from ..interrupts import Interrupted, interruptible, interrupted_line
+from ..interrupts import Interrupted, interrupted_line, interruptible
 from ..methods import METHODS
 from .execute import execute
 from .grid import DEFAULT_METHODS, GRID_FORM, LR_KEY, Plan, SweepError
@@ -46,12 +46,19 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                    help=f"the methods; any of: {', '.join(METHODS)}, or 'config' (the config's own optimizer); "
                    f"default: {' '.join(DEFAULT_METHODS)}")
-    g.add_argument("--lr", metavar="SPEC", help=f"the step sizes Δt ({LR_KEY}): FROM:TO:N (N log-spaced, e.g. 1e-3:1e2:11) "
-                   "or V1,V2,…")
+    g.add_argument(
+        "--lr",
+        metavar="SPEC",
+        help=f"the step sizes Δt ({LR_KEY}): FROM:TO:N (N log-spaced, e.g. 1e-3:1e2:11) or V1,V2,…",
+    )
     g.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=VALUES",
                    help=f"more axes, each {GRID_FORM}; the points are the cartesian product")
-    g.add_argument("--seeds", nargs="+", metavar="SEED", help="the seeds (seed_everything): the report gives each point's "
-                   "mean and spread over them")
+    g.add_argument(
+        "--seeds",
+        nargs="+",
+        metavar="SEED",
+        help="the seeds (seed_everything): the report gives each point's mean and spread over them",
+    )
     g.add_argument("--method-args", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                    help="optimizer settings for the methods whose class takes them (e.g. C=100 lam=4)")
     g.add_argument("--max-epochs", type=int, help="trainer.max_epochs of every point (default: the config's)")
@@ -66,15 +73,25 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    "instead of running them; gather with --report-only")
     r.add_argument("--sbatch", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                    help="more #SBATCH options for --slurm, without their dashes: time=2:00:00 partition=cpu")
-    r.add_argument("--python", help="the Python of the runs (default: this one; 'python' in a SLURM script, or $PYTHON)")
+    r.add_argument(
+        "--python", help="the Python of the runs (default: this one; 'python' in a SLURM script, or $PYTHON)"
+    )
     r.add_argument("--report-only", action="store_true", help="run nothing: read <out>/plan.json and the run folders, "
                    "write the report")
-    r.add_argument("--from-results", metavar="RESULTS_JSON", help="run nothing: write the report again from a sweep's "
-                   "results.json alone (every record judged by the current outcome rule), into --out (default: its folder)")
+    r.add_argument(
+        "--from-results",
+        metavar="RESULTS_JSON",
+        help="run nothing: write the report again from a sweep's "
+        "results.json alone (every record judged by the current outcome rule), into --out (default: its folder)",
+    )
     s = p.add_argument_group("stability limit and report")
     s.add_argument("--no-hessian", action="store_true", help="skip 2/λ_max of the loss Hessian at the initial weights")
-    s.add_argument("--hessian-samples", type=int, default=4096, help="training samples for λ_max (0: all; default 4096)")
-    s.add_argument("--hessian-iters", type=int, default=200, help="at most this many power-iteration steps (default 200)")
+    s.add_argument(
+        "--hessian-samples", type=int, default=4096, help="training samples for λ_max (0: all; default 4096)"
+    )
+    s.add_argument(
+        "--hessian-iters", type=int, default=200, help="at most this many power-iteration steps (default 200)"
+    )
     s.add_argument("--metric", choices=["val/loss", "val/rel_err", "val/rel_l2", "val/acc"],
                    help="the held-out metric (default: val/acc for classification, val/loss for regression)")
     s.add_argument("--target", type=float, help=f"the metric's target for the time to target (defaults: {targets})")

@@ -1,7 +1,7 @@
 """Several sweeps side by side: one row per sweep — typically one method at its own config, each swept over the same
-settings, e.g. ``--grid model.net.init_args.init=fan_in,public --seeds 0 1 2`` — and one column per panel of those sweeps
-(each initialisation), every entry the mean ± standard deviation over the seeds of the final and the best held-out
-metric, with each panel's ranking; as a markdown table and a figure with error bars.
+settings, e.g. ``--grid model.net.init_args.init=fan_in,public --seeds 0 1 2`` — and one column per panel of those
+sweeps (each initialisation), every entry the mean ± standard deviation over the seeds of the final and the best
+held-out metric, with each panel's ranking; as a markdown table and a figure with error bars.
 
 It reads only what each sweep wrote (``results.json``: its cells, already summarised over the seeds by
 :mod:`.report`), so a sweep gathered from a SLURM job array compares like one run here.
@@ -125,7 +125,8 @@ def table(entries: list[Entry], metric: str) -> str:
 
 def figure(entries: list[Entry], metric: str, path: str | Path, title: str = "") -> Path:
     """Bars of the final metric's mean per sweep, one colour per panel, ± one standard deviation, the seeds' values as
-    dots; a sweep that did not train in a panel is marked by its status instead of a bar, or, where it finished finite, by
+    dots; a sweep that did not train in a panel is marked by its status instead of a bar, or, where it finished finite,
+    by
     a hatched bar with its status written at the bar's foot."""
     plt = pyplot()
     panels = list(dict.fromkeys(e.panel for e in entries))
@@ -174,7 +175,8 @@ def figure(entries: list[Entry], metric: str, path: str | Path, title: str = "")
 
 
 def compare(folders: list[str | Path], out: str | Path, title: str = "", command: str = "") -> dict[str, Path]:
-    """Write ``compare.md`` and ``compare.png`` for the sweeps in ``folders`` into ``out``; all must report one metric."""
+    """Write ``compare.md`` and ``compare.png`` for the sweeps in ``folders`` into ``out``; all must report one
+    metric."""
     entries: list[Entry] = []
     metrics = set()
     for folder in folders:
@@ -192,11 +194,17 @@ def compare(folders: list[str | Path], out: str | Path, title: str = "", command
     text = [f"# {title or 'Sweeps compared'}", ""]
     if command:
         text += ["Produced by:", "", "```bash", command, "```", ""]
-    text += [f"Metric: `{metric}` ({name}, held-out, {'higher' if higher_is_better(metric) else 'lower'} is better): "
-             "mean ± standard deviation over the seeds that finished finite, at the last validation (*final*) and the "
-             "best over the epochs (*best*); *rank* orders the rows that trained in each column by the final mean. Each "
-             "row is one sweep (its folder's name), read from its `results.json`.", "",
-             f"![compare]({png.name})", "", table(entries, metric), ""]
+    text += [
+        f"Metric: `{metric}` ({name}, held-out, {'higher' if higher_is_better(metric) else 'lower'} is better): "
+        "mean ± standard deviation over the seeds that finished finite, at the last validation (*final*) and the "
+        "best over the epochs (*best*); *rank* orders the rows that trained in each column by the final mean. Each "
+        "row is one sweep (its folder's name), read from its `results.json`.",
+        "",
+        f"![compare]({png.name})",
+        "",
+        table(entries, metric),
+        "",
+    ]
     md = out / "compare.md"
     md.write_text("\n".join(text))
     return {"markdown": md, "figure": png}

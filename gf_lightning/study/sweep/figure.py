@@ -3,8 +3,8 @@ panel (the grid's settings outside the optimizer), with gradient descent's stabi
 
 A filled marker is a step that trains, an open one a step where a run froze, a ✕ at the top edge a step where a run
 diverged; the line joins the means over the seeds and the band spans ± one standard deviation (on a logarithmic axis its
-lower edge stops at the smallest seed's value when the mean minus the deviation is not positive). The dashed grey line is
-the largest stable SGD step observed, the dotted black one ``2/λ_max`` at the initial weights.
+lower edge stops at the smallest seed's value when the mean minus the deviation is not positive). The dashed grey line
+is the largest stable SGD step observed, the dotted black one ``2/λ_max`` at the initial weights.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..outcome import UNSTABLE_RISE
 from ..plotting import MARKERS, pyplot, save_atomic
 from .cells import Cell, Limits, series_label, settings_text
 from .metrics import METRIC_NAMES, higher_is_better
+
 #: series at one Δt are drawn side by side, ``10**(DODGE·k)`` apart on the x-axis, so that no marker hides another
 DODGE = 0.012
 #: the top strip of each panel, above the data, where diverged steps are marked (axes fraction)
@@ -31,7 +32,8 @@ def _all_positive(ax) -> bool:
 
 
 def _headroom(ax, log: bool) -> None:
-    """Scale y (logarithmic when ``log``) so that the data fill the panel below :data:`STRIP`, and shade the strip above,
+    """Scale y (logarithmic when ``log``) so that the data fill the panel below :data:`STRIP`, and shade the strip
+    above,
     where the diverged steps are marked."""
     from matplotlib.patches import Rectangle
 

@@ -2,13 +2,14 @@
 the exact command line of each point.
 
 A point runs as ``python -m gf_lightning fit --config CONFIG <overrides>``, the command a user runs. Its overrides, in
-order: the method's whole optimizer as one value (``--model.optimizer={"class_path": …, "init_args": {…}}``, every setting
-of the class spelled out, so that nothing of the config's optimizer survives: jsonargparse keeps a config's ``C`` and ``lam``
-for a new class that accepts them, ``--model.optimizer=SAV`` included), then each grid axis as ``--KEY=VALUE``, then the
-sweep's fixed settings (no progress bar, the run's folder, …).
+order: the method's whole optimizer as one value (``--model.optimizer={"class_path": …, "init_args": {…}}``, every
+setting of the class spelled out, so that nothing of the config's optimizer survives: jsonargparse keeps a config's
+``C`` and ``lam`` for a new class that accepts them, ``--model.optimizer=SAV`` included), then each grid axis as
+``--KEY=VALUE``, then the sweep's fixed settings (no progress bar, the run's folder, …).
 
->>> plan = Plan.build("configs/exp3_sgd.yaml", methods=["sgd", "sav"], lr="1e-3:1e-1:3", out="/tmp/sw")  # doctest: +SKIP
->>> [p.name for p in plan.points()]                                                                      # doctest: +SKIP
+>>> plan = Plan.build("configs/exp3_sgd.yaml", methods=["sgd", "sav"], lr="1e-3:1e-1:3",
+...                   out="/tmp/sw")  # doctest: +SKIP
+>>> [p.name for p in plan.points()]  # doctest: +SKIP
 ['sgd__lr=0.001__…', 'sgd__lr=0.01__…', …]
 """
 
@@ -47,7 +48,8 @@ class SweepError(GFConfigError):
 DEFAULT_METHODS = SEED_METHODS
 
 
-# -- parsing the command line's values -----------------------------------------------------------------------------------------
+# -- parsing the command line's values
+# -----------------------------------------------------------------------------------------
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
 _LOGSPACE = re.compile(rf"({_NUMBER}):({_NUMBER}):(\d+)")
@@ -55,7 +57,8 @@ GRID_FORM = "KEY=V1,V2,… or KEY=FROM:TO:N (N log-spaced numbers), KEY a settin
 
 
 def split_values(text: str) -> list[str]:
-    """``"a,[1,2],{"x": 1}"`` → ``["a", "[1,2]", '{"x": 1}']``: commas inside brackets, braces or quotes do not split."""
+    """``"a,[1,2],{"x": 1}"`` → ``["a", "[1,2]", '{"x": 1}']``: commas inside brackets, braces or quotes do not
+    split."""
     out, depth, quote, start = [], 0, "", 0
     for i, ch in enumerate(text):
         if quote:
@@ -74,7 +77,8 @@ def split_values(text: str) -> list[str]:
 
 
 def logspace(start: float, stop: float, n: int) -> list[str]:
-    """``n`` numbers from ``start`` to ``stop``, evenly spaced in the logarithm, each written with 3 significant digits."""
+    """``n`` numbers from ``start`` to ``stop``, evenly spaced in the logarithm, each written with 3 significant
+    digits."""
     if n == 1:
         return [f"{start:.3g}"]
     a, b = math.log10(start), math.log10(stop)
@@ -82,13 +86,16 @@ def logspace(start: float, stop: float, n: int) -> list[str]:
 
 
 def parse_values(setting: str, text: str) -> list[str]:
-    """The values of one axis: a comma list, or ``FROM:TO:N`` (log-spaced). Raises :class:`SweepError` naming ``setting``."""
+    """The values of one axis: a comma list, or ``FROM:TO:N`` (log-spaced). Raises :class:`SweepError` naming
+    ``setting``."""
     match = _LOGSPACE.fullmatch(text.strip())
     if match:
         start, stop, n = float(match.group(1)), float(match.group(4)), int(match.group(7))
         if not (0 < start < stop and n >= 2):
-            raise SweepError(f"{setting}: {text!r} is not a log-spaced range; allowed: FROM:TO:N with 0 < FROM < TO and N >= 2 "
-                             "(e.g. 1e-3:1e2:11)")
+            raise SweepError(
+                f"{setting}: {text!r} is not a log-spaced range; allowed: FROM:TO:N with 0 < FROM < TO and N >= 2 "
+                "(e.g. 1e-3:1e2:11)"
+            )
         return logspace(start, stop, n)
     values = split_values(text)
     if not text.strip() or any(not v for v in values):
@@ -100,7 +107,8 @@ def parse_values(setting: str, text: str) -> list[str]:
 
 
 def canonical_key(key: str) -> str:
-    """``model.optimizer.lr`` → ``model.optimizer.init_args.lr`` (the command line accepts both): one name per setting."""
+    """``model.optimizer.lr`` → ``model.optimizer.init_args.lr`` (the command line accepts both): one name per
+    setting."""
     for section in ("model.optimizer.", "model.net.", "model.objective.", "data."):
         short = key.startswith(section) and not key.startswith(section + "init_args.")
         if short and key.count(".") == section.count("."):
@@ -124,8 +132,10 @@ class Axis:
             raise SweepError(f"--grid: {spec!r} is not an axis; allowed: {GRID_FORM}")
         key = canonical_key(key)
         if key in RESERVED or key.startswith("model.optimizer.class_path"):
-            raise SweepError(f"--grid: {key} is set by the sweep itself; allowed: any other setting (the optimizer is chosen "
-                             "with --methods, its settings with --method-args)")
+            raise SweepError(
+                f"--grid: {key} is set by the sweep itself; allowed: any other setting (the optimizer is chosen "
+                "with --methods, its settings with --method-args)"
+            )
         return cls(key, tuple(parse_values(f"--grid {key}", text)))
 
     @property
@@ -154,7 +164,9 @@ def parse_method_args(items: list[str], methods: list[str]) -> dict[str, Any]:
         try:
             out[name] = parse_value(text)
         except yaml.YAMLError as err:
-            raise SweepError(f"--method-args: {item!r} has a value that is not YAML ({' '.join(str(err).split())})") from None
+            raise SweepError(
+                f"--method-args: {item!r} has a value that is not YAML ({' '.join(str(err).split())})"
+            ) from None
     return out
 
 
@@ -167,7 +179,8 @@ def parse_value(text: str) -> Any:
         return yaml.safe_load(text)
 
 
-# -- the plan ------------------------------------------------------------------------------------------------------------------
+# -- the plan
+# ------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Point:
     """One point of the grid: a method and one value of every axis; its folder, ``<out>/runs/<name>``, holds its run."""
@@ -222,7 +235,9 @@ class Plan:
         """A plan from the command line's values; a bad one raises :class:`SweepError`."""
         config = Path(config)
         if not config.is_file():
-            raise SweepError(f"--config: {str(config)!r} is not a file; allowed: a config such as configs/exp3_sgd.yaml")
+            raise SweepError(
+                f"--config: {str(config)!r} is not a file; allowed: a config such as configs/exp3_sgd.yaml"
+            )
         methods = list(methods or DEFAULT_METHODS)
         known = [*METHODS, CONFIG_METHOD]
         for m in methods:
@@ -254,7 +269,9 @@ class Plan:
         for v in seed_axis.values if seed_axis is not None else ():
             if not re.fullmatch(r"\d+", v.strip()) or int(v) > 2**32 - 1:
                 option = "--seeds" if seeds else f"--grid {SEED_KEY}"
-                raise SweepError(f"{option}: {v!r} is not a seed; allowed: integers from 0 to {2**32 - 1} (numpy's range)")
+                raise SweepError(
+                    f"{option}: {v!r} is not a seed; allowed: integers from 0 to {2**32 - 1} (numpy's range)"
+                )
         for key, option, value in (("trainer.max_epochs", "--max-epochs", max_epochs),
                                    ("data.init_args.data_dir", "--data-dir", data_dir)):
             if value is not None and key in keys:
@@ -281,7 +298,8 @@ class Plan:
         return cls(str(config.resolve()), methods, axes, str(Path(out).resolve()),
                    parse_method_args(method_args or [], methods), common, command)
 
-    # -- points ----------------------------------------------------------------------------------------------------------
+    # -- points
+    # ----------------------------------------------------------------------------------------------------------
     def points(self) -> list[Point]:
         """The cartesian product methods × axes, methods outermost, the last axis innermost."""
         varying = [a for a in self.axes if len(a.values) > 1]
@@ -318,7 +336,8 @@ class Plan:
         """The point's command, as a shell would run it."""
         return shlex.join([python, "-m", "gf_lightning", "fit", *point.args])
 
-    # -- plan.json -------------------------------------------------------------------------------------------------------
+    # -- plan.json
+    # -------------------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "axes": [{"key": a.key, "values": list(a.values)} for a in self.axes]}
 
@@ -340,8 +359,10 @@ class Plan:
         _check_out(out)
         path = Path(out) / "plan.json"
         if not path.is_file():
-            raise SweepError(f"--report-only: {str(path)!r} does not exist; allowed: the --out folder of a sweep that was "
-                             "run or written for SLURM")
+            raise SweepError(
+                f"--report-only: {str(path)!r} does not exist; allowed: the --out folder of a sweep that was "
+                "run or written for SLURM"
+            )
         try:
             plan = cls.from_json(json.loads(path.read_text()))
             plan.points()

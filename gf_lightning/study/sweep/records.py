@@ -1,11 +1,11 @@
 """A sweep's point read back: its outcome, :class:`RunRecord` (``result.json`` in its folder), from what its run left.
 
 A point's folder, ``<out>/runs/<name>/``, holds its TensorBoard run (``lightning_logs/…``), ``log.txt`` (the process's
-stdout and stderr), ``started`` (the start, seconds since the epoch), ``exit_code``, and once read back ``result.json``. A
-local run and a SLURM array task write the same files, and one function reads them (:func:`collect`), so a sweep gathered
-from a cluster is reported by the same code as one run here. A point whose ``result.json`` (or ``exit_code``, from a
-SLURM task not yet gathered) says it finished — trained, frozen, unstable or diverged — is not run again; a point that
-failed otherwise (``error``: killed, interrupted, refused, stopped before its last epoch) is.
+stdout and stderr), ``started`` (the start, seconds since the epoch), ``exit_code``, and once read back ``result.json``.
+A local run and a SLURM array task write the same files, and one function reads them (:func:`collect`), so a sweep
+gathered from a cluster is reported by the same code as one run here. A point whose ``result.json`` (or ``exit_code``,
+from a SLURM task not yet gathered) says it finished — trained, frozen, unstable or diverged — is not run again; a point
+that failed otherwise (``error``: killed, interrupted, refused, stopped before its last epoch) is.
 
 Outcomes (``RunRecord.status``): ``diverged``, ``unstable``, ``frozen`` or ``trained`` by :mod:`..outcome` (the one rule
 of every study; a run stopped by the CLI's non-finite guard, "training went non-finite …", is diverged), or ``error``:
@@ -71,7 +71,8 @@ class RunRecord:
             return None
 
 
-# -- reading a finished point back ---------------------------------------------------------------------------------------------
+# -- reading a finished point back
+# ---------------------------------------------------------------------------------------------
 def _first_event_time(folder: Path) -> float:
     """The wall time of the first event of the run's TensorBoard files: the logger's creation, as training starts."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -177,7 +178,8 @@ def point_folder(point: Point) -> Path:
 
 def done(point: Point) -> RunRecord | None:
     """The point's record when it finished (trained, frozen, unstable or diverged; every epoch asked, but a divergence)
-    with the command line it has now (but where the data are read from and the run is written: the same run elsewhere)."""
+    with the command line it has now (but where the data are read from and the run is written: the same run
+    elsewhere)."""
     folder = point_folder(point)
     record = RunRecord.load(folder)
     if record is not None and record.exit_code == 0 and record.train_loss:

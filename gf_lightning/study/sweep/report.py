@@ -41,15 +41,19 @@ def limits_text(lim: Limits) -> str:
     elif lim.first_failed is not None:
         parts.append(f"SGD trained at no step tried ({lim.failure} from Δt = {lim.first_failed:.3g})")
     else:
-        parts.append("no SGD run has finished in the grid (add sgd to --methods, or run its points, for the observed limit)")
+        parts.append(
+            "no SGD run has finished in the grid (add sgd to --methods, or run its points, for the observed limit)"
+        )
     if lim.hessian is not None:
         s0 = lim.states[0]
         conv = all(s["converged"] for s in lim.states)
         parts.append(
             f"2/(s·λ_max) = {fmt_stat(lim.hessian)} with λ_max = {fmt_stat(lim.lambda_max)} (s = gradient scale "
-            f"{s0['gradient_scale']:g}) of the training loss's Hessian at the initial weights, on {s0['samples']} training "
+            f"{s0['gradient_scale']:g}) of the training loss's Hessian at the initial weights, on {s0['samples']} "
+            "training "
             f"samples, by power iteration ({max(s['products'] for s in lim.states)} Hessian-vector products"
-            + ("" if conv else "; NOT converged: read as an estimate") + ")"
+            + ("" if conv else "; NOT converged: read as an estimate")
+            + ")"
         )
     else:
         why = "; ".join(sorted({s["error"] for s in lim.states if s.get("error")})) or "no initial state"
@@ -58,7 +62,8 @@ def limits_text(lim: Limits) -> str:
 
 
 def shown_path(plan: Plan, path: str | Path) -> str:
-    """``path`` as a report shows it: relative to the sweep's folder when inside it, else relative to the repository that
+    """``path`` as a report shows it: relative to the sweep's folder when inside it, else relative to the repository
+    that
     holds the config (the folder above ``configs/``), so no report names the machine it ran on."""
     path, out = Path(path), Path(plan.out)
     if path == out or out in path.parents:
@@ -101,7 +106,8 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
         plan.command or "(the sweep's command was not recorded)",
         "```",
         "",
-        f"Each point is one run of the CLI, `python -m gf_lightning fit --config {shown_path(plan, plan.config)} <overrides>`, "
+        f"Each point is one run of the CLI, `python -m gf_lightning fit --config {shown_path(plan, plan.config)} "
+        "<overrides>`, "
         f"in its own folder under `{shown_path(plan, plan.runs)}/` (paths relative to this report's folder or to the "
         "repository); the first point's command:",
         "",
@@ -111,28 +117,37 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
         "",
         f"All {len(points)} commands are listed at the end, and each run's is in its `result.json` (`args`).",
         "",
-        f"Metric: `{metric}` ({name}, on the held-out split, at each epoch's validation; {direction}). Target for the time to "
+        f"Metric: `{metric}` ({name}, on the held-out split, at each epoch's validation; {direction}). Target for the "
+        "time to "
         f"target: {target_text} ({target_note}).",
         "",
-        "How to read it: *final* is the metric at the last validation, *best* the best over the epochs; numbers are mean ± "
+        "How to read it: *final* is the metric at the last validation, *best* the best over the epochs; numbers are "
+        "mean ± "
         f"standard deviation over the seeds that finished finite (n of them). A run's outcome: {RULE}. *Worse*: it "
         "trained, but its final held-out metric is worse than the untrained network's; a step *trains* when every seed "
         "trained and it is not worse. "
-        "*Time to target*: seconds from the start of training (the run's first TensorBoard event) to the first validation at "
-        "the target, mean over the seeds when every seed reached it; the table gives the fastest over the steps that train. "
+        "*Time to target*: seconds from the start of training (the run's first TensorBoard event) to the first "
+        "validation at "
+        "the target, mean over the seeds when every seed reached it; the table gives the fastest over the steps that "
+        "train. "
         "*Peak training loss ÷ initial*: the largest epoch-mean training loss over the training loss at the initial "
         "weights (above 1: the loss rose before it fell, or never fell). "
-        "Gradient descent's limit 2/λ_max is for full-batch steps at the initial weights; the runs take mini-batch steps.",
+        "Gradient descent's limit 2/λ_max is for full-batch steps at the initial weights; the runs take mini-batch "
+        "steps.",
         "",
     ]
     if figure:
         seeds = any(len(c.runs) > 1 for c in all_cells)
-        lines += [f"![sweep]({figure})", "",
-                  "Filled markers: trains; open: frozen; half-filled: worse than at the start; ▲ (open, red edge): unstable "
-                  "(drawn at its final metric); ✕ in the shaded strip at the top: diverged; dashed grey line: the largest "
-                  "stable SGD step observed; dotted black line: 2/λ_max at the initial weights. Methods at one Δt are drawn "
-                  "slightly apart on the x-axis so that none hides another."
-                  + (" Lines: the mean over the seeds; bands: ± one standard deviation." if seeds else ""), ""]
+        lines += [
+            f"![sweep]({figure})",
+            "",
+            "Filled markers: trains; open: frozen; half-filled: worse than at the start; ▲ (open, red edge): unstable "
+            "(drawn at its final metric); ✕ in the shaded strip at the top: diverged; dashed grey line: the largest "
+            "stable SGD step observed; dotted black line: 2/λ_max at the initial weights. Methods at one Δt are drawn "
+            "slightly apart on the x-axis so that none hides another."
+            + (" Lines: the mean over the seeds; bands: ± one standard deviation." if seeds else ""),
+            "",
+        ]
     for lim in lims:
         panel_sums = [s for s in sums if s.panel == lim.panel]
         title = settings_text(lim.panel) or "Results"
@@ -145,8 +160,10 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
                          f"best {name} there", "time to target"], rows)
         for s in panel_sums:
             lines += [f"### {series_label(s.method, s.series)}" + (f" — {title}" if lim.panel else ""), ""]
-            mine = sorted((c for c in all_cells if c.method == s.method and c.series == s.series and c.panel == s.panel),
-                          key=lambda c: c.lr)
+            mine = sorted(
+                (c for c in all_cells if c.method == s.method and c.series == s.series and c.panel == s.panel),
+                key=lambda c: c.lr,
+            )
             rows = [[f"{c.lr:.3g}", c.outcome, fmt_stat(c.final, metric, runs=len(c.runs)),
                      fmt_stat(c.best, metric, runs=len(c.runs)), fmt_stat(c.seconds, unit=" s", runs=len(c.runs)),
                      fmt_stat(c.peak, runs=len(c.runs))] for c in mine]
@@ -159,7 +176,8 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
 
 def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], states: dict[str, InitialState], task: str,
            metric: str | None = None, target: float | None = None, with_figure: bool = True) -> dict[str, Path]:
-    """Write ``sweep.md``, ``results.json`` and (``with_figure``) ``sweep.png`` into the sweep's folder; return their paths."""
+    """Write ``sweep.md``, ``results.json`` and (``with_figure``) ``sweep.png`` into the sweep's folder; return their
+    paths."""
     metric = metric or DEFAULT_METRIC[task]
     if target is None:
         target = default_target(metric, task)
@@ -190,7 +208,8 @@ def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], state
 
 
 def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) -> dict[str, Path]:
-    """Write a sweep's report again from its ``results.json`` alone (the run folders need not exist), into ``out`` (default:
+    """Write a sweep's report again from its ``results.json`` alone (the run folders need not exist), into ``out``
+    (default:
     the folder of ``results.json``), with every finished record judged again by the current rule (:mod:`..outcome`)."""
     results = Path(results)
     data = json.loads(results.read_text())
@@ -220,7 +239,8 @@ def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) ->
 
 
 def overview(results: Path) -> str:
-    """The short form of a sweep that docs/study.md shows: gradient descent's limit, then a row per method with its final
+    """The short form of a sweep that docs/study.md shows: gradient descent's limit, then a row per method with its
+    final
     metric at every Δt (the outcome in brackets where the step does not train) and the largest Δt that trains."""
     data = json.loads(Path(results).read_text())
     metric = data["metric"]

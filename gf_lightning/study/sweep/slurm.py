@@ -16,7 +16,8 @@ from .runner import package_root
 REPORT_COMMAND = "python -m gf_lightning.study sweep --report-only --out"
 
 
-SLURM_RUN = r"""run() {  # the point's folder, then its command: output, start time and exit code as a local run writes them
+#: the point's folder, then its command: output, start time and exit code as a local run writes them
+SLURM_RUN = r"""run() {
   dir=$1; shift
   rm -rf "$dir/lightning_logs" "$dir/log.txt" "$dir/started" "$dir/exit_code" "$dir/result.json"
   mkdir -p "$dir"

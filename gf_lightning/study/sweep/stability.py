@@ -1,10 +1,10 @@
 """Gradient descent's stability limit at the initial weights: ``2 / λ_max`` of the training loss's Hessian.
 
-Gradient descent on a quadratic with Hessian ``H`` is stable for ``Δt < 2 / λ_max(H)``; near the initial weights the loss is
-that quadratic, so a larger step grows along the top eigenvector at once. ``λ_max`` comes from power iteration with
-Hessian-vector products (double back-propagation: the gradient's graph is built once, each product is one more backward
-pass), never from the ``P × P`` Hessian itself. The model and data are built by the CLI from the sweep's command line, so
-they are exactly the runs' own at step 0 (same seed, same initialisation, same data draw).
+Gradient descent on a quadratic with Hessian ``H`` is stable for ``Δt < 2 / λ_max(H)``; near the initial weights the
+loss is that quadratic, so a larger step grows along the top eigenvector at once. ``λ_max`` comes from power iteration
+with Hessian-vector products (double back-propagation: the gradient's graph is built once, each product is one more
+backward pass), never from the ``P × P`` Hessian itself. The model and data are built by the CLI from the sweep's
+command line, so they are exactly the runs' own at step 0 (same seed, same initialisation, same data draw).
 
 When the model feeds the optimizer ``s·∇L`` (``gradient_scale``: the width ``m`` in particle time), SGD's step is
 ``Δt·s·∇L`` and the limit is ``2 / (s·λ_max)``.
@@ -78,8 +78,9 @@ def lambda_max(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], iters: i
                seed: int = 0) -> Eigen:
     """The largest (most positive) eigenvalue of the Hessian of ``loss_fn()`` in ``params``.
 
-    Power iteration finds the eigenvalue of largest *magnitude*. When that is negative (a loss that curves down more than
-    up), a second run on ``H − μI`` (``μ`` that eigenvalue: every eigenvalue of the shifted operator is ``≥ 0``, the largest
+    Power iteration finds the eigenvalue of largest *magnitude*. When that is negative (a loss that curves down more
+    than up), a second run on ``H − μI`` (``μ`` that eigenvalue: every eigenvalue of the shifted operator is ``≥ 0``,
+    the largest
     is ``λ_max − μ``) finds the largest one. The start vector is drawn with ``seed``."""
     params = [p for p in params if p.requires_grad]
     hvp = hessian_vector_product(loss_fn, params)
@@ -97,10 +98,12 @@ def lambda_max(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], iters: i
     return Eigen(second.value + mu, first.products + second.products, second.converged)
 
 
-# -- the initial state of a sweep's point --------------------------------------------------------------------------------------
+# -- the initial state of a sweep's point
+# --------------------------------------------------------------------------------------
 @dataclass
 class InitialState:
-    """What the training loss is at the initial weights, and gradient descent's limit there, for one group of points (the
+    """What the training loss is at the initial weights, and gradient descent's limit there, for one group of points
+    (the
     settings that decide the weights and data: seed, network, data, …)."""
 
     group: list[list[str]]  #: [[key, value], …]: the grid's settings of this group
@@ -114,13 +117,14 @@ class InitialState:
     seconds: float = 0.0
     task: str = "regression"
     error: str = ""  #: why λ_max could not be computed ('' when it was)
-    #: the held-out metrics at the initial weights, as validation logs them (``val/loss``; ``val/rel_err``, ``val/rel_l2``
-    #: or ``val/acc``)
+    #: the held-out metrics at the initial weights, as validation logs them (``val/loss``; ``val/rel_err``,
+    #: ``val/rel_l2`` or ``val/acc``)
     val: dict[str, float] = field(default_factory=dict)
 
     @property
     def sgd_limit(self) -> float:
-        """``2 / (gradient_scale · λ_max)``: the largest step at which gradient descent is stable at the initial weights."""
+        """``2 / (gradient_scale · λ_max)``: the largest step at which gradient descent is stable at the initial
+        weights."""
         if not self.lambda_max > 0:
             return math.inf if self.lambda_max == self.lambda_max else math.nan
         return 2.0 / (self.gradient_scale * self.lambda_max)
@@ -128,7 +132,8 @@ class InitialState:
 
 @contextlib.contextmanager
 def quiet():
-    """No output from building a CLI in this process: Lightning's info lines go to its loggers, the rest to stdout/stderr;
+    """No output from building a CLI in this process: Lightning's info lines go to its loggers, the rest to
+    stdout/stderr;
     what was written to stderr is yielded (a refusal's one line is in it)."""
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     levels = {name: logging.getLogger(name).level for name in names}
@@ -212,8 +217,9 @@ def _whole_set(model) -> bool:
 
 def initial_state(args: list[str], group: list[list[str]], samples: int = 4096, iters: int = 200, tol: float = 1e-5,
                   hessian: bool = True) -> InitialState:
-    """The training loss at the initial weights of the run ``args`` builds, and (``hessian``) ``λ_max`` of its Hessian on
-    the first ``samples`` training samples (0, or an objective that is no mean over samples: all of them) and gradient
+    """The training loss at the initial weights of the run ``args`` builds, and (``hessian``) ``λ_max`` of its Hessian
+    on the first ``samples`` training samples (0, or an objective that is no mean over samples: all of them) and
+    gradient
     descent's limit."""
     start = time.monotonic()
     what = "the point " + " ".join(f"{k}={v}" for k, v in group) if group else "the config"
