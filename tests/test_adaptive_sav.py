@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import test_conventions as conventions
 import torch
-from conftest import CONFIGS, QUIET, on_ranks, run_on_quadratic
+from support import CONFIGS, QUIET, on_ranks, run_on_quadratic
 
 from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.optim import OPTIMIZERS, SAV, AdaptiveSAV
@@ -99,7 +99,7 @@ def alg5_reference(variant, lrs, steps, C, lam, betas=(0.9, 0.999), eps=1e-8, et
 
 
 def run_library(variant, lrs, steps, shifts=None, **kw):
-    """The same problem through AdaptiveSAV (conftest's ``run_on_quadratic``); ``m`` is each parameter's ``exp_avg``."""
+    """The same problem through AdaptiveSAV (support's ``run_on_quadratic``); ``m`` is each parameter's ``exp_avg``."""
     out, calls = run_on_quadratic(AdaptiveSAV, (P, Q, W0), lrs, steps, shifts, variant=variant, **kw)
     for o in out:
         o["m"] = [state["exp_avg"] for state in o.pop("param_state")]

@@ -20,7 +20,7 @@ import pytest
 import test_conventions as conventions
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, QUIET, on_ranks
+from support import CONFIGS, QUIET, on_ranks
 
 from gf_lightning.cli import cli_main
 from gf_lightning.errors import GFConfigError, GFStepError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, QUIET
+from support import CONFIGS, QUIET
 from test_data import write_idx
 
 from gf_lightning.cli import cli_main

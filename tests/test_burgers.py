@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, QUIET, on_ranks, run_dir
+from support import CONFIGS, QUIET, on_ranks, run_dir
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import MLP, BurgersPINN

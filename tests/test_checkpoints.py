@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, SMALL_EXP1, subprocess_env
 from helpers import callback_arg
+from support import CONFIGS, SMALL_EXP1, subprocess_env
 from test_reliability import assert_same_state
 
 from gf_lightning.checkpointing import DIGEST_KEY, SafeCheckpointIO, load_checkpoint, nonfinite_entry

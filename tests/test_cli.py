@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, QUIET, ROOT
+from support import CONFIGS, QUIET, ROOT
 
 from gf_lightning.cli import cli_main
 from gf_lightning.optim import SAV, ExpSAV

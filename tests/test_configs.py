@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, QUIET, ROOT
+from support import CONFIGS, QUIET, ROOT
 
 from gf_lightning.cli import cli_main
 

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, QUIET, version_dirs
 from helpers import hparams_tab_columns
+from support import CONFIGS, QUIET, version_dirs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MNIST_FILES
+from support import MNIST_FILES
 from torch.utils.data import DistributedSampler
 
 from gf_lightning.data import (

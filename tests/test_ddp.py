@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, DDP_FORK, QUIET, run_dir, subprocess_env
 from helpers import Step, callback_arg, read_record, read_scalars
+from support import CONFIGS, DDP_FORK, QUIET, run_dir, subprocess_env
 
 from gf_lightning.cli import cli_main
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, QUIET
 from helpers import read_scalars
+from support import CONFIGS, QUIET
 
 from gf_lightning.cli import cli_main
 

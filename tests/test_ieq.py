@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import on_ranks
+from support import on_ranks
 from torch import nn
 from torch.func import functional_call, jacrev
 

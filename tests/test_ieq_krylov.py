@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, QUIET
+from support import CONFIGS, QUIET
 from torch import nn
 
 from gf_lightning.cli import cli_main

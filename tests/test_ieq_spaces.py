@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS, QUIET, run_dir
+from support import CONFIGS, QUIET, run_dir
 from test_ieq import cnn, reference_step, residual_and_jacobian
 from torch import nn
 

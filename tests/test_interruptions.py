@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT, SMALL_EXP1, subprocess_env
 from helpers import fit_children, kill_all, running, wait_until
+from support import CONFIGS, ROOT, SMALL_EXP1, subprocess_env
 
 from gf_lightning.cli import cli_main
 from gf_lightning.study.sweep import records as sweep_records

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, QUIET
+from support import CONFIGS, QUIET
 
 from gf_lightning.cli import cli_main
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS, QUIET
+from support import CONFIGS, QUIET
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import CrossEntropy, MeanSquaredError, RelativeError

@@ -21,8 +21,8 @@ import re
 import mpmath
 import pytest
 import torch
-from conftest import ROOT, run_on_quadratic
 from references import relax_reference, scheme_reference
+from support import ROOT, run_on_quadratic
 
 from gf_lightning.components import TwoLayerNet
 from gf_lightning.optim import IEQ, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive, auxiliary
@@ -61,7 +61,7 @@ def quadratic(shifts):
 
 
 def run_library(cls, lrs, steps, shifts=None, **kw):
-    """The same problem through the library (conftest's ``run_on_quadratic``)."""
+    """The same problem through the library (support's ``run_on_quadratic``)."""
     return run_on_quadratic(cls, (P, Q, W0), lrs, steps, shifts, **kw)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from conftest import CONFIGS, QUIET
+from support import CONFIGS, QUIET
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import TwoLayerNet

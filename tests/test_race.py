@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, subprocess_env
+from support import ROOT, subprocess_env
 
 from gf_lightning.errors import GFConfigError
 from gf_lightning.study.paper.race import METHODS, RaceRun, RaceSettings, check, report, run_race, table

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, DDP_FORK, METHODS, QUIET, SMALL_EXP1, run_dir, subprocess_env, version_dirs
 from helpers import Step, callback_arg, read_record, read_scalars
+from support import CONFIGS, DDP_FORK, METHODS, QUIET, SMALL_EXP1, run_dir, subprocess_env, version_dirs
 
 from gf_lightning.cli import cli_main
 

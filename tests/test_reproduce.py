@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, METHODS, ROOT
 from helpers import callback_arg
+from support import CONFIGS, METHODS, ROOT
 
 from gf_lightning.cli import cli_main
 from gf_lightning.study.events import read_scalars

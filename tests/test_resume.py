@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, QUIET, run_dir
+from support import CONFIGS, QUIET, run_dir
 
 from gf_lightning.checkpointing import DIGEST_KEY, state_digest
 from gf_lightning.cli import cli_main

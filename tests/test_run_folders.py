@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, QUIET, subprocess_env
+from support import CONFIGS, QUIET, subprocess_env
 
 from gf_lightning.run_folder import claim_version, run_name
 

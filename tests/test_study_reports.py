@@ -9,7 +9,7 @@ import math
 import statistics
 from pathlib import Path
 
-from conftest import ROOT
+from support import ROOT
 
 from gf_lightning.study.paper.figures import FIGURES, Run, table
 from gf_lightning.study.sweep.grid import Plan

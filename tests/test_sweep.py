@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT
+from support import CONFIGS, ROOT
 
 from gf_lightning.study.methods import LABELS as STUDY_LABELS
 from gf_lightning.study.methods import METHODS

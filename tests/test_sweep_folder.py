@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, ROOT, subprocess_env
 from helpers import fit_children, kill_all, running, wait_until
+from support import CONFIGS, ROOT, subprocess_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
 

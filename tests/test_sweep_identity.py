@@ -9,7 +9,7 @@ import dataclasses
 import json
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 from gf_lightning.study.sweep.grid import Plan, identity
 from gf_lightning.study.sweep.records import RunRecord, done, point_folder
