@@ -16,8 +16,8 @@ class NonFiniteError(RuntimeError):
 
 class CheckpointLoadError(GFConfigError):
     """A checkpoint given to load (``--ckpt_path``) is not an intact checkpoint: a folder, an empty or truncated file,
-    or a
-    file whose content does not match the checksum stored when it was written. The message names the file and why."""
+    or a file whose content does not match the checksum stored when it was written. The message names the file and
+    why."""
 
 
 class CheckpointWriteError(RuntimeError):

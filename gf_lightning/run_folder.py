@@ -42,8 +42,7 @@ class RunName:
 
 def _short(name: str) -> str:
     """A folder-safe form of a name: lower case, runs of other characters as one ``_``, no dot at either end (``..``
-    would
-    climb out of ``lightning_logs``)."""
+    would climb out of ``lightning_logs``)."""
     return re.sub(r"[^a-z0-9_.-]+", "_", name.lower()).strip("._") or "run"
 
 

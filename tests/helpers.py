@@ -35,8 +35,7 @@ class KillAtEpoch(L.Callback):
 
 class KillAfterBatch(L.Callback):
     """SIGKILL this process after ``training_step`` call ``batch`` of epoch ``epoch``: in the middle of the epoch (when
-    an
-    epoch has several calls, e.g. with ``data.steps_per_call=1``), after the last end-of-epoch checkpoint."""
+    an epoch has several calls, e.g. with ``data.steps_per_call=1``), after the last end-of-epoch checkpoint."""
 
     def __init__(self, epoch: int, batch: int = 0) -> None:
         self.epoch, self.batch = epoch, batch
@@ -99,8 +98,7 @@ def read_record(folder) -> dict[int, list[Step]]:
 
 class PerturbOnRank(L.Callback):
     """Make the replicas diverge: after the first ``training_step`` call of epoch ``epoch``, add ``delta`` to one weight
-    on
-    rank ``rank`` only (DDP never re-broadcasts the parameters, so the difference stays)."""
+    on rank ``rank`` only (DDP never re-broadcasts the parameters, so the difference stays)."""
 
     def __init__(self, rank: int = 1, epoch: int = 0, delta: float = 1e-3) -> None:
         self.rank, self.epoch, self.delta = rank, epoch, delta
@@ -113,8 +111,7 @@ class PerturbOnRank(L.Callback):
 
 class TwoLayerNetWithoutGram(TwoLayerNet):
     """:class:`TwoLayerNet` without its closed-form ``jacobian_gram``: IEQ then takes its generic path (``J D Jᵀ`` from
-    the
-    residual's graph), as for any other ``nn.Module``."""
+    the residual's graph), as for any other ``nn.Module``."""
 
     jacobian_gram = None
 
@@ -249,8 +246,7 @@ class HParamsTab:
 def hparams_tab_columns(logdir) -> HParamsTab:
     """Ask TensorBoard's own HParams backend (the ``/experiment`` and ``/session_groups`` routes the browser calls)
     about ``logdir``, and apply its frontend's rule (TensorBoard 2.21, ``tf-hparams-query-pane``): hyperparameters
-    sorted with
-    those marked ``differs`` first, the first five ticked; the first five metrics ticked."""
+    sorted with those marked ``differs`` first, the first five ticked; the first five metrics ticked."""
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
     from tensorboard.plugins.hparams import hparams_plugin
@@ -279,8 +275,7 @@ def hparams_tab_columns(logdir) -> HParamsTab:
                       [m["name"]["tag"] for m in experiment["metricInfos"][:5]], int(groups.get("totalSize", 0)))
 
 
-# -- processes: the tests that signal real runs and sweeps
-# ---------------------------------------------------------------
+# -- processes: the tests that signal real runs and sweeps -------------------------------------------------------------
 def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05):
     """``condition()``'s first true value, polled every ``every_s`` seconds; an AssertionError naming ``what`` after
     ``timeout_s`` seconds."""

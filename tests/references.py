@@ -66,8 +66,7 @@ def scheme_reference(
 ) -> list[RefStep]:
     """SAV (``method="sav"``), ExpSAV (``"expsav"``) and IEQAdaptive (``"ieq"``) as SPEC §2 writes them, with per-group
     steps: ``Δt·Sⁿ`` becomes ``Σ_g Δt_g S_g`` and each group moves by its own ``Δt_g g̃_g``. SAV's seed form restarts
-    ``r``
-    every step (the seed writes ``r = √(L + C)``); ExpSAV's and IEQAdaptive's carry it."""
+    ``r`` every step (the seed writes ``r = √(L + C)``); ExpSAV's and IEQAdaptive's carry it."""
     w = [list(g) for g in w0]
     aux = None
     out = []

@@ -145,8 +145,7 @@ def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
 def _download_mnist(cache: Path, timeout: float = 300.0) -> str | None:
     """Download the MNIST files into ``cache`` with torchvision; ``None`` on success, else why not. The download runs in
     a subprocess with a time limit, into a scratch folder that is renamed into place only when all four files are there,
-    so
-    a stalled or interrupted download leaves nothing half-written behind."""
+    so a stalled or interrupted download leaves nothing half-written behind."""
     if os.environ.get("GF_LIGHTNING_NO_DOWNLOAD"):
         return "GF_LIGHTNING_NO_DOWNLOAD is set"
     if not _reachable(MNIST_HOST):
@@ -179,8 +178,7 @@ def _download_mnist(cache: Path, timeout: float = 300.0) -> str | None:
 
 def find_mnist() -> tuple[Path | None, str]:
     """The folder that holds ``MNIST/raw/`` (the shared files, else the cache, filled by a download where one is
-    possible),
-    or ``None`` and the reason there is none."""
+    possible), or ``None`` and the reason there is none."""
     for folder in (SHARED_DATA, MNIST_CACHE):
         if has_mnist(folder):
             return folder, ""

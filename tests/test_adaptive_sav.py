@@ -60,8 +60,8 @@ def quadratic(w: list[list[float]], shift: float) -> tuple[float, list[list[floa
 def alg5_reference(variant, lrs, steps, C, lam, betas=(0.9, 0.999), eps=1e-8, eta=0.99, shifts=None):
     """Alg. 5 as the spec page states it, on :func:`quadratic`, in Python floats: ``m`` a vector, ``v`` the scalar
     ``‖g‖²`` averaged, bias corrections, ``Δt̂_g = Δt_g/√(v̂ + ε)``, then SAV (Alg. 2, 3 or 4) with ``m̂`` for the
-    gradient. The
-    relaxation is SPEC §2's quadratic formula for ξ, ``D = Σ_g ‖Δw_g‖²/Δt̂_g``. Returns one dict per step."""
+    gradient. The relaxation is SPEC §2's quadratic formula for ξ, ``D = Σ_g ‖Δw_g‖²/Δt̂_g``. Returns one dict per
+    step."""
     b1, b2 = betas
     w = [list(g) for g in W0]
     m = [[0.0] * len(g) for g in W0]
@@ -134,8 +134,7 @@ def test_first_steps_equal_alg5_by_hand(variant, lrs, kw):
     ``optim/effective_lr = φ Δt̂/(1 + Δt̂ λ)``, ξ, the counters and the closure calls equal the hand computation.
     Breakage seen to fail here: the gradient used in place of ``m̂`` (from step 2), ``S`` from the gradient, a
     per-coordinate second moment (``v`` of the mean square), no bias correction, ``Δt`` in ``1 + Δt λ`` in place of
-    ``Δt̂``, relax's ``D``
-    divided by ``Δt`` in place of ``Δt̂``, one ``Δt̂`` for both groups."""
+    ``Δt̂``, relax's ``D`` divided by ``Δt`` in place of ``Δt̂``, one ``Δt̂`` for both groups."""
     kw = dict(kw)
     shifts = kw.pop("shifts", None)
     dts = list(lrs) * 2 if len(lrs) == 1 else list(lrs)
@@ -299,8 +298,7 @@ def test_energy_never_rises_over_random_cases(variant):
     (rⁿ⁺¹)² = (1/Δt̂ + λ)‖Δw‖² + (rⁿ⁺¹ − r)²`` (vanilla, restart), and relax's ``rⁿ⁺¹ = min(r̂, √(r̃² + ηD))`` and
     ``(rⁿ⁺¹)² ≤ r² − (1 − η)D``, ``D = ‖Δw‖²/Δt̂``. Breakage seen to fail here: the gradient in place of ``m̂``, ``S``
     formed from the gradient while the move follows ``m̂``, a per-coordinate second moment, no bias correction, ``Δt``
-    in
-    ``1 + Δt λ``, relax's ``D`` divided by ``Δt`` in place of ``Δt̂``."""
+    in ``1 + Δt λ``, relax's ``D`` divided by ``Δt`` in place of ``Δt̂``."""
     failures = []
     for seed in range(100):
         failures += run_random_case(variant, seed)
@@ -322,8 +320,7 @@ def test_resume_from_a_saved_file_continues_bit_for_bit(case):
     """7 steps, ``torch.save`` of the optimizer's state to a file, ``torch.load`` into a fresh network and an optimizer
     built with other settings, 7 more == 14 uninterrupted steps, bit for bit: weights, ``exp_avg``, ``log_v``,
     ``log_r``, the counters, the stats. Breakage seen to fail here: ``v`` kept on the instance instead of in the state,
-    and the
-    step counter of the bias corrections restarting at 1 after a load."""
+    and the step counter of the bias corrections restarting at 1 after a load."""
     ref_model = conventions.make_net(0)
     ref_opt = case.make(ref_model.parameters())
     conventions.train(case, ref_model, ref_opt, 14)
@@ -356,8 +353,7 @@ def test_resume_from_a_saved_file_continues_bit_for_bit(case):
 def test_a_step_that_raises_changes_nothing(variant):
     """A step whose loss has ``L + C ≤ 0`` raises GFStepError and leaves the weights, ``m``, ``v``, ``r`` and the
     counters as they were: the run then continues exactly as one that never took it. Breakage seen to fail here: ``m``
-    updated in
-    place (``lerp_``) before the step could fail, which counted the refused gradient twice."""
+    updated in place (``lerp_``) before the step could fail, which counted the refused gradient twice."""
     case = conventions.Case(AdaptiveSAV, dict(lr=0.05, C=1.0, variant=variant))
     ref_model, model = conventions.make_net(0), conventions.make_net(0)
     ref_opt, opt = case.make(ref_model.parameters()), case.make(model.parameters())
@@ -385,8 +381,8 @@ def test_a_step_that_raises_changes_nothing(variant):
 
 def test_registered_and_a_subclass_of_sav():
     """``OPTIMIZERS["adaptive_sav"]`` names the class (scripts, run folders, the CLI's help); it is SAV with the
-    adaptive
-    step, so SAV's ``r = √(L + C)``, its ``energy/modified = r² − C`` and its ``L + C > 0`` check are SAV's own."""
+    adaptive step, so SAV's ``r = √(L + C)``, its ``energy/modified = r² − C`` and its ``L + C > 0`` check are SAV's
+    own."""
     assert OPTIMIZERS["adaptive_sav"] is AdaptiveSAV and issubclass(AdaptiveSAV, SAV)
     assert AdaptiveSAV.variants == VARIANTS
     w = torch.nn.Parameter(torch.ones(2))
@@ -498,8 +494,8 @@ def test_bad_settings_are_refused_in_one_line(kw, words):
 
 def test_shared_settings_are_refused_per_group():
     """``betas``, ``eps``, ``C``, ``variant``, ``eta`` belong to the whole optimizer (``v`` and ``r`` are one scalar
-    each):
-    a group that sets another value is refused; ``lr`` and ``lam`` may differ per group, and are checked there."""
+    each): a group that sets another value is refused; ``lr`` and ``lam`` may differ per group, and are checked
+    there."""
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     for key, value in (("betas", (0.5, 0.9)), ("eps", 1e-3), ("C", 3.0), ("variant", "vanilla"), ("eta", 0.5)):
         with pytest.raises(GFConfigError, match=f"{key} is a setting of the whole optimizer"):

@@ -171,8 +171,7 @@ def test_steps_equal_the_hand_computation(method, c, settings):
     and ``stats`` (``energy/true = f``, ``energy/modified = mean r² − c``, ``optim/effective_lr = mean ηr/√(f + c)``)
     equal the hand computation. Breakage seen to fail here: the move with ``rⁿ`` instead of ``rⁿ⁺¹``, the energy from
     ``v`` after AEGDM's weight decay (AEGD's order), AEGDM's buffer started at ``v`` instead of 0, ``√(f + c)``
-    restarted into ``r``
-    every step, the decoupled decay applied after the move, and the divisor ``1 − 2ηv²``."""
+    restarted into ``r`` every step, the decoupled decay applied after the move, and the divisor ``1 − 2ηv²``."""
     ref = hand_steps(method, settings, c, 4)
     got = library_steps(CLASSES[method], settings, c, 4)
     for n, (h, o) in enumerate(zip(ref, got)):
@@ -235,8 +234,7 @@ def test_energy_never_rises_over_random_cases(cls):
     the modified energy never rises, ``energy/violations`` stays 0, and the weights, energies, buffers and stats stay
     finite. The mini-batch changes every step, so the loss often rises meanwhile. Breakage seen to fail here: ``r``
     restarted to ``√(f + c)`` every step (it then rises with the loss, and ``violations`` does not notice: every divisor
-    is ≥ 1), and
-    ``1 − 2ηv²`` for the divisor."""
+    is ≥ 1), and ``1 − 2ηv²`` for the divisor."""
     rng = random.Random(2010_05109)
     rose = 0
     for case in range(80):
@@ -312,8 +310,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(cls, kw, other):
     """7 steps, ``state_dict()``, load into a fresh model and an optimizer built with other settings, 7 more == 14
     uninterrupted steps, bit for bit: weights, every ``r`` and ``m``, the counters and ``stats``. The state dict carries
     ``r`` (and ``m``) per parameter in the parameter's dtype. Breakage seen to fail here: ``c`` read from
-    ``self.defaults``
-    (the constructor's) instead of the loaded parameter groups."""
+    ``self.defaults`` (the constructor's) instead of the loaded parameter groups."""
     def run(model, opt, start, steps):
         conventions.train(conventions.Case(cls, kw), model, opt, steps, start=start)
 
@@ -467,8 +464,7 @@ def test_bad_steps_are_refused_and_change_nothing(cls):
     """``f + c ≤ 0``, a NaN loss and an infinite one are refused with one line that names ``c`` and what would do,
     before anything moves: the weights, the energies and the counters stay as they were — on the first step and on a
     later one. No closure: the project's message. Breakage seen to fail here: the check after the first group moved (the
-    authors'
-    order), and an infinite first loss accepted (``r⁰ = ∞``, then NaN weights)."""
+    authors' order), and an infinite first loss accepted (``r⁰ = ∞``, then NaN weights)."""
     w = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))
     opt = cls([{"params": [w]}, {"params": [torch.nn.Parameter(torch.ones(2, dtype=F64))]}], lr=0.1, c=1.0)
     value = [-2.0]

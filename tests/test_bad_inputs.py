@@ -213,8 +213,7 @@ def test_library_refuses_bad_input(case: str):
 
 def test_global_ddp_solve_needs_the_closed_form(monkeypatch):
     """Under DDP (faked: a world of two) the generic paths have no cross-rank Jacobian: the global solve asks for
-    gram_fn
-    and names the option; and nothing moved."""
+    gram_fn and names the option; and nothing moved."""
     monkeypatch.setattr(ieq_module, "world_size", lambda: 2)
     with pytest.raises(GFConfigError, match="distributed='block'"):
         ieq_step()()
@@ -261,8 +260,7 @@ _READ_ONLY: list[Path] = []
 
 def read_only(name: str):
     """A case's preparation: the folder ``name``, which this process cannot write into: mode 0o555, and for root (whom
-    the
-    mode does not stop) the immutable attribute (``chattr +i``); skipped where neither stops a write."""
+    the mode does not stop) the immutable attribute (``chattr +i``); skipped where neither stops a write."""
 
     def prepare(tmp: Path) -> None:
         folder = tmp / name
@@ -660,8 +658,7 @@ def test_cli_refuses_bad_input_with_one_line(case: str, tmp_path: Path, capsys: 
 
 def test_the_command_line_exits_2_with_the_message_on_stderr(tmp_path: Path) -> None:
     """``python -m gf_lightning`` as a user runs it, from another directory: exit status 2, the message as the last line
-    on
-    stderr (Lightning's "Seed set to 0" may come before it), no traceback."""
+    on stderr (Lightning's "Seed set to 0" may come before it), no traceback."""
     proc = subprocess.run(
         [sys.executable, "-m", "gf_lightning", *fit_args("exp1_sav", ["--model.optimizer.init_args.lam=-1"], tmp_path)],
         cwd=tmp_path,

@@ -62,8 +62,7 @@ def test_exact_solution_meets_the_initial_and_boundary_conditions_and_converges(
     """Catches a wrong initial or boundary value, a quadrature that has not converged (too few nodes, no log-sum-exp:
     the integrand spans e^±50) and a substitution η = √(4νt)·s off by a factor: u(x, 0) = −sin(πx), u(x, 1e−8) →
     −sin(πx), u(±1, t) = 0; 100 and 300 nodes agree; an independent trapezoidal quadrature agrees to rounding, at the
-    front too and
-    at the smallest ν allowed; a smaller ν, where the rule would be wrong, is refused."""
+    front too and at the smallest ν allowed; a smaller ν, where the rule would be wrong, is refused."""
     x = torch.linspace(-1, 1, 101, dtype=torch.float64)
     assert torch.equal(burgers_exact(x, torch.zeros_like(x)), -torch.sin(math.pi * x))
     assert torch.allclose(burgers_exact(x, torch.full_like(x, 1e-8)), -torch.sin(math.pi * x), atol=1e-6)
@@ -99,8 +98,7 @@ def test_exact_solution_meets_the_initial_and_boundary_conditions_and_converges(
 def test_collocation_points_are_the_papers():
     """Catches a wrong count, kind, target or domain of the collocation rows, or a held-out grid whose targets are not
     the exact solution: 200 × 60 interior points strictly inside (−1, 1) × (0, 1], 200 initial with target −sin(πx), 2 ×
-    60
-    boundary with target 0, a 256 × 100 solution grid with target u*."""
+    60 boundary with target 0, a 256 × 100 solution grid with target u*."""
     t = BurgersCollocation().build()
     x, y = t["x_train"], t["y_train"]
     assert x.shape == (12000 + 200 + 120, 2) and y.shape == (12320, 2) and t["x_test"].shape == (25600, 2)
@@ -148,8 +146,7 @@ class _Known(torch.nn.Module):
 def test_pinn_objective_residual_loss_and_ieq_form():
     """Catches a wrong PDE operator (a sign, ν, u_xx from the wrong input column), a loss that is not the sum of the
     per-kind means (e.g. a plain mean over rows, where 12 000 interior points drown the 320 others), and IEQ's residual
-    whose
-    ‖q‖²/N is not the loss; and a prediction without a graph to the weights."""
+    whose ‖q‖²/N is not the loss; and a prediction without a graph to the weights."""
     nu = 0.05
     obj = BurgersPINN(nu=nu)
     gen = torch.Generator().manual_seed(0)
@@ -253,8 +250,7 @@ def test_short_training_lowers_the_relative_l2_error():
     """Catches a PINN that does not learn (a loss without the PDE or the initial condition, a detached residual) and a
     validation whose val/rel_l2 is not ‖u − u*‖/‖u*‖ on the held-out grid: 300 full-batch Adam steps on 1 340
     collocation points must lower the initial network's relative L² error by at least 30 %, and the reported value must
-    equal the one
-    computed here from the network and burgers_exact."""
+    equal the one computed here from the network and burgers_exact."""
     L.seed_everything(0, verbose=False)
     model = GradientFlowModule(
         net=MLP(), optimizer=functools.partial(torch.optim.Adam, lr=1e-2), objective=BurgersPINN()

@@ -76,8 +76,7 @@ def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path: Path, 
 
     Catches: writing the checkpoint in place, or renaming a temporary file from another folder (a copy across
     filesystems), instead of writing beside it and renaming — tried by writing straight into the target: ``last.ckpt``
-    is
-    left half-written and is refused as unreadable."""
+    is left half-written and is refused as unreadable."""
     root = tmp_path / "killed"
     killer = ('--trainer.plugins={"class_path": "helpers.KillMidCheckpointWrite", '
               '"init_args": {"name": "last.ckpt", "nth": 2}}')
@@ -211,8 +210,7 @@ def test_collapsed_auxiliary_variable_is_saved_and_resumed(tmp_path: Path) -> No
     saved, loads, and resumes to the uninterrupted run's state — weights and optimizer state (``log r`` still −∞, the
     step counter), not only the epoch. Catches: a non-finite check that refuses it (tried by allowing no −∞: the run
     stops at epoch 0); a resume that drops the optimizer's state (tried: ``load_state_dict`` without its global scalars,
-    which
-    restarts ``r`` at √… of the loss and moves the weights, passed the epoch-only check and fails here)."""
+    which restarts ``r`` at √… of the loss and moves the weights, passed the epoch-only check and fails here)."""
     root = tmp_path / "run"
     cli_main(fit_args(root, callback_arg("CollapseAuxiliary"), epochs=2))
     ckpt = load_checkpoint(checkpoints(root)["last.ckpt"])

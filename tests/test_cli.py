@@ -40,8 +40,7 @@ def _small(tmp_path: Path, *extra: str) -> list[str]:
 @pytest.fixture
 def one_thread():
     """The full-data runs on one intra-op thread: on 2 shared cores, two OpenMP threads that wait on each other under
-    load
-    made a step several times slower (measured: 2-epoch exp1 run 33 s with 2 threads against 19 s with 1)."""
+    load made a step several times slower (measured: 2-epoch exp1 run 33 s with 2 threads against 19 s with 1)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -106,8 +105,7 @@ def test_the_quick_start_logs_where_the_readme_says_without_lightnings_noise(tmp
     """The README's Quick start command, from a fresh folder (its config path made absolute; 10 epochs, a step
     checkpoint every 32 steps): its TensorBoard run lands in the folder the README names, and stderr holds none of
     Lightning's litlogger tip, torch's ``LeafSpec`` deprecation or the 15-line ``every_n_train_steps`` advice, which
-    buried the
-    project's own one-line messages (tried before the filters: all three printed)."""
+    buried the project's own one-line messages (tried before the filters: all three printed)."""
     readme = (ROOT / "README.md").read_text()
     quick = readme[readme.index("## Quick start"):readme.index("## Running the experiments")]
     command = re.search(r"&& python -m gf_lightning (fit --config \S+)", quick).group(1).split()
@@ -306,8 +304,7 @@ def test_optimizer_by_name_switches_the_method(tmp_path, config, switch, cls, se
     """``--model.optimizer=NAME`` (README, ``--help``) builds that class; the settings it shares with the config's
     optimizer keep the config's values (``lr``; ``C`` and ``lam`` from SAV to ExpSAV), the others are the class's
     defaults, as the README says. Breakage: a name that no longer resolves (a second class of that name, a narrowed
-    type), or defaults
-    that do not apply."""
+    type), or defaults that do not apply."""
     cli = cli_main(["--config", config, *_small(tmp_path, "--trainer.logger=false", *switch)], run=False)
     opt = cli.model.optimizer(cli.model.parameters())
     group = opt.param_groups[0]

@@ -266,8 +266,7 @@ def test_every_paper_config_is_in_the_table():
 @pytest.mark.parametrize("path", TWO_LAYER_PAPER_CONFIGS, ids=_ids(TWO_LAYER_PAPER_CONFIGS))
 def test_paper_config_has_the_papers_settings(path, tmp_path):
     """The spec page's settings, parsed by the CLI: a config whose data, network or time convention drifts from the
-    paper
-    fails here (tried: ``standardize: false`` in ex2.yaml, ``particle_time: false`` in ex1.yaml)."""
+    paper fails here (tried: ``standardize: false`` in ex2.yaml, ``particle_time: false`` in ex1.yaml)."""
     data_cls, data, (d, m, k), (optimizer, lr) = PAPER[path.stem]
     cli = _parse(path, tmp_path, *(["--data.init_args.download=false"] if "MNIST" in data_cls else []))
     cfg = cli.config

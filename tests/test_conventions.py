@@ -171,8 +171,7 @@ def test_load_state_dict_continues_bit_for_bit_with_the_loaded_settings(case: Ca
 def test_copies_continue_identically(case: Case, how: str):
     """``copy.deepcopy`` and ``pickle`` of a model with its optimizer: the copy reports the same stats and takes the
     same steps. Breakage: torch's ``__getstate__`` keeps only defaults, state and param_groups, so the last step's
-    record was
-    lost (AttributeError on ``stats``)."""
+    record was lost (AttributeError on ``stats``)."""
     model = make_net(0)
     opt = case.make(model.parameters())
     train(case, model, opt, 3)

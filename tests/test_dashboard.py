@@ -87,8 +87,7 @@ def test_layout_and_hyperparameters(run: str, logs: Path) -> None:
     run has (energy charts aside, for SGD); the HParams tab gets the run's method, experiment, ``lr`` and batch size,
     with its final losses, its quality measure and (energy methods) its violation count as metrics; ``hparams.yaml``
     holds the same. Breakage: Lightning's default, an empty ``hparams.yaml`` and no HParams session; lists that differ
-    between runs
-    (seen in a browser: the tab then showed IEQ's columns only, without ``C``, ``lam`` or ``variant``)."""
+    between runs (seen in a browser: the tab then showed IEQ's columns only, without ``C``, ``lam`` or ``variant``)."""
     config, _, path, method, tags = RUNS[run]
     folder = logs / "lightning_logs" / path / "version_0"
     acc = events(folder)

@@ -224,8 +224,7 @@ def test_ranks_share_every_global_batch_without_padding(n, batch_size, world, ep
 
     Breakage: padding the last batch as ``DistributedSampler`` does (a sample counted twice: the union is larger than
     the one-process batch), or cutting each rank's shard of the whole epoch into batches (ranks then disagree on the
-    number of
-    steps, or step k holds other samples than the one-process batch k)."""
+    number of steps, or step k holds other samples than the one-process batch k)."""
     x, y = _indexed(n)
     one = TensorBatches(x, y, batch_size=batch_size, shuffle=True, seed=11)
     one.sampler.set_epoch(epoch)

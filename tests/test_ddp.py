@@ -3,8 +3,7 @@ every batch; ReplicaCheck stops a run whose replicas drift apart.
 
 The two processes are forked (``ddp_fork``: ~2 s a run here, against ~13 s for ``ddp_spawn``, whose children import
 torch and Lightning again); one case runs with ``configs/trainer/ddp_sim.yaml`` (``ddp_spawn``, which pickles the model
-and the
-callbacks to its children), and ``test_plain_ddp_from_the_command_line`` with ``ddp`` as a user starts it."""
+and the callbacks to its children), and ``test_plain_ddp_from_the_command_line`` with ``ddp`` as a user starts it."""
 
 from __future__ import annotations
 
@@ -36,11 +35,10 @@ RELATIVE = ["--model.objective=gf_lightning.components.RelativeError", "--data.i
 # name → (method, extra arguments, what the two-process run must equal, how the two processes start): "one" = the
 # one-process run with the same arguments; another case's name = that case's two-process run (the same per-rank systems,
 # solved another way); "—" = nothing (IEQ's block solve is another algorithm than the one-process step, which the test
-# checks instead).
-# Every variant of the energy methods runs once: SAV's seed (= restart), vanilla and relax (a second backward under
-# DDP), ExpSAV's seed, restart, vanilla and relax, IEQ adaptive's seed and restart; IEQ's global closed-form solve, and
-# the block solve by its closed form, by CG (which has no global form under DDP) and by its generic path (a net without
-# the closed form).
+# checks instead). Every variant of the energy methods runs once: SAV's seed (= restart), vanilla and relax (a second
+# backward under DDP), ExpSAV's seed, restart, vanilla and relax, IEQ adaptive's seed and restart; IEQ's global
+# closed-form solve, and the block solve by its closed form, by CG (which has no global form under DDP) and by its
+# generic path (a net without the closed form).
 CASES = {
     "sgd": ("sgd", [], "one", FORK),
     "adam": ("adam", [], "one", FORK),

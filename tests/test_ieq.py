@@ -18,8 +18,7 @@ from gf_lightning.optim.ieq import IEQ
 F64 = torch.float64
 
 
-# -- helpers
-# ---------------------------------------------------------------------------------------------------------------------
+# -- helpers -----------------------------------------------------------------------------------------------------------
 def residual_and_jacobian(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``q = f(x) − y`` (flat) and the materialised ``J = ∂q/∂w`` (``N × n``, parameters in ``net.parameters()``
     order)."""
@@ -119,8 +118,7 @@ def path_opt(monkeypatch):
     return make
 
 
-# -- the closed-form Gram
-# --------------------------------------------------------------------------------------------------------
+# -- the closed-form Gram ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "shape, kw",
     [
@@ -141,8 +139,7 @@ def test_closed_form_gram_equals_materialised(shape, kw):
     assert float(torch.linalg.norm(gram - ref) / torch.linalg.norm(ref)) <= 1e-10
 
 
-# -- one step equals the hand-built dense step
-# -----------------------------------------------------------------------------------
+# -- one step equals the hand-built dense step -------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 10])
 @pytest.mark.parametrize("path", PATHS)
 def test_step_equals_dense_reference(path, k, path_opt):
@@ -187,16 +184,14 @@ def test_generic_other_networks(make, path, path_opt):
         assert float((net(x) - y).norm()) < q0  # a small step is a descent step on the residual itself
 
 
-# -- energy stability, and exactness over the whole Δt range
-# -------------------------------------------------------------------
+# -- energy stability, and exactness over the whole Δt range -----------------------------------------------------------
 def test_steps_equal_the_exact_solve_over_random_cases():
     """Random networks (the two-layer net in every init and scale, and a tanh MLP), Δt from 1e-4 to 1e4, three steps
     each on every path (closed form, dense generic, dense generic without J, generic CG, CG with the closed-form
     operator and its structured preconditioner, CG with a Nyström preconditioner; CG at a tolerance of 1e-12): every
     step equals the exact solve ``(I + Δt J Jᵀ)⁻¹ qⁿ`` by ``torch.linalg.solve`` and moves the weights by ``Δt Jᵀ
     qⁿ⁺¹``, so a wrong Gram or an early CG stop fails here even though ``‖(I + Δt G)⁻¹ q‖ ≤ ‖q‖`` would hold for any PSD
-    ``G``. Breakage checked: the Gram without
-    the ``x̃ x̃ᵀ`` factor, and CG capped at 3 iterations (both fail)."""
+    ``G``. Breakage checked: the Gram without the ``x̃ x̃ᵀ`` factor, and CG capped at 3 iterations (both fail)."""
     gen = torch.Generator().manual_seed(1234)
 
     def randint(lo, hi):
@@ -240,8 +235,8 @@ def test_steps_equal_the_exact_solve_over_random_cases():
 def test_float32_factorisation_failure_skips_the_step_and_says_so():
     """N = 400 rows against n = 11 parameters, Δt·‖J‖² far beyond 1/ε in float32: I + Δt J Jᵀ is not positive definite
     to working precision. The step neither moves nor produces non-finite numbers, and it is logged as skipped: the
-    energy is
-    still that of qⁿ (the weights did not move), not 0. Breakage: the code before logged energy/modified = 0."""
+    energy is still that of qⁿ (the weights did not move), not 0. Breakage: the code before logged energy/modified =
+    0."""
     torch.manual_seed(0)
     net = TwoLayerNet(2, 3, 2)
     x, y = 5.0 * torch.randn(200, 2), torch.randn(200, 2)
@@ -276,8 +271,8 @@ def test_cg_that_stops_short_warns_once_with_its_residual(recwarn):
 @pytest.mark.parametrize("frozen", ["W", "a"])
 def test_closed_form_gram_leaves_out_frozen_parameters(frozen):
     """A frozen layer: the closed-form Gram is that of the parameters that move, so the closed-form step equals the
-    exact
-    step in those parameters alone. Breakage: the Gram kept the frozen columns and the step solved another system."""
+    exact step in those parameters alone. Breakage: the Gram kept the frozen columns and the step solved another
+    system."""
     net, x, y = two_layer(B=6, d=4, m=9, k=3)
     getattr(net, frozen).requires_grad_(False)
     moving = [p for p in net.parameters() if p.requires_grad]
@@ -294,8 +289,7 @@ def test_closed_form_gram_leaves_out_frozen_parameters(frozen):
     assert torch.equal(getattr(net, frozen), still)
 
 
-# -- two processes: the global solve and the block solve
-# --------------------------------------------------------------------
+# -- two processes: the global solve and the block solve ---------------------------------------------------------------
 DDP_DTS = (0.3, 30.0, 3e3)
 DDP_RUNS = [("global", "closed"), ("global", "cg-closed"), ("block", "closed"), ("block", "cholesky"), ("block", "cg"),
             ("block", "cg-closed")]
@@ -343,8 +337,7 @@ def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
     (which the generic CG has no global form for). ``"block"``: each rank solves its own block, ``qⁿ⁺¹_r = (I + Δt J_r
     J_rᵀ)⁻¹ qⁿ_r``, and the moves ``Δt J_rᵀ qⁿ⁺¹_r`` are summed — checked against that computed here by hand — and the
     logged energies and the violation count are those of the global batch, ``‖qⁿ⁺¹‖² = Σ_r ‖qⁿ⁺¹_r‖²``, equal on both
-    ranks. Breakage: the code
-    before logged each rank's own share of ``‖qⁿ⁺¹‖`` in block mode."""
+    ranks. Breakage: the code before logged each rank's own share of ``‖qⁿ⁺¹‖`` in block mode."""
     ranks = on_ranks(_ranks_job, tmp_path, start_method="spawn")  # the Cholesky's LAPACK threads hang in a fork
     for mode, path in DDP_RUNS:
         net, x, y = ddp_problem()
@@ -385,8 +378,7 @@ def test_two_processes_solve_the_global_system_or_its_blocks(tmp_path):
                     p.copy_(e)
 
 
-# -- per-group step sizes
-# --------------------------------------------------------------------------------------------------------
+# -- per-group step sizes ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["cholesky", "cholesky-jvp", "cg", "cg-nystrom"])
 def test_per_group_lr_matches_hand_computation(path, path_opt):
     net, x, y = mlp3(seed=3)
@@ -400,8 +392,7 @@ def test_per_group_lr_matches_hand_computation(path, path_opt):
     assert float(opt.stats["optim/effective_lr"]) == 0.2
 
 
-# -- path choice
-# -----------------------------------------------------------------------------------------------------------------
+# -- path choice -------------------------------------------------------------------------------------------------------
 def test_auto_falls_to_cg_above_max_dense():
     net, x, y = two_layer(B=6, k=3)
     expected, _ = reference_step(net, x, y, [0.3, 0.3])

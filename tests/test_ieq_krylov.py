@@ -51,8 +51,7 @@ def step(net, x, y, opt, gram=False, operator=True):
                     jacobian_fn=(lambda: net.jacobian_operator(x)) if operator else None)
 
 
-# -- the closed form
-# -------------------------------------------------------------------------------------------------------------
+# -- the closed form ---------------------------------------------------------------------------------------------------
 SHAPES = [  # (B, d, m, k, kwargs): the product through K = X̃X̃ᵀ (B ≤ 2(d+1)) and through X̃; B ≤ m and B > m
     (6, 4, 9, 3, {}),
     (7, 3, 5, 1, {"mean_field": True, "init": "normal"}),
@@ -67,8 +66,7 @@ def test_closed_form_products_equal_autograd(B, d, m, k, kw, frozen):
     """The operator's ``Jᵀ v`` (the move's gradient) against autograd, its ``J Jᵀ v`` (one vector and a block of
     columns) and its dense ``J Jᵀ`` against ``scale² · jacobian_gram``, with frozen layers left out. Breakage caught:
     the bias row of ``X̃ᵀ T`` dropped in the product through ``X̃`` (the ``(20, 2, 6, 4)`` case fails), and the gate
-    ``σ'`` left out of the
-    output layer's term."""
+    ``σ'`` left out of the output layer's term."""
     net, x, _ = net_and_batch(B, d, m, k, **kw)
     if frozen:
         getattr(net, frozen).requires_grad_(False)
@@ -118,8 +116,8 @@ def test_the_operator_path_takes_the_gram_paths_step(solver, frozen, mean_field)
 def test_structured_preconditioner_is_symmetric_and_lies_between_I_and_A():
     """Random nets and batches (both forms of the output layer's part, with and without the hidden layer's), Δt from
     1e-4 to 1e4: the preconditioner is symmetric and ``I ⪯ M ⪯ I + Δt J Jᵀ`` to rounding, as its docstring states (which
-    keeps
-    ``M⁻¹A``'s eigenvalues ≥ 1). Breakage caught: the hidden layer's part doubled (``M`` then rises above ``A``)."""
+    keeps ``M⁻¹A``'s eigenvalues ≥ 1). Breakage caught: the hidden layer's part doubled (``M`` then rises above
+    ``A``)."""
     gen = torch.Generator().manual_seed(3)
     hidden_cases = 0
     for i in range(40):
@@ -143,8 +141,7 @@ def test_structured_preconditioner_is_symmetric_and_lies_between_I_and_A():
     assert hidden_cases >= 10
 
 
-# -- the guarantee of a truncated solve
-# ------------------------------------------------------------------------------------------
+# -- the guarantee of a truncated solve --------------------------------------------------------------------------------
 def generic_net(seed: int):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).to(F64)
@@ -230,8 +227,7 @@ def test_the_safeguard_keeps_the_guarantee_when_rounding_does_not(monkeypatch):
     """An iterate longer than ``qⁿ`` (rounding can push one there in a long ill-conditioned solve; simulated here by a
     CG that returns 1.5 times its iterate) is scaled back to ``‖qⁿ‖``: no violation, ``optim/cg_safeguards`` counts it;
     a non-finite iterate skips the step (no move) and counts as a solve failure. Breakage caught: the final check
-    removed
-    (the violation is counted and energy/modified > energy/true)."""
+    removed (the violation is counted and energy/modified > energy/true)."""
     real = ieq_solve.conjugate_gradients
 
     def too_long(*args, **kwargs):
@@ -279,13 +275,11 @@ def test_cg_at_the_mnist_shape_equals_the_cholesky_step():
         assert float(cg.stats["optim/cg_iters"]) <= 100
 
 
-# -- solver="auto"
-# ---------------------------------------------------------------------------------------------------------------
+# -- solver="auto" -----------------------------------------------------------------------------------------------------
 def test_auto_picks_cg_at_the_mnist_shape_and_cholesky_at_exp1s():
     """The module's call (``gram_fn`` and ``jacobian_fn``): at MNIST's shape (N = 2560) the multiply-add counts favour
     CG by far, at exp1's (N = 64, m = 1000) Cholesky; the choice is logged as ``optim/solver``. Breakage caught: the
-    counts
-    compared the wrong way round."""
+    counts compared the wrong way round."""
     for (B, d, m, k), expected in (((256, 784, 100, 10), 1.0), ((64, 40, 1000, 1), 0.0)):
         net, x, y = net_and_batch(B, d, m, k, dtype=torch.float32)
         opt = IEQ(net.parameters(), lr=0.1)
@@ -364,8 +358,7 @@ def test_a_run_whose_cg_stops_short_trains_on():
         assert all(torch.isfinite(v).all() for v in opt.global_state.values() if isinstance(v, torch.Tensor))
 
 
-# -- settings and calls
-# ------------------------------------------------------------------------------------------------------------
+# -- settings and calls ------------------------------------------------------------------------------------------------
 def p():
     return nn.Parameter(torch.zeros(2))
 
@@ -415,8 +408,7 @@ def test_jacobian_fn_is_checked_like_gram_fn():
 def test_krylov_helpers_on_their_own():
     """``conjugate_gradients`` with no iterations allowed returns 0, with ``b = 0`` returns 0 at once, and stops at a
     breakdown (an operator that is not positive) without a non-finite iterate; ``TwoLayerJacobian`` of an empty batch
-    has
-    no preconditioner. Breakage caught: the breakdown test removed (NaN)."""
+    has no preconditioner. Breakage caught: the breakdown test removed (NaN)."""
     b = torch.randn(5, dtype=F64)
     assert conjugate_gradients(lambda v: v, b, 1e-12, 0).x.abs().max() == 0
     zero = conjugate_gradients(lambda v: v, torch.zeros(5, dtype=F64), 1e-12, 10)
@@ -427,8 +419,7 @@ def test_krylov_helpers_on_their_own():
     assert TwoLayerJacobian(net, x[:0]).preconditioner(0.1) is None
 
 
-# -- exp4 by CG against Cholesky
-# ---------------------------------------------------------------------------------------------------
+# -- exp4 by CG against Cholesky ---------------------------------------------------------------------------------------
 #: exp4 shortened: 2 048 training images (8 steps an epoch), 2 epochs, all 10 000 test images, four seeds
 EXP4_SHORT = ["--data.init_args.n_train=2048", "--data.init_args.n_test=10000", "--trainer.max_epochs=2",
               "--trainer.num_sanity_val_steps=0", "--trainer.check_val_every_n_epoch=2"]  # one evaluation, at the end
@@ -445,8 +436,7 @@ def test_cg_runs_of_exp4_match_the_cholesky_runs(tmp_path: Path, mnist_dir: Path
     by −0.26 … +0.28 points while the means of four stayed within 0.08; at the default (1e-6) every pair agreed to the
     image, through the closed-form operator and through the generic path alike. Breakage caught: CG capped at one
     iteration (mean −0.61 points with the closed-form operator and its preconditioner, −34 through the generic path),
-    and the
-    operator's product missing the output layer's part of ``J Jᵀ`` (mean −1.66)."""
+    and the operator's product missing the output layer's part of ``J Jᵀ`` (mean −1.66)."""
     threads = torch.get_num_threads()
     # one thread: on a machine shared with other jobs, two oversubscribe its cores (~10× slower)
     torch.set_num_threads(1)

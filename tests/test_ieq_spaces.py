@@ -1,8 +1,7 @@
 """IEQ's exact step in parameter space (the push-through identity) against the residual-space step, the dense rows
 of ``J`` (torch.func, the PINN's forward-propagated derivatives) against the residual's graph, ``solver="auto"``'s
 choice of space, the memory bound on ``J``, the random subset of rows, the adaptive ``Δt`` (Levenberg–Marquardt's rule),
-and a
-float64 PINN run through the CLI."""
+and a float64 PINN run through the CLI."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """MNIST (8000/2000): every energy-stable method at its documented setting beyond the seed's reaches 93 % on the
-held-out
-split (docs/results.md › Beyond the seed's settings)."""
+held-out split (docs/results.md › Beyond the seed's settings)."""
 
 from __future__ import annotations
 

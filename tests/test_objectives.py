@@ -126,8 +126,7 @@ def test_sav_in_particle_time_is_the_papers_step(tmp_path) -> None:
     """One full-batch step of vanilla SAV in particle time against the paper's formulas with ``N = m ∇L``, the particle
     average ``⟨N, N⟩ = (1/m) ‖N‖²`` and ``r`` from ``L`` itself: ``r¹ = r⁰ / (1 + Δt ⟨N, N⟩ / (2 (1 + Δt λ)(L + C)))``,
     ``w¹ = w⁰ − Δt r¹ N / ((1 + Δt λ) √(L + C))``. Catches: scaling the loss instead of the gradient (``r`` from ``m
-    L``),
-    the gradient by ``m²``, or a Euclidean inner product of ``N`` (the literal reading)."""
+    L``), the gradient by ``m²``, or a Euclidean inner product of ``N`` (the literal reading)."""
     dt, C, lam = 0.5, 100.0, 4.0
     args = [
         "--model.objective=gf_lightning.components.RelativeError",

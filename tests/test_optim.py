@@ -157,8 +157,7 @@ def test_relax_cases_cover_both_branches():
 # ----------------------------------------------------------------------------------------------------------------------
 def random_problem(rng: random.Random):
     """A random quadratic or quartic of random dimension and scale (losses from ~1e-3 to ~1e8), optionally with
-    mini-batch
-    noise (the minimiser moves at random from step to step, so L(wⁿ) may rise while a carried r does not)."""
+    mini-batch noise (the minimiser moves at random from step to step, so L(wⁿ) may rise while a carried r does not)."""
     n = rng.randint(1, 12)
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     M = torch.randn(n, n, generator=g, dtype=F64)
@@ -322,8 +321,7 @@ def test_energy_law_every_step(cls, variant, dtype, n_cases):
     a step that its energy did not damp (``φ ≥ ½`` in ``wⁿ⁺¹ = wⁿ − φ Δt g̃``) — at losses past ~40 its ``rⁿ⁺¹/rⁿ`` is 1
     to machine precision and the step is plain gradient descent, which diverges at large Δt, and the vanilla/relax
     factor ``e^{ℓⁿ⁺¹ − L − log C}`` is unbounded once the loss falls below what r remembers (ExpSAV's docstring) — and
-    in at most
-    a quarter of the cases."""
+    in at most a quarter of the cases."""
     failures, dropped, checked = run_random_cases(cls, variant, n_cases=n_cases, n_steps=6, seed=1234, dtype=dtype)
     assert not failures, "\n".join(failures[:10])
     if cls is ExpSAV:
@@ -341,8 +339,7 @@ def test_energy_law_every_step(cls, variant, dtype, n_cases):
 def test_expsav_collapse_then_a_zero_gradient_changes_nothing():
     """ExpSAV at Δt = 1e4: log r doubles toward −∞ each step and reaches it; then a step with an exactly zero gradient
     (a dead-ReLU network) has Δt·S = 0 and must change nothing. Breakage: the code before computed log 0 − (−∞) = NaN
-    and
-    wrote NaN weights."""
+    and wrote NaN weights."""
     w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 1.0], dtype=F64))
     opt = ExpSAV([w], lr=1e4, C=1.0, lam=0.0)
     dead = [False]
@@ -469,8 +466,7 @@ def _aux_rise(cls, **kw):
 
 def _ieq_rise(monkeypatch):
     """IEQ (full) whose step 2 gets a "Gram" with negative eigenvalues, ``−0.75/Δt · I``: ``(I + Δt G)⁻¹`` then
-    quadruples
-    ``q`` (a wrong ``gram_fn``)."""
+    quadruples ``q`` (a wrong ``gram_fn``)."""
     torch.manual_seed(0)
     net = TwoLayerNet(4, 9, 1).double()
     x, y = torch.randn(6, 4, dtype=F64), torch.randn(6, 1, dtype=F64)
@@ -562,8 +558,7 @@ def test_bfloat16_params_move_by_the_scheme_and_keep_exact_counters(cls):
     """bfloat16 parameters (plain PyTorch; the Lightning module refuses 'bf16-true'): each step moves w by ``φ c g``,
     with φ from SPEC §2 computed here (the auxiliary variable carried by the test itself, in float64, from the losses
     and gradients the closure saw), to within one bfloat16 rounding; the counters stay exact over 300 steps. Breakage:
-    the
-    test before used lr 1e-4, at which 0.5 in bfloat16 cannot move."""
+    the test before used lr 1e-4, at which 0.5 in bfloat16 cannot move."""
     w = torch.nn.Parameter(torch.full((4,), 0.5, dtype=torch.bfloat16))
     opt = cls([w], lr=0.05)
     dt, lam, C = 0.05, {SAV: 4.0, ExpSAV: 1.0}.get(cls, 0.0), {SAV: 100.0, ExpSAV: 1.0}.get(cls)
@@ -680,8 +675,7 @@ FREEZE = [  # the seed forms of ExpSAV and IEQAdaptive, at the Δt where their r
 def test_seed_form_freezes(cls, kw):
     """The known failure of the seed forms (SPEC §2), reported honestly: the step collapses where the loss can still
     fall (20 gradient steps of Δt/5 from the frozen weights lower it by 2 %, where the seed form moves it by less than
-    1e-6:
-    a freeze, not a minimum), and nothing blows up."""
+    1e-6: a freeze, not a minimum), and nothing blows up."""
     first, losses, eff, opt = fit(cls, 60, **kw)
     assert losses[-1] < first  # it made progress before freezing
     model, x, y = toy_regression()

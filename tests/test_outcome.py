@@ -1,7 +1,6 @@
 """A run's outcome (``gf_lightning.study.outcome``), the one rule of every study: records that blew up and collapsed,
 blew up and recovered, froze, trained, went non-finite; and what the sweep's report makes of them (the cell's status,
-the
-largest step that trains, gradient descent's observed limit)."""
+the largest step that trains, gradient descent's observed limit)."""
 
 from __future__ import annotations
 

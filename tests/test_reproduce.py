@@ -1,6 +1,5 @@
 """The reproduction (``scripts/reproduce.py`` over ``gf_lightning.study``): a quick pass of experiment 3 with every
-method in
-two worker processes, checked against its own TensorBoard logs and against the same runs in this process."""
+method in two worker processes, checked against its own TensorBoard logs and against the same runs in this process."""
 
 from __future__ import annotations
 

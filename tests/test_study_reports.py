@@ -1,6 +1,6 @@
 """What the study's reports say about runs they did not run: a paper figure's table over seeds, and a sweep's report
-written
-again from its ``results.json`` alone (records judged by today's rule, paths relative to the report's folder)."""
+written again from its ``results.json`` alone (records judged by today's rule, paths relative to the report's
+folder)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """``scripts/sweep.py`` and ``gf_lightning.study``'s sweep: a grid of methods × step sizes run through the CLI, read
-back,
-summarised over seeds and reported; its SLURM form; gradient descent's stability limit from the Hessian."""
+back, summarised over seeds and reported; its SLURM form; gradient descent's stability limit from the Hessian."""
 
 from __future__ import annotations
 
@@ -76,8 +75,7 @@ def test_a_huge_sgd_step_is_diverged_and_a_small_one_trained(swept):
 
 def test_the_table_and_figure_are_written(swept):
     """``sweep.md`` has the per-method table (largest Δt that trains, best Δt, its metric) and the commands;
-    ``sweep.png``
-    is a PNG. Breakage: a report that drops the method's row, or a figure never saved."""
+    ``sweep.png`` is a PNG. Breakage: a report that drops the method's row, or a figure never saved."""
     png = swept / "sweep.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = (swept / "sweep.md").read_text()
@@ -124,8 +122,7 @@ def _dense_lambda_max(loss_fn, params) -> float:
 def test_lambda_max_matches_a_dense_eigendecomposition():
     """Power iteration with Hessian-vector products gives the Hessian's largest eigenvalue of a small network's loss, as
     the dense Hessian's eigen-decomposition does (float64, 1e-6). Breakage: a wrong product (a gradient without its
-    graph,
-    a missing term), or stopping before convergence."""
+    graph, a missing term), or stopping before convergence."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
     x, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 1, dtype=torch.float64)
@@ -144,8 +141,7 @@ def test_lambda_max_matches_a_dense_eigendecomposition():
 
 def test_lambda_max_is_the_largest_eigenvalue_not_the_largest_in_magnitude():
     """A loss that curves down (−3) more than up (+1): λ_max is +1, the limit of gradient descent, not −3. Breakage:
-    plain
-    power iteration, which returns the eigenvalue of largest magnitude."""
+    plain power iteration, which returns the eigenvalue of largest magnitude."""
     w = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
     a = torch.tensor([1.0, -3.0, 0.25], dtype=torch.float64)
     found = stability.lambda_max(lambda: 0.5 * (a * w * w).sum(), [w], iters=5000, tol=1e-12)
@@ -205,8 +201,7 @@ def test_a_method_whose_energy_may_rise_between_steps_is_labelled_a_restart(meth
     """Six steps of the method on a loss that jumps up by 2 between steps: the logged modified energy rises between
     steps exactly for the restart forms, and exactly those carry "restart" (or "Res") in their label — the sweep's and
     the reproduction's alike. Breakage: SAV's default (``variant: seed``, which resets ``r`` every step) labelled plain
-    "SAV",
-    read as a scheme whose curve never rises (tried: fails)."""
+    "SAV", read as a scheme whose curve never rises (tried: fails)."""
     init = METHODS[method].optimizer(0.1)
     module, _, name = init["class_path"].rpartition(".")
     w = torch.nn.Parameter(torch.tensor([2.0, -1.0], dtype=torch.float64))
@@ -254,8 +249,7 @@ def _record(point, status, metric, seconds=None, train=(0.5,)):
 def test_the_report_gives_mean_and_spread_over_seeds():
     """Three seeds per step: the cell's final metric is their mean ± sample deviation; a step where one seed diverged is
     diverged, not trained; largest Δt that trains and best Δt follow. Breakage: a summary over the last seed only, or
-    one
-    that counts a step as training when a seed diverged."""
+    one that counts a step as training when a seed diverged."""
     plan = Plan.build(CONFIGS / "exp3_sgd.yaml", ["sgd"], "0.01,0.1,1", seeds=["0", "1", "2"], out="/tmp/x")
     points = plan.points()
     finals = {"0.01": [0.3, 0.5, 0.4], "0.1": [0.1, 0.2, 0.3], "1": [0.05, 0.05, math.nan]}

@@ -92,8 +92,8 @@ class TwoLayerJacobian:
     @torch.no_grad()
     def vjp(self, v: Tensor) -> dict[int, Tensor]:
         """``Jᵀ v`` for flat ``v`` (``N``): the gradient of ``⟨q, v⟩`` in each parameter that requires grad, keyed by
-        the
-        parameter's ``id`` (what a backward pass of ``q`` with ``grad_outputs=v`` gives), from the cached products."""
+        the parameter's ``id`` (what a backward pass of ``q`` with ``grad_outputs=v`` gives), from the cached
+        products."""
         p = self.parts()
         V = v.to(self.dtype).view(self.B, self.k)
         factor = self.scale / self.m if self.net.mean_field else self.scale
@@ -111,8 +111,7 @@ class TwoLayerJacobian:
     @torch.no_grad()
     def dense(self) -> Tensor:
         """``J Jᵀ`` itself (``N × N``, a fresh tensor) for the Cholesky path, from the cached products (times
-        ``scale²``;
-        :meth:`TwoLayerNet.jacobian_gram` is this at ``scale = 1``)."""
+        ``scale²``; :meth:`TwoLayerNet.jacobian_gram` is this at ``scale = 1``)."""
         p = self.parts()
         B, k = self.B, self.k
         act, gate, x = p["act"], p["gate"], p["x"]
@@ -178,8 +177,7 @@ class TwoLayerJacobian:
         Jᵀ`` exactly, the hidden layer's along ``μ̂`` (``(s sᵀ) ⪯ K`` and the Schur product keeps the order). Its
         inverse is formed explicitly at the build — a ``B × B`` matrix (``B ≤ m``) or an ``m × m`` one for Woodbury, and
         an ``m × m`` one for the hidden part — so that an application is five matrix products. ``None`` when there is
-        nothing to
-        precondition or a factorisation fails (one host sync, at the build)."""
+        nothing to precondition or a factorisation fails (one host sync, at the build)."""
         if self.B == 0 or not (self.with_a or self.with_w):
             return None
         p = self.parts()

@@ -89,8 +89,7 @@ class TwoLayerNet(nn.Module):
         """
         return self.jacobian_operator(x).dense()
 
-    # -- the Jacobian as an operator (IEQ's Krylov solve)
-    # -----------------------------------------------------------------
+    # -- the Jacobian as an operator (IEQ's Krylov solve) --------------------------------------------------------------
     def jacobian_operator(self, x: Tensor, scale: float | Tensor = 1.0) -> TwoLayerJacobian:
         """The Jacobian of ``q = scale · (f(x) − y)`` as IEQ's Krylov solve uses it (``IEQ.step(jacobian_fn=…)``):
         products with ``J Jᵀ`` without forming it, a preconditioner, and the costs ``solver="auto"`` weighs

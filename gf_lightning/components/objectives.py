@@ -7,8 +7,7 @@ An objective turns a network's predictions into
 - ``residual(pred, y)``: IEQ's ``q``, flat, with the same autograd graph, scaled so that ``‖q‖² / q.numel()`` equals the
   loss (for cross-entropy, the seed's one-hot squared error stands in: cross-entropy is no sum of squares);
 - ``residual_scale(y)``: the ``s`` of ``q = s · (pred − target)``, so that the Gram matrix of ``q``'s Jacobian is ``s²``
-  times
-  the network's own (:meth:`TwoLayerNet.jacobian_gram <gf_lightning.components.TwoLayerNet.jacobian_gram>`).
+  times the network's own (:meth:`TwoLayerNet.jacobian_gram <gf_lightning.components.TwoLayerNet.jacobian_gram>`).
 
 ``predict(net, x)`` is the network's output the objective compares (``net(x)``; a physics-informed objective applies its
 differential operator there). Under DDP each rank holds part of the global batch; :meth:`Objective.shard_loss` is this
@@ -35,8 +34,7 @@ from ..problems.problem import Problem
 @dataclass
 class Ratio:
     """An objective over a set of batches that is a ratio of sums over them (``Σ numerator / Σ denominator``), not a
-    mean
-    of the batches' values."""
+    mean of the batches' values."""
 
     numerator: Tensor
     denominator: Tensor
@@ -108,8 +106,7 @@ class Objective:
 
     def shard_loss(self, pred: Tensor, y: Tensor, total: int) -> Tensor:
         """This rank's term of the global batch's loss (``total`` samples over all ranks): ``W / total · Σ`` its
-        samples'
-        terms, or the plain mean when every rank holds ``total / W`` samples (one process: always)."""
+        samples' terms, or the plain mean when every rank holds ``total / W`` samples (one process: always)."""
         world = world_size()
         if len(y) * world == total:
             return self.loss(pred, y)

@@ -165,8 +165,7 @@ class BurgersPINN(Objective):
             raise GFConfigError(f"model.objective.init_args.nu must be a finite number > 0; got {nu!r}")
         self.nu = float(nu)
 
-    # -- the prediction: u and the PDE residual
-    # --------------------------------------------------------------------------
+    # -- the prediction: u and the PDE residual ------------------------------------------------------------------------
     def predict(self, net: nn.Module, x: Tensor) -> Tensor:
         grad_mode = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad():
@@ -186,8 +185,8 @@ class BurgersPINN(Objective):
     def check_net(self, net: nn.Module) -> None:
         """Refuse a network whose ``u_xx`` is exactly 0 on an 8 × 8 grid of the domain: a piecewise-linear network
         (ReLU, leaky ReLU, hard tanh, …) has no second derivative, so the viscous term ``ν u_xx`` drops out and the
-        network is
-        trained on the inviscid equation. Checked numerically, so it holds for any network; draws no random numbers."""
+        network is trained on the inviscid equation. Checked numerically, so it holds for any network; draws no random
+        numbers."""
         param = next(net.parameters(), None)
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
         device = param.device if param is not None else None
@@ -223,8 +222,7 @@ class BurgersPINN(Objective):
                 f"viscosity in both (the default of both is 0.01/π)"
             )
 
-    # -- the loss
-    # --------------------------------------------------------------------------------------------------------
+    # -- the loss ------------------------------------------------------------------------------------------------------
     @staticmethod
     def errors(pred: Tensor, y: Tensor) -> Tensor:
         """Each row's error, flat: the PDE residual at interior rows, ``u − target`` at the others."""
@@ -260,15 +258,13 @@ class BurgersPINN(Objective):
 
     def shard_loss(self, pred: Tensor, y: Tensor, total: int) -> Tensor:
         """Under DDP: ``W · Σ`` this rank's squared errors over the *global* kind counts (one all-reduce of four
-        counts),
-        so that the ranks' mean is the global batch's loss."""
+        counts), so that the ranks' mean is the global batch's loss."""
         world = world_size()
         if world == 1:
             return self.loss(pred, y)
         return (self.errors(pred, y).square() * self._weights(y, True)).sum() * world
 
-    # -- IEQ
-    # ---------------------------------------------------------------------------------------------------------------
+    # -- IEQ -----------------------------------------------------------------------------------------------------------
     def residual_scale(self, y: Tensor) -> Tensor:
         """``√(N / n_kind)`` per row, ``N`` and ``n_kind`` of the global batch: ``‖q‖² / N`` is then the loss."""
         counts = self._counts(y, True)
@@ -285,8 +281,7 @@ class BurgersPINN(Objective):
             return None
         return BurgersRows(net, x, y, scale, self.nu)
 
-    # -- evaluation: the predicted solution against the exact one
-    # ------------------------------------------------------------
+    # -- evaluation: the predicted solution against the exact one ------------------------------------------------------
     @staticmethod
     def solution(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, u*)`` at the rows of kind SOLUTION: what ``val/rel_l2 = ‖u − u*‖ / ‖u*‖`` compares."""

@@ -51,8 +51,7 @@ class TensorDataModule(L.LightningDataModule):
         self._tensors: dict[str, Tensor] | None = None
         self._device: torch.device | None = None
 
-    # -- what a subclass provides
-    # ----------------------------------------------------------------------------------------
+    # -- what a subclass provides --------------------------------------------------------------------------------------
     @property
     def dims(self) -> tuple[int, int]:
         """``(d, k)``: input dimension and number of outputs (classes for classification)."""
@@ -62,8 +61,7 @@ class TensorDataModule(L.LightningDataModule):
         """Return ``x_train, y_train, x_test, y_test``."""
         raise NotImplementedError
 
-    # -- Lightning hooks
-    # -------------------------------------------------------------------------------------------------
+    # -- Lightning hooks -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self._tensors is None:
             tensors = self.build()

@@ -88,8 +88,7 @@ class TensorBatches:
     # -- resuming inside an epoch --------------------------------------------------------------------------------------
     def resume_at(self, epoch: int, calls_done: int) -> None:
         """Let the next iteration, if it is over ``epoch``, start after its first ``calls_done`` calls: a run resumed
-        from
-        a checkpoint taken inside an epoch trains the rest of that epoch's batches, not its first ones again."""
+        from a checkpoint taken inside an epoch trains the rest of that epoch's batches, not its first ones again."""
         self._resume = (epoch, calls_done)
 
     def state_dict(self) -> dict[str, int]:

@@ -23,8 +23,7 @@ class MomentGroup(GradientGroup):
     ``grads`` holds the new (uncorrected) first moments ``mⁿ⁺¹``, which :meth:`AdaptiveSAV.step` stores once the step
     has succeeded; ``log_scale = −log(1 − β1ᵗ)`` turns them into ``m̂``. ``log_dt`` is ``log Δt̂_g``, ``log_c`` is
     ``log(Δt̂_g/(1 + Δt̂_g λ_g))`` and ``log_g2`` is ``log ‖m̂_g‖²``: the fields mean what they mean for SAV with ``m̂``
-    for
-    ``g`` and ``Δt̂`` for ``Δt``."""
+    for ``g`` and ``Δt̂`` for ``Δt``."""
 
     log_scale: float = 0.0
 
@@ -77,8 +76,7 @@ class AdaptiveSAV(SAV):
       that returns no loss) leaves ``m``, ``v``, ``r`` and the counters as they were: ``m`` is formed out of place and
       stored, with ``v``, once the step is done.
     - Under DDP the gradient is the ranks' mean (DDP's doing) and the loss is averaged over ranks before it enters
-      ``r``;
-      every rank then computes the same ``m``, ``v`` and step.
+      ``r``; every rank then computes the same ``m``, ``v`` and step.
 
     Args:
         params: parameters or parameter groups; each group may set its own ``lr`` and ``lam``; ``C``, ``variant``,
@@ -127,13 +125,11 @@ class AdaptiveSAV(SAV):
         self._pending: tuple[list[tuple[Tensor, Tensor]], float] | None = None
         super(SAV, self).__init__(params, defaults)  # AuxiliaryVariableOptimizer's, with these defaults
 
-    # -- the moments
-    # -----------------------------------------------------------------------------------------------------------
+    # -- the moments ---------------------------------------------------------------------------------------------------
     def _evaluate(self, closure: Callable[[], Any]) -> Evaluation:
         """Run the closure at ``wⁿ``, form ``mⁿ⁺¹`` (out of place: it is stored only when the step succeeds), and read
         the loss, ``‖g‖`` and ``‖mⁿ⁺¹‖`` of every tensor back from the device in one transfer; then ``vⁿ⁺¹``, ``Δt̂_g``
-        and
-        ``‖m̂_g‖²`` on the host, in logarithms."""
+        and ``‖m̂_g‖²`` on the host, in logarithms."""
         with torch.enable_grad():
             returned = closure()
         loss = self._mean_loss(returned)

@@ -31,8 +31,7 @@ def _maxima(tensors: list[Tensor]) -> list[Tensor]:
     return list(fused(tensors)) if fused is not None else [t.max() for t in tensors]
 
 
-# -- the record of a step
-# --------------------------------------------------------------------------------------------------
+# -- the record of a step ----------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class EnergyGroup:
     """One parameter group as the step left it: its step size and the energies of the parameters it moved."""
@@ -71,9 +70,8 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
 
     - ``energy/true``: ``f(θⁿ)``, the loss the step started from (the mean over ranks);
     - ``energy/modified``: ``mean_i (rᵢⁿ⁺¹)² − c`` over the coordinates the step moved. Every ``rᵢ²`` starts at ``f +
-      c``,
-      so this is in the loss's units, starts just under the first loss, and never rises while the set of coordinates
-      stays the same (it is one mean over them: two small sums when asked, none in the step);
+      c``, so this is in the loss's units, starts just under the first loss, and never rises while the set of
+      coordinates stays the same (it is one mean over them: two small sums when asked, none in the step);
     - ``energy/violations``: the count above, which stays 0;
     - ``optim/effective_lr``: ``mean_i ηᵢ rᵢⁿ⁺¹ / √(f(θⁿ) + c)``. AEGD moves ``θᵢ ← θᵢ − ηᵢ (rᵢⁿ⁺¹/√(f + c)) ∂ᵢf``, so
       this is the mean over coordinates of the step size on the raw gradient, the number to set beside SGD's ``lr``:
@@ -91,8 +89,7 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
             defaults[key] = check(key, defaults[key])
         super().__init__(params, defaults)
 
-    # -- what a subclass defines
-    # -------------------------------------------------------------------------------------------
+    # -- what a subclass defines ---------------------------------------------------------------------------------------
     def _move(
         self, group: dict[str, Any], params: list[Tensor], v: list[Tensor], energies: list[Tensor], two_lr: float
     ) -> Tensor:
@@ -100,8 +97,7 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
         overwrite). Returns the group's smallest divisor ``1 + 2η v²`` (0-dim) for the violation check."""
         raise NotImplementedError
 
-    # -- the step
-    # ----------------------------------------------------------------------------------------------------------
+    # -- the step ------------------------------------------------------------------------------------------------------
     def _mean_loss(self, returned: Any) -> Tensor:
         """The closure's loss as a 0-dim tensor in the global-state dtype, averaged over ranks."""
         loss = self._loss_value(returned).to(self._scalar_dtype, copy=True)
@@ -119,8 +115,7 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Take one step. ``closure`` zeroes the gradients, computes the mean mini-batch loss, back-propagates and
-        returns
-        the loss (a tensor or a number); it is required. Returns what the closure returned."""
+        returns the loss (a tensor or a number); it is required. Returns what the closure returned."""
         name = type(self).__name__
         if closure is None:
             raise GFStepError(NO_CLOSURE.format(cls=name))
@@ -166,8 +161,7 @@ class AdaptiveEnergyOptimizer(EnergyOptimizer):
         self._last = EnergyStep(loss, root, groups)
         return returned
 
-    # -- stats
-    # -------------------------------------------------------------------------------------------------------------
+    # -- stats ---------------------------------------------------------------------------------------------------------
     def _stats_of(self, record: EnergyStep) -> dict[str, Tensor]:
         sd = self._scalar_dtype
         energies = [r for g in record.groups for r in g.energies]

@@ -111,13 +111,11 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
     def _log_sq_norm(self, norms: list[float]) -> float:
         """``log ‖u‖²`` of a velocity whose tensors have the norms ``norms``, in the optimizer's inner product: the
         particle average ``⟨u, v⟩ = (1/m) Σ_k u_k·v_k`` with ``m = particles`` (1: the Euclidean one). Every inner
-        product and norm
-        of the step (``Sⁿ``, Alg. 5's ``v``, the relaxation's ``‖Δw‖²``) is formed from these."""
+        product and norm of the step (``Sⁿ``, Alg. 5's ``v``, the relaxation's ``‖Δw‖²``) is formed from these."""
         particles = self.param_groups[0].get("particles", 1)  # (a checkpoint of an earlier version has none)
         return 2.0 * log0(math.hypot(*norms)) - math.log(particles)
 
-    # -- what a subclass defines
-    # ---------------------------------------------------------------------------------------------
+    # -- what a subclass defines ---------------------------------------------------------------------------------------
     def _log_r_hat(self, loss: float) -> float:
         """``log r̂(L)``, the value of the auxiliary variable that the loss ``L`` stands for."""
         raise NotImplementedError
@@ -134,8 +132,7 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
     def _restarts(self) -> bool:
         return self.setting("variant") == "restart"
 
-    # -- the step
-    # ------------------------------------------------------------------------------------------------------------
+    # -- the step ------------------------------------------------------------------------------------------------------
     def _evaluate(self, closure: Callable[[], Any]) -> Evaluation:
         """Run the closure at ``wⁿ``; the loss and the gradient norms come back from the device in one transfer."""
         with torch.enable_grad():
@@ -178,8 +175,7 @@ class AuxiliaryVariableOptimizer(EnergyOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Take one step. ``closure`` zeroes the gradients, computes the mean mini-batch loss, back-propagates and
-        returns
-        the loss (a tensor or a number); it is required. Returns what the closure returned."""
+        returns the loss (a tensor or a number); it is required. Returns what the closure returned."""
         if closure is None:
             raise GFStepError(NO_CLOSURE.format(cls=type(self).__name__))
         ev = self._evaluate(closure)

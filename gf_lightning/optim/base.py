@@ -77,8 +77,7 @@ class EnergyOptimizer(torch.optim.Optimizer):
         """A setting of the whole optimizer, as the parameter groups hold it now (loaded settings included)."""
         return self.param_groups[0][name]
 
-    # -- state
-    # -------------------------------------------------------------------------------------------------------------
+    # -- state ---------------------------------------------------------------------------------------------------------
     @property
     def global_state(self) -> dict[str, Any]:
         """The optimizer's global scalars, stored with the first parameter so that ``state_dict()`` carries them."""
@@ -112,8 +111,7 @@ class EnergyOptimizer(torch.optim.Optimizer):
         state.update({name: getattr(self, name, None) for name in self._carried})
         return state
 
-    # -- the closure
-    # ---------------------------------------------------------------------------------------------------------
+    # -- the closure ---------------------------------------------------------------------------------------------------
     def _loss_value(self, loss: Any) -> Tensor:
         """The closure's loss as a detached 0-dim tensor: a one-element tensor, or a real number (as ``LBFGS`` takes
         ``float(closure())``)."""
@@ -127,8 +125,7 @@ class EnergyOptimizer(torch.optim.Optimizer):
             f"one-element tensor; it returned {what}"
         )
 
-    # -- stats
-    # ---------------------------------------------------------------------------------------------------------------
+    # -- stats ---------------------------------------------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, Tensor]:
         """The last step's scalars (``energy/…``, ``optim/…``) as 0-dim tensors; ``{}`` before the first step."""

@@ -53,8 +53,7 @@ class JacobianOperator(Protocol):
     ``M⁻¹`` for a symmetric ``I ⪯ M ⪯ I + Δt J Jᵀ`` (or is ``None``), and ``costs(preconditioned)`` the multiply-adds
     ``solver="auto"`` weighs. ``J`` is in exactly the optimizer's parameters that require grad. Two methods are
     optional, used when present: ``dense()``, ``J Jᵀ`` itself (a fresh ``N × N`` tensor) for the Cholesky path, and
-    ``vjp(v)``,
-    ``Jᵀ v`` as a dict from each parameter's ``id`` to its gradient, for the move in one process."""
+    ``vjp(v)``, ``Jᵀ v`` as a dict from each parameter's ``id`` to its gradient, for the move in one process."""
 
     rows: int
 

@@ -86,8 +86,7 @@ def conjugate_gradients(
     then has ``‖x‖² + xᵀGx = bᵀx`` and so ``‖x‖ ≤ ‖b‖`` (the module's docstring). Stops at ``‖r‖ ≤ tol·‖b‖`` or after
     ``max_iter`` iterations. The scalars (``pᵀAp``, ``rᵀz``, ``rᵀr``) are read on the host, two syncs per iteration: the
     stopping test needs one anyway, and host arithmetic spares a dozen tiny kernels an iteration, which at these sizes
-    cost more than the syncs. A breakdown
-    (``pᵀAp ≤ 0`` or not finite, only through rounding) stops it where it is."""
+    cost more than the syncs. A breakdown (``pᵀAp ≤ 0`` or not finite, only through rounding) stops it where it is."""
     b_norm = float(torch.linalg.vector_norm(b))
     x = torch.zeros_like(b)
     r = b.clone()
@@ -133,16 +132,14 @@ def keep_guarantee(x: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return x, rescaled, failed
 
 
-# -- costs, for solver="auto"
-# -------------------------------------------------------------------------------------------------
+# -- costs, for solver="auto" ------------------------------------------------------------------------------------------
 def nystrom_costs(n_rows: int, rank: int, matvec: float) -> tuple[float, float]:
     """``(setup, per iteration)`` of a rank-``rank`` Nyström preconditioner: ``rank`` products, a QR, a Cholesky and an
     SVD of ``n_rows × rank`` matrices; two ``n_rows × rank`` products an application."""
     return rank * matvec + 4.0 * n_rows * rank**2 + rank**3, 2.0 * n_rows * rank
 
 
-# -- a randomised Nyström preconditioner, for any module
-# ----------------------------------------------------------------------
+# -- a randomised Nyström preconditioner, for any module ---------------------------------------------------------------
 def nystrom_preconditioner(
     matmat: Callable[[Tensor], Tensor], n_rows: int, rank: int, like: Tensor, seed: int
 ) -> Preconditioner | None:
@@ -150,8 +147,8 @@ def nystrom_preconditioner(
     positive semi-definite ``G`` that ``matmat`` applies (``V ↦ G V`` for ``V`` of shape ``(n_rows, rank)``), in the
     stable form of Tropp, Yurtsever, Udell & Cevher (2017, Alg. 3): a shift ``ν`` of the order of rounding keeps the
     small Cholesky positive definite and is taken off again. ``Ĝ ⪯ G`` (up to ``ν``), so ``I ⪯ M ⪯ I + G``. The test
-    matrix is drawn from
-    its own generator seeded with ``seed`` (the global RNG is not touched); ``None`` when the Cholesky fails anyway."""
+    matrix is drawn from its own generator seeded with ``seed`` (the global RNG is not touched); ``None`` when the
+    Cholesky fails anyway."""
     rank = min(rank, n_rows)
     if rank < 1:
         return None

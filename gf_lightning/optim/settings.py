@@ -88,8 +88,7 @@ def check_group(
 ) -> None:
     """A parameter group's own settings: those in ``per_group`` (name → check) are validated; those in ``shared`` belong
     to the whole optimizer (its auxiliary variable is one scalar) and must equal ``reference``'s, else the step would
-    ignore
-    them."""
+    ignore them."""
     for key, check in per_group.items():
         if key in group:
             check(key, group[key])

@@ -6,8 +6,7 @@ the training loss at the initial weights ``L₀``:
 - ``diverged``: the loss or a held-out metric went non-finite (the CLI's guard stopped the run, or a NaN/Inf was
   logged);
 - ``unstable``: it stayed finite, but at some epoch its loss rose above ``UNSTABLE_RISE`` × ``L₀`` — whatever it ended
-  at
-  (a blow-up that collapsed to a constant predictor, or one it recovered from, is not a run that trained);
+  at (a blow-up that collapsed to a constant predictor, or one it recovered from, is not a run that trained);
 - ``frozen``: it never rose that far, and its last epoch's loss is above ``(1 − FROZEN_DROP)`` × ``L₀`` (it did not
   learn);
 - ``trained``: neither: its loss fell by more than ``FROZEN_DROP`` and never rose far above the start.

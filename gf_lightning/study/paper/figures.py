@@ -246,8 +246,7 @@ def curves(figure: Figure, runs: list[Run], path: Path, configs: Path = Path("co
     """Loss (and the held-out metric, and Fig. 6's ``1 − r/r̂``) against epochs: per method and setting the mean over
     the seeds with a band from the smallest to the largest, a marker of its own every few epochs (so no curve hides
     under another); a seed that diverged is a ✕ at the top of the panel at the epoch where it stopped, one that stopped
-    early
-    (fewer epochs than planned) a ■ at its last point, and the label says how many seeds were unstable."""
+    early (fewer epochs than planned) a ■ at its last point, and the label says how many seeds were unstable."""
     plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator

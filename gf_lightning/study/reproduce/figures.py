@@ -188,8 +188,7 @@ def _decade_label(x: float, _pos=None) -> str:
 def _energy_yscale(ax, values: list[float]) -> float | None:
     """Log when every value is positive; else symlog, linear within ±linthresh (the decade at or below the 5th
     percentile of the values' magnitudes, at most 8 decades under the largest; shaded), ticked at 0 and at decades far
-    enough apart
-    to be read. Returns linthresh (None: log or linear)."""
+    enough apart to be read. Returns linthresh (None: log or linear)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     values = [v for v in values if math.isfinite(v)]
@@ -283,8 +282,7 @@ def energy_caption(results: list[RunResult]) -> str:
 
 def plot_energy(results: list[RunResult], path: Path) -> None:
     """One panel per energy method: the modified energy per logged step, beside the true energy (the loss it stands
-    for);
-    log or symlog y, freezes marked, notes under the panels, never on the data."""
+    for); log or symlog y, freezes marked, notes under the panels, never on the data."""
     plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch

@@ -58,8 +58,7 @@ def cli_args(spec: RunSpec, run_dir: Path, settings: Settings) -> list[str]:
 def run_one(spec: RunSpec, settings: Settings, index: int = 0,
             report: Callable[[Tick], None] | None = None) -> RunResult:
     """Train one method through the CLI, reporting its start and epochs to ``report`` (as run ``index`` of a plan); a
-    run
-    that goes non-finite or fails its set-up is recorded, not raised."""
+    run that goes non-finite or fails its set-up is recorded, not raised."""
     run_dir = settings.out / f"exp{spec.experiment}" / spec.method
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run replaces the old one: the logs read back are this run's
     args = cli_args(spec, run_dir, settings)
@@ -121,8 +120,7 @@ def read_back(result: RunResult) -> None:
     result.restart_rises = rises[-1] if rises else math.nan
 
 
-# -- the callbacks
-# -----------------------------------------------------------------------------------------------------------
+# -- the callbacks -----------------------------------------------------------------------------------------------------
 def _fingerprint(tensors) -> str:
     digest = hashlib.sha256()
     for t in tensors:
@@ -166,8 +164,7 @@ class EpochTicks(L.Callback):
         self.report(Tick(self.index, done, trainer.max_epochs, (time.monotonic() - self.start) / done))
 
 
-# -- the process the runs train in
-# ---------------------------------------------------------------------------------------------
+# -- the process the runs train in -------------------------------------------------------------------------------------
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Lightning's banners ("GPU available …", tips) and known harmless warnings would bury the progress lines; put back

@@ -1,6 +1,5 @@
 """The progress lines on stderr while a study runs: each run's start, then its epochs with the run's and the whole
-study's
-estimated time left."""
+study's estimated time left."""
 
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ from .records import RunSpec
 @dataclass(frozen=True)
 class Tick:
     """How far one run is, as the process that trains it reports it: ``done`` of ``total`` epochs (0: it has just
-    started),
-    at ``rate`` seconds an epoch so far."""
+    started), at ``rate`` seconds an epoch so far."""
 
     index: int  #: the run's place in the plan
     done: int
@@ -27,8 +25,7 @@ class Tick:
 class Eta:
     """Time left overall: each started run's remaining epochs at its own rate, the runs to come at the rate seen so far
     for the same experiment (else the latest rate seen), shared among the ``jobs`` processes that train. Rough: IEQ
-    (full)
-    is slower than the rest."""
+    (full) is slower than the rest."""
 
     def __init__(self, plan: list[RunSpec], jobs: int = 1) -> None:
         self.plan, self.jobs = plan, max(1, jobs)

@@ -1,7 +1,6 @@
 """What a study passes around: its settings, the runs it plans (:class:`RunSpec`) and what each measured
 (:class:`RunResult`, with the numbers the tables show as properties), and when a run got stuck (its step collapsed or
-its
-loss stalled, by :mod:`..outcome`'s rules)."""
+its loss stalled, by :mod:`..outcome`'s rules)."""
 
 from __future__ import annotations
 

@@ -98,8 +98,7 @@ def run_command(r: RunResult, settings: Settings) -> str:
 
 def write_results(exp: int, results: list[RunResult], skipped: list[str], settings: Settings, wall_s: float) -> Path:
     """``<out>/exp<exp>/``: ``loss.png``, ``energy.png``, ``results.md`` and ``results.json`` of the runs ``results``
-    (in the
-    order of the tables); ``skipped``: the methods not run, and why; ``wall_s``: the experiment's wall time."""
+    (in the order of the tables); ``skipped``: the methods not run, and why; ``wall_s``: the experiment's wall time."""
     folder = settings.out / f"exp{exp}"
     folder.mkdir(parents=True, exist_ok=True)  # where no run got as far as its logs
     plot_losses(results, folder / "loss.png")

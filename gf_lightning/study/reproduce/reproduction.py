@@ -27,8 +27,7 @@ def config_path(exp: int, method: str, configs: Path = Path("configs")) -> Path:
 def plan_experiment(exp: int, methods: list[str], scale: float,
                     configs: Path = Path("configs")) -> tuple[list[RunSpec], list[str]]:
     """The runs of ``methods`` that have a config in experiment ``exp``, each for its config's ``max_epochs`` ×
-    ``scale``
-    (rounded, at least 1); and the methods without one, with why."""
+    ``scale`` (rounded, at least 1); and the methods without one, with why."""
     specs, skipped = [], []
     for method in methods:
         cfg = config_path(exp, method, configs)
@@ -45,8 +44,7 @@ def reproduce(experiments: list[int], methods: list[str], settings: Settings,
     """Run ``methods`` in each of ``experiments`` and write each experiment's report under ``settings.out``;
     ``summary``: also ``summary.md``. Returns each experiment's results, in the order of ``methods``. ``settings.jobs``
     is at most the number of runs; with more than 1 and no ``settings.threads``, each process gets the usable cores ÷
-    jobs intra-op
-    threads."""
+    jobs intra-op threads."""
     plans = {exp: plan_experiment(exp, methods, settings.epochs_scale, settings.configs) for exp in experiments}
     for exp, (specs, skipped) in plans.items():
         if not specs:

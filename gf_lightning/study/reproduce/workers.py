@@ -166,8 +166,7 @@ def _lost(spec: RunSpec, settings: Settings, err: BaseException) -> RunResult:
     return result
 
 
-# -- in the worker process
-# -----------------------------------------------------------------------------------------------------
+# -- in the worker process ---------------------------------------------------------------------------------------------
 _ticks = None  # the queue to this process's parent
 
 

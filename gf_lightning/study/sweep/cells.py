@@ -13,8 +13,8 @@ Definitions the report (:mod:`.report`) states with its numbers:
   validation at which the metric reached the target, the mean over the seeds when every seed reached it; the table gives
   the fastest over the method's steps that train;
 - gradient descent's stability limit: the largest SGD step at which every seed trained (the grid's SGD runs: above it
-  SGD diverged, blew up (unstable) or froze), and
-  ``2 / (gradient_scale · λ_max)`` of the training loss's Hessian at the initial weights (:mod:`.stability`).
+  SGD diverged, blew up (unstable) or froze), and ``2 / (gradient_scale · λ_max)`` of the training loss's Hessian at the
+  initial weights (:mod:`.stability`).
 """
 
 from __future__ import annotations

@@ -126,8 +126,7 @@ def table(entries: list[Entry], metric: str) -> str:
 def figure(entries: list[Entry], metric: str, path: str | Path, title: str = "") -> Path:
     """Bars of the final metric's mean per sweep, one colour per panel, ± one standard deviation, the seeds' values as
     dots; a sweep that did not train in a panel is marked by its status instead of a bar, or, where it finished finite,
-    by
-    a hatched bar with its status written at the bar's foot."""
+    by a hatched bar with its status written at the bar's foot."""
     plt = pyplot()
     panels = list(dict.fromkeys(e.panel for e in entries))
     rows = list(dict.fromkeys((e.row, e.lr) for e in entries))

@@ -33,8 +33,7 @@ def _all_positive(ax) -> bool:
 
 def _headroom(ax, log: bool) -> None:
     """Scale y (logarithmic when ``log``) so that the data fill the panel below :data:`STRIP`, and shade the strip
-    above,
-    where the diverged steps are marked."""
+    above, where the diverged steps are marked."""
     from matplotlib.patches import Rectangle
 
     if log:

@@ -48,8 +48,7 @@ class SweepError(GFConfigError):
 DEFAULT_METHODS = SEED_METHODS
 
 
-# -- parsing the command line's values
-# -----------------------------------------------------------------------------------------
+# -- parsing the command line's values ---------------------------------------------------------------------------------
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
 _LOGSPACE = re.compile(rf"({_NUMBER}):({_NUMBER}):(\d+)")
@@ -179,8 +178,7 @@ def parse_value(text: str) -> Any:
         return yaml.safe_load(text)
 
 
-# -- the plan
-# ------------------------------------------------------------------------------------------------------------------
+# -- the plan ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Point:
     """One point of the grid: a method and one value of every axis; its folder, ``<out>/runs/<name>``, holds its run."""
@@ -298,8 +296,7 @@ class Plan:
         return cls(str(config.resolve()), methods, axes, str(Path(out).resolve()),
                    parse_method_args(method_args or [], methods), common, command)
 
-    # -- points
-    # ----------------------------------------------------------------------------------------------------------
+    # -- points --------------------------------------------------------------------------------------------------------
     def points(self) -> list[Point]:
         """The cartesian product methods × axes, methods outermost, the last axis innermost."""
         varying = [a for a in self.axes if len(a.values) > 1]
@@ -336,8 +333,7 @@ class Plan:
         """The point's command, as a shell would run it."""
         return shlex.join([python, "-m", "gf_lightning", "fit", *point.args])
 
-    # -- plan.json
-    # -------------------------------------------------------------------------------------------------------
+    # -- plan.json -----------------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "axes": [{"key": a.key, "values": list(a.values)} for a in self.axes]}
 

@@ -71,8 +71,7 @@ class RunRecord:
             return None
 
 
-# -- reading a finished point back
-# ---------------------------------------------------------------------------------------------
+# -- reading a finished point back -------------------------------------------------------------------------------------
 def _first_event_time(folder: Path) -> float:
     """The wall time of the first event of the run's TensorBoard files: the logger's creation, as training starts."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

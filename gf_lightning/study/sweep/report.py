@@ -63,8 +63,7 @@ def limits_text(lim: Limits) -> str:
 
 def shown_path(plan: Plan, path: str | Path) -> str:
     """``path`` as a report shows it: relative to the sweep's folder when inside it, else relative to the repository
-    that
-    holds the config (the folder above ``configs/``), so no report names the machine it ran on."""
+    that holds the config (the folder above ``configs/``), so no report names the machine it ran on."""
     path, out = Path(path), Path(plan.out)
     if path == out or out in path.parents:
         return path.relative_to(out).as_posix() or "."
@@ -209,8 +208,8 @@ def report(plan: Plan, points: list[Point], records: dict[str, RunRecord], state
 
 def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) -> dict[str, Path]:
     """Write a sweep's report again from its ``results.json`` alone (the run folders need not exist), into ``out``
-    (default:
-    the folder of ``results.json``), with every finished record judged again by the current rule (:mod:`..outcome`)."""
+    (default: the folder of ``results.json``), with every finished record judged again by the current rule
+    (:mod:`..outcome`)."""
     results = Path(results)
     data = json.loads(results.read_text())
     plan = dataclasses.replace(Plan.from_json(data["plan"]), out=str((out or results.parent).resolve()))
@@ -240,8 +239,7 @@ def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) ->
 
 def overview(results: Path) -> str:
     """The short form of a sweep that docs/study.md shows: gradient descent's limit, then a row per method with its
-    final
-    metric at every Δt (the outcome in brackets where the step does not train) and the largest Δt that trains."""
+    final metric at every Δt (the outcome in brackets where the step does not train) and the largest Δt that trains."""
     data = json.loads(Path(results).read_text())
     metric = data["metric"]
     lines = []

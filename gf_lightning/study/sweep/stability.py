@@ -80,8 +80,7 @@ def lambda_max(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], iters: i
 
     Power iteration finds the eigenvalue of largest *magnitude*. When that is negative (a loss that curves down more
     than up), a second run on ``H − μI`` (``μ`` that eigenvalue: every eigenvalue of the shifted operator is ``≥ 0``,
-    the largest
-    is ``λ_max − μ``) finds the largest one. The start vector is drawn with ``seed``."""
+    the largest is ``λ_max − μ``) finds the largest one. The start vector is drawn with ``seed``."""
     params = [p for p in params if p.requires_grad]
     hvp = hessian_vector_product(loss_fn, params)
     gen = torch.Generator().manual_seed(seed)
@@ -98,8 +97,7 @@ def lambda_max(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], iters: i
     return Eigen(second.value + mu, first.products + second.products, second.converged)
 
 
-# -- the initial state of a sweep's point
-# --------------------------------------------------------------------------------------
+# -- the initial state of a sweep's point ------------------------------------------------------------------------------
 @dataclass
 class InitialState:
     """What the training loss is at the initial weights, and gradient descent's limit there, for one group of points
@@ -133,8 +131,7 @@ class InitialState:
 @contextlib.contextmanager
 def quiet():
     """No output from building a CLI in this process: Lightning's info lines go to its loggers, the rest to
-    stdout/stderr;
-    what was written to stderr is yielded (a refusal's one line is in it)."""
+    stdout/stderr; what was written to stderr is yielded (a refusal's one line is in it)."""
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     levels = {name: logging.getLogger(name).level for name in names}
     err = io.StringIO()
@@ -219,8 +216,7 @@ def initial_state(args: list[str], group: list[list[str]], samples: int = 4096, 
                   hessian: bool = True) -> InitialState:
     """The training loss at the initial weights of the run ``args`` builds, and (``hessian``) ``λ_max`` of its Hessian
     on the first ``samples`` training samples (0, or an objective that is no mean over samples: all of them) and
-    gradient
-    descent's limit."""
+    gradient descent's limit."""
     start = time.monotonic()
     what = "the point " + " ".join(f"{k}={v}" for k, v in group) if group else "the config"
     cli = build(args, what)
