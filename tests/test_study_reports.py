@@ -9,6 +9,7 @@ import math
 import statistics
 from pathlib import Path
 
+import pytest
 from support import ROOT
 
 from gf_lightning.study.paper.figures import FIGURES, Run, table
@@ -57,4 +58,19 @@ def test_paths_are_shown_relative_to_the_report_or_the_repository(tmp_path) -> N
     assert shown_path(plan, tmp_path / "shared" / "data") == "../shared/data"
     command = f"python -m gf_lightning fit --config {tmp_path}/repo/configs/exp1_sgd.yaml --x.dir={tmp_path}/out/runs/a"
     assert portable(plan, command) == "python -m gf_lightning fit --config configs/exp1_sgd.yaml --x.dir=runs/a"
+    # the sweep's own command line: its --out relative to the repository, never "."
+    sweep = f"python scripts/sweep.py --config {tmp_path}/repo/configs/exp1_sgd.yaml --out {tmp_path}/out"
+    assert portable(plan, sweep, in_out=False) == "python scripts/sweep.py --config configs/exp1_sgd.yaml --out ../out"
     assert Path(shown_path(plan, "relative/already")).as_posix() == "relative/already"
+
+
+SWEEPS = ROOT / "docs" / "results" / "sweeps"
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in SWEEPS.glob("*/results.json")))
+def test_no_committed_sweep_report_names_the_machine(name: str, tmp_path) -> None:
+    """Every committed sweep written again from its results.json: no absolute path of the machine it ran on, in the
+    command that produced it or in any run's command (the paper sweeps ran outside the repository)."""
+    paths = rewrite(SWEEPS / name / "results.json", tmp_path / name, with_figure=False)
+    report = paths["markdown"].read_text()
+    assert "/work/" not in report and str(tmp_path) not in report and str(ROOT) not in report

@@ -61,26 +61,27 @@ def limits_text(lim: Limits) -> str:
     return "; ".join(parts) + "."
 
 
-def shown_path(plan: Plan, path: str | Path) -> str:
-    """``path`` as a report shows it: relative to the sweep's folder when inside it, else relative to the repository
-    that holds the config (the folder above ``configs/``), so no report names the machine it ran on."""
+def shown_path(plan: Plan, path: str | Path, in_out: bool = True) -> str:
+    """``path`` as a report shows it: relative to the sweep's folder when inside it (``in_out``), else relative to the
+    repository that holds the config (the folder above ``configs/``), so no report names the machine it ran on."""
     path, out = Path(path), Path(plan.out)
-    if path == out or out in path.parents:
+    if in_out and (path == out or out in path.parents):
         return path.relative_to(out).as_posix() or "."
     config = Path(plan.config)
     root = next((p.parent for p in config.parents if p.name == "configs"), config.parent)
     return Path(os.path.relpath(path, root)).as_posix() if path.is_absolute() else path.as_posix()
 
 
-def portable(plan: Plan, command: str) -> str:
-    """A command line with every absolute path in it shown by :func:`shown_path`."""
+def portable(plan: Plan, command: str, in_out: bool = True) -> str:
+    """A command line with every absolute path in it shown by :func:`shown_path` (``in_out=False``: all of them
+    relative to the repository, as the sweep's own command line names its ``--out``)."""
     words = []
     for word in shlex.split(command):
         key, eq, value = word.partition("=")
         if eq and value.startswith("/"):
-            word = f"{key}={shown_path(plan, value)}"
+            word = f"{key}={shown_path(plan, value, in_out)}"
         elif word.startswith("/") and not word.startswith("/usr") and Path(word).suffix in (".yaml", ".yml", ""):
-            word = shown_path(plan, word)
+            word = shown_path(plan, word, in_out)
         words.append(word)
     return shlex.join(words)
 
@@ -102,7 +103,7 @@ def markdown(plan: Plan, points: list[Point], all_cells: list[Cell], sums: list[
         "Produced by:",
         "",
         "```bash",
-        plan.command or "(the sweep's command was not recorded)",
+        portable(plan, plan.command, in_out=False) if plan.command else "(the sweep's command was not recorded)",
         "```",
         "",
         f"Each point is one run of the CLI, `python -m gf_lightning fit --config {shown_path(plan, plan.config)} "
