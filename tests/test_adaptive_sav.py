@@ -455,41 +455,6 @@ def test_two_processes_equal_one(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 # 5. bad settings
 # ----------------------------------------------------------------------------------------------------------------------
-BAD = [  # (settings, words the one-line message must hold)
-    (dict(betas=(0.9, 1.0)), ["betas", "[0, 1)", "1.0"]),
-    (dict(betas=(1.5, 0.999)), ["betas", "[0, 1)", "1.5"]),
-    (dict(betas=(-0.1, 0.999)), ["betas", "[0, 1)", "-0.1"]),
-    (dict(betas=(0.9, math.nan)), ["betas", "[0, 1)", "nan"]),
-    (dict(betas=(0.9,)), ["betas", "two numbers"]),
-    (dict(betas=0.9), ["betas", "two numbers"]),
-    (dict(betas=("0.9", "0.999")), ["betas", "two numbers"]),
-    (dict(eps=0.0), ["eps", "> 0", "0.0"]),
-    (dict(eps=-1e-8), ["eps", "> 0"]),
-    (dict(eps=math.inf), ["eps", "finite"]),
-    (dict(variant="seed"), ["variant", "'vanilla', 'restart', 'relax'", "'seed'"]),
-    (dict(variant="adam"), ["variant", "'relax'", "'adam'"]),
-    (dict(C=0.0), ["C", "> 0"]),
-    (dict(C=-1.0), ["C", "> 0"]),
-    (dict(lam=-1.0), ["lam", ">= 0"]),
-    (dict(lr=0.0), ["lr", "> 0"]),
-    (dict(lr=math.nan), ["lr", "finite"]),
-    (dict(eta=0.0), ["eta", "(0, 1]"]),
-    (dict(eta=1.5), ["eta", "(0, 1]"]),
-]
-
-
-@pytest.mark.parametrize("kw,words", BAD, ids=[repr(kw) for kw, _ in BAD])
-def test_bad_settings_are_refused_in_one_line(kw, words):
-    """Each bad setting raises GFConfigError at construction, one line naming the setting, what is allowed and what it
-    was given. Breakage seen to fail here: betas not checked (β2 = 1 divides by 1 − β2ᵗ = 0 at the first step), the
-    variant ``"seed"`` accepted (SAV's name, no adaptive form of it in the paper)."""
-    w = torch.nn.Parameter(torch.ones(2))
-    with pytest.raises(GFConfigError) as err:
-        AdaptiveSAV([w], **kw)
-    message = str(err.value)
-    assert "\n" not in message
-    for word in words:
-        assert word in message, (message, word)
 
 
 def test_shared_settings_are_refused_per_group():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from support import CONFIGS, QUIET, on_ranks
 
 from gf_lightning.cli import cli_main
-from gf_lightning.errors import GFConfigError, GFStepError
+from gf_lightning.errors import GFStepError
 from gf_lightning.optim import AEGD, AEGDM, OPTIMIZERS
 from gf_lightning.optim.base import NO_CLOSURE
 
@@ -408,55 +408,6 @@ def p():
     return torch.nn.Parameter(torch.ones(3))
 
 
-BAD = {  # name: (build, the message)
-    "lr zero": (lambda: AEGD([p()], lr=0.0), "lr must be a finite number > 0; got 0.0"),
-    "lr negative": (lambda: AEGDM([p()], lr=-0.1), "lr must be a finite number > 0; got -0.1"),
-    "lr nan": (lambda: AEGD([p()], lr=float("nan")), "lr must be a finite number > 0; got nan"),
-    "lr bool": (lambda: AEGD([p()], lr=True), "lr must be a finite number > 0; got True"),
-    "c zero": (lambda: AEGD([p()], c=0.0), "c must be a finite number > 0; got 0.0"),
-    "c negative": (lambda: AEGDM([p()], c=-1.0), "c must be a finite number > 0; got -1.0"),
-    "c inf": (lambda: AEGD([p()], c=float("inf")), "c must be a finite number > 0; got inf"),
-    "momentum one": (lambda: AEGDM([p()], momentum=1.0), "momentum must be a finite number in [0, 1); got 1.0"),
-    "momentum negative": (lambda: AEGDM([p()], momentum=-0.1), "momentum must be a finite number in [0, 1); got -0.1"),
-    "momentum nan": (
-        lambda: AEGDM([p()], momentum=float("nan")),
-        "momentum must be a finite number in [0, 1); got nan",
-    ),
-    "dampening": (lambda: AEGDM([p()], dampening=1.5), "dampening must be a finite number in [0, 1]; got 1.5"),
-    "weight_decay": (lambda: AEGD([p()], weight_decay=-1e-4), "weight_decay must be a finite number >= 0; got -0.0001"),
-    "decoupled": (
-        lambda: AEGD([p()], decoupled_weight_decay="yes"),
-        "decoupled_weight_decay must be true or false; got 'yes'",
-    ),
-    "group momentum": (
-        lambda: AEGDM([{"params": [p()], "momentum": 1.2}]),
-        "momentum must be a finite number in [0, 1); got 1.2",
-    ),
-    "added group lr": (
-        lambda: AEGD([p()]).add_param_group({"params": [p()], "lr": -1.0}),
-        "lr must be a finite number > 0; got -1.0",
-    ),
-    "group c": (
-        lambda: AEGDM([{"params": [p()]}, {"params": [p()], "c": 2.0}]),
-        "c is a setting of the whole optimizer, not of a parameter group: a group has c=2.0 while the optimizer has "
-        "c=1.0; per-group values are allowed for lr, weight_decay, momentum, dampening",
-    ),
-    "no parameters": (
-        lambda: AEGD([{"params": []}]),
-        "AEGD: every parameter group is empty; give it at least one parameter",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", BAD)
-def test_bad_settings_are_refused_with_one_line(case):
-    """Each bad setting raises a ``GFConfigError`` whose one line names the setting, what it got and what is allowed —
-    in the constructor, in a group, or in a group added later. Breakage seen to fail here: ``momentum = 1`` accepted
-    (the buffer never forgets), ``c`` given per group (the step would use group 0's)."""
-    build, message = BAD[case]
-    with pytest.raises(GFConfigError) as info:
-        build()
-    assert str(info.value) == message and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("cls", [AEGD, AEGDM], ids=["AEGD", "AEGDM"])

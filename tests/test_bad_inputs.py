@@ -10,6 +10,7 @@ prepare files in the test's folder (``{tmp}`` in its arguments): spoilt MNIST fi
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import struct
@@ -26,7 +27,7 @@ from gf_lightning.cli import cli_main
 from gf_lightning.components import TwoLayerNet
 from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.module import GradientFlowModule
-from gf_lightning.optim import IEQ, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive
+from gf_lightning.optim import AEGD, AEGDM, IEQ, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive
 from gf_lightning.optim import ieq as ieq_module
 
 
@@ -199,6 +200,117 @@ LIBRARY = {
         GFConfigError,
         ["gram_fn", "lr", "0.1", "0.2"],
     ),
+    "AEGD(M) lr zero": (lambda: AEGD([p()], lr=0.0), GFConfigError, ["lr must be a finite number > 0; got 0.0"]),
+    "AEGD(M) lr negative": (lambda: AEGDM([p()], lr=-0.1), GFConfigError, ["lr must be a finite number > 0; got -0.1"]),
+    "AEGD(M) lr nan": (
+        lambda: AEGD([p()], lr=float("nan")),
+        GFConfigError,
+        ["lr must be a finite number > 0; got nan"],
+    ),
+    "AEGD(M) lr bool": (lambda: AEGD([p()], lr=True), GFConfigError, ["lr must be a finite number > 0; got True"]),
+    "AEGD(M) c zero": (lambda: AEGD([p()], c=0.0), GFConfigError, ["c must be a finite number > 0; got 0.0"]),
+    "AEGD(M) c negative": (lambda: AEGDM([p()], c=-1.0), GFConfigError, ["c must be a finite number > 0; got -1.0"]),
+    "AEGD(M) c inf": (lambda: AEGD([p()], c=float("inf")), GFConfigError, ["c must be a finite number > 0; got inf"]),
+    "AEGD(M) momentum one": (
+        lambda: AEGDM([p()], momentum=1.0),
+        GFConfigError,
+        ["momentum must be a finite number in [0, 1); got 1.0"],
+    ),
+    "AEGD(M) momentum negative": (
+        lambda: AEGDM([p()], momentum=-0.1),
+        GFConfigError,
+        ["momentum must be a finite number in [0, 1); got -0.1"],
+    ),
+    "AEGD(M) momentum nan": (
+        lambda: AEGDM([p()], momentum=float("nan")),
+        GFConfigError,
+        ["momentum must be a finite number in [0, 1); got nan"],
+    ),
+    "AEGD(M) dampening": (
+        lambda: AEGDM([p()], dampening=1.5),
+        GFConfigError,
+        ["dampening must be a finite number in [0, 1]; got 1.5"],
+    ),
+    "AEGD(M) weight_decay": (
+        lambda: AEGD([p()], weight_decay=-1e-4),
+        GFConfigError,
+        ["weight_decay must be a finite number >= 0; got -0.0001"],
+    ),
+    "AEGD(M) decoupled": (
+        lambda: AEGD([p()], decoupled_weight_decay="yes"),
+        GFConfigError,
+        ["decoupled_weight_decay must be true or false; got 'yes'"],
+    ),
+    "AEGD(M) group momentum": (
+        lambda: AEGDM([{"params": [p()], "momentum": 1.2}]),
+        GFConfigError,
+        ["momentum must be a finite number in [0, 1); got 1.2"],
+    ),
+    "AEGD(M) added group lr": (
+        lambda: AEGD([p()]).add_param_group({"params": [p()], "lr": -1.0}),
+        GFConfigError,
+        ["lr must be a finite number > 0; got -1.0"],
+    ),
+    "AEGD(M) group c": (
+        lambda: AEGDM([{"params": [p()]}, {"params": [p()], "c": 2.0}]),
+        GFConfigError,
+        [
+            "c is a setting of the whole optimizer, not of a parameter group: a group has c=2.0 while the optimizer "
+            "has c=1.0; per-group values are allowed for lr, weight_decay, momentum, dampening"
+        ],
+    ),
+    "AEGD(M) no parameters": (
+        lambda: AEGD([{"params": []}]),
+        GFConfigError,
+        ["AEGD: every parameter group is empty; give it at least one parameter"],
+    ),
+    "AdaptiveSAV betas=(0.9, 1.0)": (
+        lambda: AdaptiveSAV([p()], betas=(0.9, 1.0)),
+        GFConfigError,
+        ["betas", "[0, 1)", "1.0"],
+    ),
+    "AdaptiveSAV betas=(1.5, 0.999)": (
+        lambda: AdaptiveSAV([p()], betas=(1.5, 0.999)),
+        GFConfigError,
+        ["betas", "[0, 1)", "1.5"],
+    ),
+    "AdaptiveSAV betas=(-0.1, 0.999)": (
+        lambda: AdaptiveSAV([p()], betas=(-0.1, 0.999)),
+        GFConfigError,
+        ["betas", "[0, 1)", "-0.1"],
+    ),
+    "AdaptiveSAV betas=(0.9, math.nan)": (
+        lambda: AdaptiveSAV([p()], betas=(0.9, math.nan)),
+        GFConfigError,
+        ["betas", "[0, 1)", "nan"],
+    ),
+    "AdaptiveSAV betas=(0.9,)": (lambda: AdaptiveSAV([p()], betas=(0.9,)), GFConfigError, ["betas", "two numbers"]),
+    "AdaptiveSAV betas=0.9": (lambda: AdaptiveSAV([p()], betas=0.9), GFConfigError, ["betas", "two numbers"]),
+    "AdaptiveSAV betas=('0.9', '0.999')": (
+        lambda: AdaptiveSAV([p()], betas=("0.9", "0.999")),
+        GFConfigError,
+        ["betas", "two numbers"],
+    ),
+    "AdaptiveSAV eps=0.0": (lambda: AdaptiveSAV([p()], eps=0.0), GFConfigError, ["eps", "> 0", "0.0"]),
+    "AdaptiveSAV eps=-1e-8": (lambda: AdaptiveSAV([p()], eps=-1e-8), GFConfigError, ["eps", "> 0"]),
+    "AdaptiveSAV eps=math.inf": (lambda: AdaptiveSAV([p()], eps=math.inf), GFConfigError, ["eps", "finite"]),
+    "AdaptiveSAV variant='seed'": (
+        lambda: AdaptiveSAV([p()], variant="seed"),
+        GFConfigError,
+        ["variant", "'vanilla', 'restart', 'relax'", "'seed'"],
+    ),
+    "AdaptiveSAV variant='adam'": (
+        lambda: AdaptiveSAV([p()], variant="adam"),
+        GFConfigError,
+        ["variant", "'relax'", "'adam'"],
+    ),
+    "AdaptiveSAV C=0.0": (lambda: AdaptiveSAV([p()], C=0.0), GFConfigError, ["C", "> 0"]),
+    "AdaptiveSAV C=-1.0": (lambda: AdaptiveSAV([p()], C=-1.0), GFConfigError, ["C", "> 0"]),
+    "AdaptiveSAV lam=-1.0": (lambda: AdaptiveSAV([p()], lam=-1.0), GFConfigError, ["lam", ">= 0"]),
+    "AdaptiveSAV lr=0.0": (lambda: AdaptiveSAV([p()], lr=0.0), GFConfigError, ["lr", "> 0"]),
+    "AdaptiveSAV lr=math.nan": (lambda: AdaptiveSAV([p()], lr=math.nan), GFConfigError, ["lr", "finite"]),
+    "AdaptiveSAV eta=0.0": (lambda: AdaptiveSAV([p()], eta=0.0), GFConfigError, ["eta", "(0, 1]"]),
+    "AdaptiveSAV eta=1.5": (lambda: AdaptiveSAV([p()], eta=1.5), GFConfigError, ["eta", "(0, 1]"]),
 }
 
 
@@ -207,6 +319,7 @@ def test_library_refuses_bad_input(case: str):
     call, error, words = LIBRARY[case]
     with pytest.raises(error) as info:
         call()
+    assert "\n" not in str(info.value), f"not one line: {info.value}"
     for word in words:
         assert word in str(info.value), f"{word!r} not in: {info.value}"
 
