@@ -148,7 +148,7 @@ def _available_accelerators() -> list[str]:
     return ["auto", *here]
 
 
-def check_trainer(trainer: Any) -> None:
+def check_trainer_flags(trainer: Any) -> None:
     """The trainer flags that Lightning would refuse with a traceback (or only at the first step), and those that manual
     optimization, which every method here uses, cannot honour."""
     for key, low in (("max_epochs", -1), ("max_steps", -1), ("min_epochs", 0), ("min_steps", 0)):
