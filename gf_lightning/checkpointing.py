@@ -38,12 +38,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
-from .errors import (
-    CheckpointLoadError,
-    CheckpointWriteError,
-    GFConfigError,
-    NonFiniteError,
-)
+from .errors import CheckpointLoadError, CheckpointWriteError, GFConfigError, NonFiniteError
 from .optim.expsav import ExpSAV
 from .optim.ieq_adaptive import IEQAdaptive
 from .optim.sav import SAV

@@ -13,17 +13,10 @@ import torch
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import (
-    MisconfigurationException,
-    SIGTERMException,
-)
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from . import components
-from .checkpointing import (
-    AtomicModelCheckpoint,
-    check_ckpt_path,
-    with_safe_checkpoint_io,
-)
+from .checkpointing import AtomicModelCheckpoint, check_ckpt_path, with_safe_checkpoint_io
 from .dashboard import TensorBoardDashboard
 from .data.base import TensorDataModule
 from .errors import CheckpointWriteError, GFConfigError, GFStepError, NonFiniteError
@@ -31,15 +24,10 @@ from .interruption import EXIT_SIGINT, EXIT_SIGTERM, InterruptedRun
 from .model_checks import check_data, check_trainer
 from .module import GradientFlowModule, with_epoch_loss
 from .optim import OPTIMIZERS
+from .parser_messages import one_line
 from .resume import check_resume, check_scoring, listed, run_settings
 from .run_folder import claim_logger_versions, run_name, tensorboard_logger
-from .validation import (
-    check_config_files,
-    check_output_folders,
-    check_seed,
-    check_trainer_flags,
-    one_line,
-)
+from .validation import check_config_files, check_output_folders, check_seed, check_trainer_flags
 
 #: the command, as ``--help`` names it
 PROG = "python -m gf_lightning"
@@ -265,7 +253,12 @@ class GFLightningCLI(LightningCLI):
         callbacks += [InterruptedRun(), TensorBoardDashboard(name.experiment, name.run)]
         # every checkpoint written beside its target and renamed into place, never with NaN/Inf, with a checksum
         plugins = with_safe_checkpoint_io(kwargs.pop("plugins", trainer_cfg.get("plugins")))
-        trainer = super().instantiate_trainer(**{"callbacks": callbacks, "logger": logger, **kwargs, "plugins": plugins})
+        try:
+            trainer = super().instantiate_trainer(**{"callbacks": callbacks, "logger": logger, **kwargs, "plugins": plugins})
+        except GFConfigError:
+            raise
+        except (MisconfigurationException, ValueError, TypeError) as err:  # Lightning's refusal of a trainer flag
+            raise GFConfigError(f"trainer: {err}") from None
         claim_logger_versions(trainer.loggers)  # each run its own version_N, even when several start at once
         return trainer
 

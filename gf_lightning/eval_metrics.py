@@ -1,4 +1,4 @@
-"""The held-out metrics of a run (``val/…``, ``test/…``): the objective's loss and the one quality metric of its task."""
+"""The held-out metrics of a run (``val/…``, ``test/…``): the objective's loss and the quality metric of its task."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from .metrics import RatioOfSums, RelativeError, RelativeL2Error
 
 
 class EvalMetrics(nn.Module):
-    """``loss``: the objective, as a mean of per-sample terms weighted by batch size, or (an objective that is a ratio of
-    sums, :class:`~gf_lightning.components.RelativeError`) as that ratio; and one ``quality`` metric, named
+    """``loss``: the objective, as a mean of per-sample terms weighted by batch size, or (an objective that is a ratio
+    of sums, :class:`~gf_lightning.components.RelativeError`) as that ratio; and one ``quality`` metric, named
     :attr:`quality_name`: ``acc`` (classification), ``rel_l2 = ‖u − u*‖/‖u*‖`` over the rows that have an exact solution
     (an objective with ``solution(pred, y) -> (u, u*)``, :class:`~gf_lightning.components.BurgersPINN`), else ``rel_err
     = Σ(f − y)²/Σy²`` (which a network predicting zero scores 1). Lightning computes them once an epoch, synchronised
@@ -53,8 +53,8 @@ class EvalMetrics(nn.Module):
         return {name: float(metric.compute()) for name, metric in self.names(prefix).items()}
 
     def reset(self) -> None:
-        """Empty every metric, as normal tensors: validate and test run under inference mode, and state reset there would
-        be inference tensors that a later fit's validation (under no_grad) could not update."""
+        """Empty every metric, as normal tensors: validate and test run under inference mode, and state reset there
+        would be inference tensors that a later fit's validation (under no_grad) could not update."""
         with torch.inference_mode(False):
             self.loss.reset()
             self.quality.reset()

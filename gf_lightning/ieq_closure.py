@@ -1,4 +1,4 @@
-"""What IEQ's step takes beside its closure: the residual closure, and the Gram matrix or Jacobian of a network that has one.
+"""What IEQ's step takes: the residual's closure, and the Gram matrix or Jacobian of a network that has one.
 
 :class:`~gf_lightning.optim.IEQ` (full) steps on the residual ``q`` rather than the loss: its closure returns ``q``, and
 ``opt.step(closure=…, gram_fn=…, jacobian_fn=…)`` takes, where the network and objective give them in closed form, the
@@ -40,8 +40,8 @@ class ResidualStep:
 
 def residual_step(opt, net: nn.Module, objective: Objective, x: Tensor, y: Tensor, scale: float = 1.0,
                   gather: bool = False) -> ResidualStep:
-    """IEQ's step on the mini-batch ``(x, y)`` with ``opt`` (the module's optimizer). ``scale``: the gradient's scale, the
-    width ``m`` in particle time, where ``√m q`` is the residual whose flow runs ``m`` times faster. ``gather``: the
+    """IEQ's step on the mini-batch ``(x, y)`` with ``opt`` (the module's optimizer). ``scale``: the gradient's scale,
+    the width ``m`` in particle time, where ``√m q`` is the residual whose flow runs ``m`` times faster. ``gather``: the
     optimizer solves over the global batch of every rank (``distributed="global"``), so the closed-form Gram matrix is
     taken over the global batch's inputs, rank-major, as the optimizer gathers ``q``."""
     q_scale = objective.residual_scale(y) * math.sqrt(scale) if scale != 1.0 else objective.residual_scale(y)

@@ -1,6 +1,6 @@
-"""Whether a :class:`~gf_lightning.module.GradientFlowModule` can run as configured: its own settings, and how it fits the
-data and the trainer. Each check raises :class:`~gf_lightning.errors.GFConfigError` with one line that names the setting,
-what it was given and what is allowed; the command line runs the data and trainer checks before any work
+"""Whether a :class:`~gf_lightning.module.GradientFlowModule` can run as configured: its own settings, and how it fits
+the data and the trainer. Each check raises :class:`~gf_lightning.errors.GFConfigError` with one line that names the
+setting, what it was given and what is allowed; the command line runs the data and trainer checks before any work
 (:meth:`~gf_lightning.cli.GFLightningCLI.before_fit`)."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .components.objectives import DEFAULT_OBJECTIVES, Objective
 from .errors import GFConfigError
 from .optim.base import EnergyOptimizer
-from .validation import check_net_accepts, check_torch_optimizer, check_torch_settings
+from .validation import check_torch_optimizer, check_torch_settings
 
 #: precisions each kind of optimizer accepts, and why the others are refused
 ENERGY_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed")
@@ -63,8 +64,9 @@ def optimizer_class(optimizer, net: nn.Module) -> type:
 
 
 def check_data(model: L.LightningModule, dm: Any) -> None:
-    """The model against a data module of the project's (one with ``dims``): the task, the objective, the network's input
-    and output sizes (``.d``/``.k``, and one forward of two training inputs), the objective's needs of the network."""
+    """The model against a data module of the project's (one with ``dims``): the task, the objective, the network's
+    input and output sizes (``.d``/``.k``, and one forward of two training inputs), what the objective needs of the
+    network."""
     if dm is None or not hasattr(dm, "dims"):
         return
     objective, task = model.objective, model.task
@@ -88,8 +90,8 @@ def check_data(model: L.LightningModule, dm: Any) -> None:
 
 
 def check_trainer(model: L.LightningModule, trainer: L.Trainer, dm: Any) -> None:
-    """What ``fit`` needs of the trainer: a precision the optimizer's energy survives, and checkpoints every so many steps
-    that fall between ``training_step`` calls."""
+    """What ``fit`` needs of the trainer: a precision the optimizer's energy survives, and checkpoints every so many
+    steps that fall between ``training_step`` calls."""
     precision, cls = str(trainer.precision), model.optimizer_class
     residual = getattr(cls, "closure_returns", "loss") == "residual"
     allowed, reason = (RESIDUAL_PRECISIONS, RESIDUAL_REASON) if residual else (ENERGY_PRECISIONS, ENERGY_REASON)
@@ -110,3 +112,33 @@ def check_trainer(model: L.LightningModule, trainer: L.Trainer, dm: Any) -> None
             )
 
 
+def check_net_accepts(net: nn.Module, x: Tensor, k: int, data_name: str) -> None:
+    """One forward pass of two training inputs, in eval mode and without gradients (no batch-norm statistics move): the
+    network must take the data's inputs and give ``(batch, k)`` outputs. Catches a network of another input size that has
+    no ``.d`` for the static check, before the first step raises a shape error."""
+    x = x[:2]
+    params = list(net.parameters())
+    if params and params[0].is_floating_point():
+        x = x.to(params[0].dtype)
+    name = type(net).__name__
+    modes = [m.training for m in net.modules()]
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GFConfigError(
+            f"model.net ({name}) does not accept the data's inputs ({data_name}: shape {tuple(x.shape[1:])} per sample): "
+            f"{first}; allowed: a network whose input size is {tuple(x.shape[1:])} and output size {k}"
+        ) from None
+    finally:
+        for m, mode in zip(net.modules(), modes):
+            m.training = mode
+    shape = tuple(out.shape) if isinstance(out, Tensor) else None
+    if shape != (len(x), k):
+        raise GFConfigError(
+            f"model.net ({name}) maps the data's inputs of shape {tuple(x.shape)} to "
+            f"{'outputs of shape ' + str(shape) if shape is not None else type(out).__name__}; the data "
+            f"({data_name}) need outputs of shape {(len(x), k)} (k = {k})"
+        )

@@ -231,8 +231,10 @@ class GradientFlowModule(L.LightningModule):
 
     def _write_eval(self, prefix: str) -> None:
         """While fitting, the evaluation's metrics, synchronised across ranks, to the loggers (see :meth:`_write`)."""
-        if self._fitting and not self.trainer.sanity_checking and self.loggers and (m := self.eval_metrics.computed(prefix)):
-            self._write(m)
+        if not self._fitting or self.trainer.sanity_checking or not self.loggers:
+            return
+        if metrics := self.eval_metrics.computed(prefix):
+            self._write(metrics)
 
     def on_validation_epoch_start(self) -> None:
         self.eval_metrics.reset()

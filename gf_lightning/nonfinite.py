@@ -1,4 +1,4 @@
-"""The non-finite guard: a run whose loss, parameters or checkpoint turn NaN/Inf stops with one message, before saving."""
+"""The non-finite guard: a run whose loss, parameters or checkpoint turn NaN/Inf stops with one message."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ class NonFiniteGuard(L.Callback):
     - a parameter is NaN/Inf, at the end of every training epoch and before every validation;
     - a checkpoint about to be written holds NaN/Inf (whatever asked for it: a step, epoch or exception save of
       ``ModelCheckpoint``, ``trainer.save_checkpoint``). While the trainer handles an exception it tells the
-      :class:`~gf_lightning.checkpointing.SafeCheckpointIO` to skip such a checkpoint quietly instead (an error there would
-      hide the one being handled)."""
+      :class:`~gf_lightning.checkpointing.SafeCheckpointIO` to skip such a checkpoint quietly instead (an error there
+      would hide the one being handled)."""
 
     def __init__(self, every_n_steps: int = 1) -> None:
         self.every_n_steps = every_n_steps
