@@ -15,8 +15,8 @@ Every checkpoint the command line writes goes through :class:`SafeCheckpointIO` 
   Lightning's, or from before checksums) is loaded with a warning that its integrity could not be checked.
 
 :class:`AtomicModelCheckpoint` makes ``checkpoint.save_last=link`` atomic as well (a hard link, or a copy, renamed into
-place), and :class:`FiniteCheckpointGuard` stops the run with a :class:`~gf_lightning.errors.NonFiniteError` that names
-the method, the epoch, the step and the last checkpoint that really was written, instead of saving bad weights.
+place); :class:`~gf_lightning.nonfinite.NonFiniteGuard` stops the run, instead of saving bad weights, with the one
+message that names the method, the epoch, the step and :func:`last_good_checkpoint`, the last checkpoint really written.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes atomically, refuses NaN/Inf, stores and checks :data:`DIGEST_KEY`.
 
     ``written`` lists the files this process wrote (oldest first, removed ones dropped); ``interrupted`` is set by
-    :class:`FiniteCheckpointGuard` while the trainer handles an exception, when a non-finite checkpoint is skipped
+    :class:`~gf_lightning.nonfinite.NonFiniteGuard` while the trainer handles an exception, when a non-finite checkpoint is skipped
     instead of raising (an error there would hide the one being handled)."""
 
     def __init__(self) -> None:
@@ -290,7 +290,8 @@ def with_safe_checkpoint_io(plugins: Any) -> list:
     return plugins if ios else [*plugins, SafeCheckpointIO()]
 
 
-def _safe_io(trainer: L.Trainer) -> SafeCheckpointIO | None:
+def safe_checkpoint_io(trainer: L.Trainer) -> SafeCheckpointIO | None:
+    """The trainer's :class:`SafeCheckpointIO`, if it writes through one."""
     io_ = getattr(trainer.strategy, "checkpoint_io", None)
     return io_ if isinstance(io_, SafeCheckpointIO) else None
 
@@ -300,40 +301,13 @@ def last_good_checkpoint(trainer: L.Trainer | None) -> str | None:
     complete); on a rank that writes nothing, the checkpoint callback's ``last.ckpt`` if it exists. ``None``: none yet."""
     if trainer is None:
         return None
-    safe = _safe_io(trainer)
+    safe = safe_checkpoint_io(trainer)
     if safe is not None and (path := safe.last_written()):
         return path
     if trainer.is_global_zero and safe is not None:
         return None
     path = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
     return path if path and os.path.isfile(path) else None
-
-
-class FiniteCheckpointGuard(L.Callback):
-    """Stop the run, instead of saving, when a checkpoint about to be written holds NaN/Inf (whatever asked for it: a
-    step, epoch or exception save of ``ModelCheckpoint``, ``trainer.save_checkpoint``); the message names the method, the
-    epoch, the step and the last good checkpoint. While the trainer handles an exception it tells the
-    :class:`SafeCheckpointIO` to skip such a checkpoint quietly instead."""
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (safe := _safe_io(trainer)) is not None:
-            safe.interrupted = False
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if (safe := _safe_io(trainer)) is not None:
-            safe.interrupted = True
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        safe = _safe_io(trainer)
-        if safe is not None and safe.interrupted:
-            return
-        if (what := nonfinite_entry(checkpoint)) is not None:
-            method = type(trainer.optimizers[0]).__name__ if trainer.optimizers else "the optimizer"
-            ckpt = last_good_checkpoint(trainer) or "(none saved yet)"
-            raise NonFiniteError(
-                f"training went non-finite ({what}) with {method} at epoch {trainer.current_epoch}, step "
-                f"{trainer.global_step}; stopped before saving. Last good checkpoint: {ckpt}"
-            )
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -357,6 +331,6 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 tmp.unlink(missing_ok=True)
                 data = source.read_bytes()
                 replace_atomically(target, lambda f: f.write(data))
-            if (safe := _safe_io(trainer)) is not None:
+            if (safe := safe_checkpoint_io(trainer)) is not None:
                 safe.record(target)
         trainer.strategy.barrier()

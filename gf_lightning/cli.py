@@ -11,21 +11,23 @@ import warnings
 
 import torch
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from . import components
-from .checkpointing import AtomicModelCheckpoint, FiniteCheckpointGuard, check_ckpt_path, with_safe_checkpoint_io
+from .checkpointing import AtomicModelCheckpoint, check_ckpt_path, with_safe_checkpoint_io
 from .dashboard import TensorBoardDashboard
 from .data.base import TensorDataModule
 from .errors import CheckpointWriteError, GFConfigError, GFStepError, NonFiniteError
 from .interruption import EXIT_SIGINT, EXIT_SIGTERM, InterruptedRun
-from .module import GradientFlowModule
+from .model_checks import check_data, check_trainer
+from .module import GradientFlowModule, with_epoch_loss
 from .optim import OPTIMIZERS
+from .parser_messages import one_line
 from .resume import check_resume, check_scoring, listed, run_settings
 from .run_folder import claim_logger_versions, run_name, tensorboard_logger
-from .validation import check_config_files, check_output_folders, check_seed, check_trainer, one_line
+from .validation import check_config_files, check_output_folders, check_seed, check_trainer_flags
 
 #: the command, as ``--help`` names it
 PROG = "python -m gf_lightning"
@@ -85,12 +87,15 @@ class OneLineParser(LightningArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    #: the ``--ckpt_path`` checkpoint of the parse, loaded and checked (:func:`check_ckpt_path`) before Lightning reads it
+    checkpoint: dict | None = None
+
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
-        _refuse(one_line(str(message), OneLineParser._args, _known_keys(self)))
+        raise Refused(one_line(str(message), OneLineParser._args, _known_keys(self)))
 
     def parse_args(self, args=None, *rest, **kwargs):  # type: ignore[override]
         """Parse, then refuse what Lightning would refuse with a traceback: config files that are not UTF-8 or empty,
-        bad trainer flags, output folders that cannot be written."""
+        bad trainer flags, output folders that cannot be written, a ``--ckpt_path`` that is not an intact checkpoint."""
         OneLineParser._args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         try:
             check_config_files(OneLineParser._args)
@@ -101,10 +106,12 @@ class OneLineParser(LightningArgumentParser):
                 check_seed(section.get("seed_everything"))
             # a printed config may be for another machine: its trainer and folders are not checked here
             if section is not None and section.get("trainer") is not None and not _printing():
-                check_trainer(section.get("trainer"))
+                check_trainer_flags(section.get("trainer"))
                 check_output_folders(section)
+            if subcommand:
+                self.checkpoint = check_ckpt_path(section.get("ckpt_path"))
         except GFConfigError as err:
-            _refuse(str(err))
+            raise Refused(str(err)) from None
         return cfg
 
     def dump(self, namespace: Namespace, *args, **kwargs) -> str:  # type: ignore[override]
@@ -159,10 +166,13 @@ def _known_keys(parser) -> set[str]:
     return keys
 
 
-def _refuse(message: str) -> None:
-    """A bad input: one line on stderr, exit 2."""
-    print(f"gf_lightning: error: {' '.join(line.strip() for line in message.splitlines() if line.strip())}", file=sys.stderr)
-    raise SystemExit(2)
+class Refused(SystemExit):
+    """A bad input that the parser refused, with its one-line message: :func:`cli_main` prints it and exits 2. (A
+    ``SystemExit``, as jsonargparse's own refusals, so that no handler on the way takes it for another error.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
 
 
 class GFLightningCLI(LightningCLI):
@@ -171,10 +181,11 @@ class GFLightningCLI(LightningCLI):
     run (:mod:`.resume`); each run in a ``version_N`` folder of its own (:mod:`.run_folder`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")  # save_last=link made atomic too
+        # the checkpoint and progress-bar callbacks' settings; instantiate_trainer adds them unless switched off
+        parser.add_class_arguments(AtomicModelCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:04d}"})
         parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
-        parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
+        parser.add_class_arguments(TQDMProgressBar, "progress_bar", fail_untyped=False, sub_configs=True)
         parser.set_defaults({"progress_bar.refresh_rate": 10})
         parser.add_argument("--resume_with_changes", type=bool, default=False,
                             help="with --ckpt_path: continue the run with settings that differ from the checkpoint's "
@@ -187,8 +198,17 @@ class GFLightningCLI(LightningCLI):
                             help="the run's name within its experiment (default: the method, with its variant when not "
                                  "the default: sav, expsav-relax, ieq_adaptive)")
 
+    @property
+    def _checkpoint(self) -> dict | None:
+        """The ``--ckpt_path`` checkpoint as the parser loaded and checked it (with the entries of this version)."""
+        checkpoint = self.parser.checkpoint
+        return with_epoch_loss(checkpoint) if checkpoint is not None else None
+
     def before_fit(self) -> None:
-        """Store the run's settings in its checkpoints; on ``--ckpt_path``, refuse what cannot continue this run."""
+        """Refuse a model that does not fit the data or the trainer; store the run's settings in its checkpoints; on
+        ``--ckpt_path``, refuse what cannot continue this run."""
+        check_data(self.model, self.datamodule)
+        check_trainer(self.model, self.trainer, self.datamodule)
         config = self.config[self.subcommand]
         self.model.run_settings = run_settings(config)
         if self._checkpoint is not None:
@@ -196,11 +216,12 @@ class GFLightningCLI(LightningCLI):
             changed = check_resume(self._checkpoint, config.ckpt_path, self.model.run_settings, self.model,
                                    self.model.optimizer(probe), bool(config.get("resume_with_changes")))
             self.model.resume_changes = changed or None
-        self._checkpoint = None  # Lightning loads it again to restore the run; this copy is not needed after the check
+        self.parser.checkpoint = None  # Lightning loads it again to restore the run; this copy is not needed after the check
 
     def before_validate(self) -> None:
-        """On ``--ckpt_path``, refuse to score the checkpoint on another run's data or model (:func:`check_scoring`),
-        or, with ``--resume_with_changes``, say in one line what differs."""
+        """Refuse a model that does not fit the data; on ``--ckpt_path``, refuse to score the checkpoint on another run's
+        data or model (:func:`check_scoring`), or, with ``--resume_with_changes``, say in one line what differs."""
+        check_data(self.model, self.datamodule)
         config = self.config[self.subcommand]
         if self._checkpoint is not None:
             changed = check_scoring(self._checkpoint, config.ckpt_path, run_settings(config), self.model,
@@ -208,37 +229,36 @@ class GFLightningCLI(LightningCLI):
             if changed:
                 print(f"gf_lightning: scoring {config.ckpt_path} with settings other than its run's "
                       f"(--resume_with_changes): {listed(changed)}", file=sys.stderr)
-        self._checkpoint = None
+        self.parser.checkpoint = None
 
     before_test = before_predict = before_validate
 
-    #: the ``--ckpt_path`` checkpoint, loaded and checked once by :meth:`_parse_ckpt_path` for :meth:`before_fit`
-    _checkpoint: dict | None = None
-
-    def _parse_ckpt_path(self) -> None:
-        """Refuse a ``--ckpt_path`` that is a folder, empty, truncated or corrupted (checksum), before Lightning reads it;
-        keep what was loaded for the resume's settings check."""
-        subcommand = self.config.get("subcommand")
-        self._checkpoint = check_ckpt_path(subcommand and self.config[subcommand].get("ckpt_path"))
-        super()._parse_ckpt_path()
-
     def instantiate_trainer(self, **kwargs):
-        """Drop the default checkpoint and progress-bar callbacks where the trainer config switches them off."""
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if trainer_cfg.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if trainer_cfg.get("enable_progress_bar") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
-        # every checkpoint written beside its target and renamed into place, never with NaN/Inf, with a checksum
-        plugins = with_safe_checkpoint_io(kwargs.pop("plugins", trainer_cfg.get("plugins")))
-        callbacks += [FiniteCheckpointGuard(), InterruptedRun()]
+        """The trainer with the checkpoint and progress-bar callbacks (unless the trainer config switches them off), every
+        checkpoint written through :class:`~gf_lightning.checkpointing.SafeCheckpointIO`, the run's own logger and
+        dashboard, and the line that says where an interrupted run stopped."""
+        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_cfg = section.get("trainer") or {}
+        given = trainer_cfg.get("callbacks")
+        callbacks = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+        if trainer_cfg.get("enable_checkpointing") is not False:
+            callbacks.append(section.get("checkpoint"))
+        if trainer_cfg.get("enable_progress_bar") is not False:
+            callbacks.append(section.get("progress_bar"))
         # the default logger, named after the run (lightning_logs/<experiment>/<run>/version_N), and its dashboard
         name = run_name(self.config.get(str(self.subcommand), self.config))
-        if trainer_cfg.get("logger") in (None, True):
-            trainer_cfg = {**trainer_cfg, "logger": tensorboard_logger(trainer_cfg.get("default_root_dir") or os.getcwd(), name)}
-        callbacks.append(TensorBoardDashboard(name.experiment, name.run))
-        trainer = self._instantiate_trainer({**trainer_cfg, **kwargs, "plugins": plugins}, callbacks)
+        logger = trainer_cfg.get("logger")
+        if logger in (None, True):
+            logger = tensorboard_logger(trainer_cfg.get("default_root_dir") or os.getcwd(), name)
+        callbacks += [InterruptedRun(), TensorBoardDashboard(name.experiment, name.run)]
+        # every checkpoint written beside its target and renamed into place, never with NaN/Inf, with a checksum
+        plugins = with_safe_checkpoint_io(kwargs.pop("plugins", trainer_cfg.get("plugins")))
+        try:
+            trainer = super().instantiate_trainer(**{"callbacks": callbacks, "logger": logger, **kwargs, "plugins": plugins})
+        except GFConfigError:
+            raise
+        except (MisconfigurationException, ValueError, TypeError) as err:  # Lightning's refusal of a trainer flag
+            raise GFConfigError(f"trainer: {err}") from None
         claim_logger_versions(trainer.loggers)  # each run its own version_N, even when several start at once
         return trainer
 
@@ -281,7 +301,9 @@ def quiet_lightning_noise() -> None:
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI | None:
-    """Entry point; ``args`` as on the command line (tests pass a list). Known errors print one line and exit non-zero."""
+    """Entry point; ``args`` as on the command line (tests pass a list). The one place where an error becomes a message:
+    a bad input (the parser's, the project's checks', Lightning's own refusal of a setting) one line and exit 2; a run
+    that stopped (non-finite, a step that cannot be taken, a checkpoint that cannot be written) one line and exit 1."""
     quiet_lightning_noise()
     try:
         return GFLightningCLI(
@@ -295,29 +317,32 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GFLightningCLI 
             args=args,
             run=run,
         )
+    except Refused as err:
+        _exit(f"error: {err.message}", 2)
     except (GFConfigError, FileNotFoundError) as err:
-        print(f"gf_lightning: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit(f"error: {err}", 2)
     except ValueError as err:
         # jsonargparse wraps what a class raised while it was being built (the data module is an optional subclass)
         cause = _config_error_in(err)
         if cause is None:
             raise
-        print(f"gf_lightning: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit(f"error: {cause}", 2)
     except MisconfigurationException as err:
-        # Lightning's own refusal of a setting that the checks before it (validation.check_trainer) do not know
-        print(f"gf_lightning: error: trainer: {' '.join(str(err).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # Lightning's own refusal of a setting that the checks before it (validation.check_trainer_flags) do not know
+        _exit(f"error: trainer: {err}", 2)
     except (NonFiniteError, GFStepError, CheckpointWriteError) as err:  # a full disk: the previous checkpoint is kept
-        print(f"gf_lightning: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _exit(str(err), 1)
     except SIGTERMException:  # Lightning stopped the run (exit 0 otherwise); InterruptedRun said where it stopped
         raise SystemExit(EXIT_SIGTERM) from None
     except KeyboardInterrupt:  # before the trainer started: Lightning turns one during the run into exit 1
-        print("gf_lightning: interrupted by Ctrl-C (SIGINT) before the run started", file=sys.stderr)
-        raise SystemExit(EXIT_SIGINT) from None
+        _exit("interrupted by Ctrl-C (SIGINT) before the run started", EXIT_SIGINT)
     except SystemExit as err:
         if isinstance(err.__context__, KeyboardInterrupt):  # Lightning's exit 1 after Ctrl-C during the run
             raise SystemExit(EXIT_SIGINT) from None
         raise
+
+
+def _exit(message: str, code: int) -> None:
+    """``gf_lightning: <message>`` as one line on stderr, and exit ``code``."""
+    print(f"gf_lightning: {' '.join(line.strip() for line in message.splitlines() if line.strip())}", file=sys.stderr)
+    raise SystemExit(code) from None

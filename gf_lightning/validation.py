@@ -1,5 +1,5 @@
-"""Checks of a run's settings that are not the project's own classes: torch's optimizers, the network against the data,
-Lightning's trainer flags, the output folders, the config files, and jsonargparse's messages worded as one line.
+"""Checks of a run's settings that are not the project's own classes: torch's optimizers, Lightning's trainer flags, the
+output folders, the config files (jsonargparse's own refusals are worded as one line by :mod:`.parser_messages`).
 
 Each check raises :class:`~gf_lightning.errors.GFConfigError` with a message that names the setting (or the file), what it
 was given and what is allowed; the command line prints it as one line and exits 2, before any work.
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import Tensor
 
 from .errors import GFConfigError
 
@@ -86,41 +86,6 @@ def _check_group(group: dict[str, Any], name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------------
-# the network against the data
-# --------------------------------------------------------------------------------------------------------------------------
-def check_net_accepts(net: nn.Module, x: Tensor, k: int, data_name: str) -> None:
-    """One forward pass of two training inputs, in eval mode and without gradients (no batch-norm statistics move): the
-    network must take the data's inputs and give ``(batch, k)`` outputs. Catches a network of another input size that has
-    no ``.d`` for the static check, before the first step raises a shape error."""
-    x = x[:2]
-    params = list(net.parameters())
-    if params and params[0].is_floating_point():
-        x = x.to(params[0].dtype)
-    name = type(net).__name__
-    modes = [m.training for m in net.modules()]
-    net.eval()
-    try:
-        with torch.no_grad():
-            out = net(x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GFConfigError(
-            f"model.net ({name}) does not accept the data's inputs ({data_name}: shape {tuple(x.shape[1:])} per sample): "
-            f"{first}; allowed: a network whose input size is {tuple(x.shape[1:])} and output size {k}"
-        ) from None
-    finally:
-        for m, mode in zip(net.modules(), modes):
-            m.training = mode
-    shape = tuple(out.shape) if isinstance(out, Tensor) else None
-    if shape != (len(x), k):
-        raise GFConfigError(
-            f"model.net ({name}) maps the data's inputs of shape {tuple(x.shape)} to "
-            f"{'outputs of shape ' + str(shape) if shape is not None else type(out).__name__}; the data "
-            f"({data_name}) need outputs of shape {(len(x), k)} (k = {k})"
-        )
-
-
-# --------------------------------------------------------------------------------------------------------------------------
 # Lightning's trainer flags
 # --------------------------------------------------------------------------------------------------------------------------
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -148,10 +113,11 @@ def _available_accelerators() -> list[str]:
     return ["auto", *here]
 
 
-def check_trainer(trainer: Any) -> None:
+def check_trainer_flags(trainer: Any) -> None:
     """The trainer flags that Lightning would refuse with a traceback (or only at the first step), and those that manual
     optimization, which every method here uses, cannot honour."""
-    for key, low in (("max_epochs", -1), ("max_steps", -1), ("min_epochs", 0), ("min_steps", 0)):
+    # (max_steps Lightning refuses itself, in a line that names it, the value and what is allowed)
+    for key, low in (("max_epochs", -1), ("min_epochs", 0), ("min_steps", 0)):
         value = _get(trainer, key)
         if value is not None and (not _is_int(value) or value < low):
             allowed = "-1 (no limit), 0, 1, 2, … or null" if low == -1 else "0, 1, 2, … or null"
@@ -272,7 +238,7 @@ def check_output_folders(config: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------------
-# config files and jsonargparse's messages
+# config files
 # --------------------------------------------------------------------------------------------------------------------------
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -353,123 +319,3 @@ def check_config_files(args: list[str]) -> None:
             raise GFConfigError(
                 f"{option} {path}: holds a {type(content).__name__}, not settings; allowed: a YAML mapping of settings"
             )
-
-
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "NoneType": "null",
-               "torch.Tensor": "a tensor", "dict": "a mapping", "list": "a list"}
-
-
-def _allowed_types(text: str) -> list[str]:
-    """The types and literal values a jsonargparse message lists, in words."""
-    subtypes = re.search(r"Subtypes: \[(.*?)\]\s*(Errors:|Given value|$)", text, re.S)
-    source = subtypes.group(1) if subtypes else " ".join(re.findall(r"Expected an? (<class '[^']+'>|typing\.Literal\[[^\]]*\])",
-                                                                    text))
-    words: list[str] = []
-    for literal, cls in re.findall(r"typing\.Literal\[([^\]]*)\]|<class '([^']+)'>", source):
-        if literal:
-            words.extend(v.strip() for v in literal.split(",") if v.strip())
-        elif cls:
-            name = cls.rsplit('.', 1)[-1]
-            word = _TYPE_WORDS.get(cls, f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}")
-            if word not in words:
-                words.append(word)
-    return words
-
-
-def _full_key(key: str, args: list[str]) -> str:
-    """A nested parser names ``lr``; the command line said ``--model.optimizer.init_args.lr``: name that."""
-    if "." in key:
-        return key
-    for arg in args:
-        match = re.match(rf"--([\w.]*\.{re.escape(key)})(=|$)", arg)
-        if match:
-            return match.group(1)
-    return key
-
-
-def _class_path_of(prefix: str, args: list[str]) -> str | None:
-    """The class_path that the command line or a config file gives ``prefix`` (``model.optimizer``), if any."""
-    for arg in reversed(args):
-        for form in (f"--{prefix}.class_path=", f"--{prefix}="):
-            if arg.startswith(form) and not arg[len(form):].lstrip().startswith("{"):
-                return arg[len(form):]
-    for _, path in reversed(config_files(args)):
-        try:
-            node: Any = yaml.safe_load(Path(path).read_text("utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        for part in prefix.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get("class_path"), str):
-            return node["class_path"]
-    return None
-
-
-def _settings_like(name: str, known: set[str], args: list[str]) -> str:
-    """``; did you mean …?`` with the known settings closest to ``name`` (those of the class for ``….init_args.x``)."""
-    import difflib
-    import importlib
-    import inspect
-
-    key = name.lstrip("-")
-    candidates, stem = set(known), key
-    if ".init_args." in key:
-        prefix, stem = key.split(".init_args.", 1)
-        class_path = _class_path_of(prefix, args)
-        candidates = set()
-        if class_path and "." in class_path:
-            module, _, attr = class_path.rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(module), attr)
-                candidates = {n for n, p in inspect.signature(cls).parameters.items()
-                              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "params"}
-            except Exception:  # noqa: BLE001 - no suggestion then
-                candidates = set()
-    close = difflib.get_close_matches(stem, sorted(candidates), n=3, cutoff=0.6)
-    if not close:
-        return "allowed: the settings that --help lists"
-    if ".init_args." in key:
-        close = [f"{key.rsplit('.', 1)[0]}.{c}" for c in close]
-    return f"did you mean {' or '.join(close)}? (--help lists the settings)"
-
-
-def one_line(message: str, args: list[str] | None = None, known: set[str] | None = None) -> str:
-    """jsonargparse's message (many lines, Python type reprs) as one readable line that names the setting, what was given
-    and what is allowed."""
-    args = args or []
-    text = str(message)
-    flat = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    help_hint = "(see --help)"
-    match = re.match(r'Parser key "([^"]+)":\s*(.*)', text, re.S)
-    if match:
-        key, rest = _full_key(match.group(1), args), match.group(2)
-        rest_flat = " ".join(line.strip() for line in rest.splitlines() if line.strip())
-        if key == "config":
-            return f"--config: {rest_flat}; allowed: a YAML file that exists {help_hint}"
-        cls_problem = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- Expected|\s+Given value|$)",
-                                rest_flat)
-        if cls_problem:
-            return (f"{key}: class_path {cls_problem.group(1)!r} cannot be used: {cls_problem.group(2).strip()}; allowed: "
-                    f"the dotted import path of an existing class {help_hint}")
-        callable_problem = re.search(r"expects a function or a callable class: (.*?)\. Got value: .*class_path='([^']+)'",
-                                     rest_flat)
-        if callable_problem:
-            return (f"{key}: class_path {callable_problem.group(2)!r} cannot be used: {callable_problem.group(1)}; "
-                    f"allowed: the dotted import path of a class"
-                    f"{', such as torch.optim.SGD or gf_lightning.optim.SAV' if 'optimizer' in key else ''} {help_hint}")
-        given = re.findall(r"(?:Given value|Got value): (.*?)(?:\s+Given value type:|$)", rest_flat)
-        allowed = _allowed_types(rest)
-        if given or allowed:
-            value = given[-1].strip() if given else "?"
-            return f"{key}={value}: not allowed; allowed: {', '.join(allowed) or 'see --help'} {help_hint}"
-        return f"{key}: {rest_flat[:300]} {help_hint}"
-    unknown = re.match(r"(?:unrecognized arguments: |Subcommand '\w+' does not accept option '|Option ')([^' ]+)", text)
-    if unknown:
-        name = unknown.group(1).split("=", 1)[0]
-        name = name if name.startswith("--") else _full_key(name, args)
-        return f"{name} is not a setting of this command; {_settings_like(name, known or set(), args)}"
-    if text.startswith("Problems parsing config"):
-        return f"a config file is not valid YAML: {flat[len('Problems parsing config:'):].strip()[:300]}"
-    if text.startswith("Unexpected config:"):
-        return "a config file holds no settings (empty, or not a YAML mapping); allowed: a YAML mapping of settings"
-    return flat[:400]
