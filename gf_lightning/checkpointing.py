@@ -49,11 +49,12 @@ DIGEST_KEY = "gf_lightning_sha256"
 NEG_INF_ALLOWED = frozenset(cls.aux_key for cls in (SAV, ExpSAV, IEQAdaptive))
 
 
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # what a checkpoint holds: its digest, its non-finite entries
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def _feed(h, obj: Any) -> None:
-    """Feed a canonical encoding of ``obj`` to the hash ``h``: tensors by dtype, shape and bytes, containers in order."""
+    """Feed a canonical encoding of ``obj`` to the hash ``h``: tensors by dtype, shape and bytes, containers in
+    order."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous().reshape(-1)
         h.update(b"T" + f"{t.dtype}{tuple(obj.shape)}".encode())
@@ -114,9 +115,9 @@ def nonfinite_entry(checkpoint: Mapping[str, Any]) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # writing beside the target, loading with checks
-# ------------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def _fsync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -145,9 +146,9 @@ class Replacement:
 
 
 def replace_atomically(target, write) -> Replacement:
-    """Write a new ``target``: ``write(f)`` fills a temporary file beside it, which is flushed, ``fsync``\\ ed and renamed
-    over ``target``. On any failure the temporary file is removed, ``target`` is as it was, and the error is raised as
-    :class:`CheckpointWriteError` (an ``OSError`` such as a full disk) or as itself."""
+    """Write a new ``target``: ``write(f)`` fills a temporary file beside it, which is flushed, ``fsync``\\ ed and
+    renamed over ``target``. On any failure the temporary file is removed, ``target`` is as it was, and the error is
+    raised as :class:`CheckpointWriteError` (an ``OSError`` such as a full disk) or as itself."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
@@ -188,18 +189,25 @@ def load_checkpoint(path, map_location: Any = "cpu", weights_only: bool | None =
     except Exception as err:  # truncated zip, garbage, a pickle that does not load: one line, not a traceback
         why = " ".join(str(err).split())[:200] or type(err).__name__
         raise CheckpointLoadError(
-            f"ckpt_path={path} cannot be read as a checkpoint (truncated, corrupted or another kind of file: {why}); give "
+            f"ckpt_path={path} cannot be read as a checkpoint (truncated, corrupted or another kind of file: {why}); "
+            "give "
             "an intact .ckpt file"
         ) from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointLoadError(f"ckpt_path={path} holds a {type(checkpoint).__name__}, not a checkpoint; give a .ckpt file")
+        raise CheckpointLoadError(
+            f"ckpt_path={path} holds a {type(checkpoint).__name__}, not a checkpoint; give a .ckpt file"
+        )
     if DIGEST_KEY not in checkpoint:  # plain Lightning's, or gf_lightning's before checksums: loaded, and said so
-        warnings.warn(f"ckpt_path={path} has no {DIGEST_KEY} entry (written by plain Lightning or an earlier gf_lightning), "
-                      "so its integrity cannot be checked; loading it as it is", stacklevel=2)
+        warnings.warn(
+            f"ckpt_path={path} has no {DIGEST_KEY} entry (written by plain Lightning or an earlier gf_lightning), "
+            "so its integrity cannot be checked; loading it as it is",
+            stacklevel=2,
+        )
         return checkpoint
     if checkpoint[DIGEST_KEY] != state_digest(checkpoint):
         raise CheckpointLoadError(
-            f"ckpt_path={path} is corrupted: its content does not match the SHA-256 stored when it was written; give an "
+            f"ckpt_path={path} is corrupted: its content does not match the SHA-256 stored when it was written; give "
+            "an "
             "intact checkpoint (the epochNNNN.ckpt beside it, or an earlier run's)"
         )
     return checkpoint
@@ -222,8 +230,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes atomically, refuses NaN/Inf, stores and checks :data:`DIGEST_KEY`.
 
     ``written`` lists the files this process wrote (oldest first, removed ones dropped); ``interrupted`` is set by
-    :class:`~gf_lightning.nonfinite.NonFiniteGuard` while the trainer handles an exception, when a non-finite checkpoint is skipped
-    instead of raising (an error there would hide the one being handled)."""
+    :class:`~gf_lightning.nonfinite.NonFiniteGuard` while the trainer handles an exception, when a non-finite checkpoint
+    is skipped instead of raising (an error there would hide the one being handled)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -247,7 +255,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
         try:
             written = replace_atomically(path, lambda f: self.write(f, data))
         except CheckpointWriteError as err:
-            raise CheckpointWriteError(f"{err}. Last good checkpoint: {self.last_written() or '(none saved yet)'}") from None
+            raise CheckpointWriteError(
+                f"{err}. Last good checkpoint: {self.last_written() or '(none saved yet)'}"
+            ) from None
         self.record(written.path)
 
     def write(self, f, data: memoryview) -> None:
@@ -284,8 +294,10 @@ def with_safe_checkpoint_io(plugins: Any) -> list:
     for p in ios:
         if not isinstance(p, SafeCheckpointIO):
             raise GFConfigError(
-                f"trainer.plugins: {type(p).__name__} would write checkpoints without the atomic rename, the NaN/Inf check "
-                "and the checksum; allowed: gf_lightning.checkpointing.SafeCheckpointIO or a subclass of it (the default)"
+                f"trainer.plugins: {type(p).__name__} would write checkpoints without the atomic rename, the NaN/Inf "
+                "check "
+                "and the checksum; allowed: gf_lightning.checkpointing.SafeCheckpointIO or a subclass of it (the "
+                "default)"
             )
     return plugins if ios else [*plugins, SafeCheckpointIO()]
 
@@ -298,7 +310,8 @@ def safe_checkpoint_io(trainer: L.Trainer) -> SafeCheckpointIO | None:
 
 def last_good_checkpoint(trainer: L.Trainer | None) -> str | None:
     """The checkpoint file that this run last wrote and that is still there (every file the CLI writes is finite and
-    complete); on a rank that writes nothing, the checkpoint callback's ``last.ckpt`` if it exists. ``None``: none yet."""
+    complete); on a rank that writes nothing, the checkpoint callback's ``last.ckpt`` if it exists. ``None``: none
+    yet."""
     if trainer is None:
         return None
     safe = safe_checkpoint_io(trainer)

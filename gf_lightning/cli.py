@@ -1,4 +1,5 @@
-"""``python -m gf_lightning {fit,validate,test} --config FILE``: LightningCLI with the optimizer injected from the config."""
+"""``python -m gf_lightning {fit,validate,test} --config FILE``: LightningCLI with the optimizer injected from the
+config."""
 
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ examples:
 #: ``--help``'s choices for the network and the optimizer, in place of jsonargparse's list of every importable subclass
 #: (about 660 lines of ``torch.nn.Module``s); any other class path is accepted all the same
 CHOICES = {
-    "model.net": f", choose by name: {', '.join(components.__all__)} (gf_lightning.components), or any torch.nn.Module "
-                 "by its class path",
-    "model.optimizer": f", choose by name: {', '.join(cls.__name__ for cls in OPTIMIZERS.values())} (gf_lightning.optim), "
-                       "SGD, Adam, AdamW, … (torch.optim), or any torch.optim.Optimizer by its class path",
+    "model.net": f", choose by name: {', '.join(components.__all__)} (gf_lightning.components), or any "
+    "torch.nn.Module by its class path",
+    "model.optimizer": f", choose by name: {', '.join(cls.__name__ for cls in OPTIMIZERS.values())} "
+    "(gf_lightning.optim), SGD, Adam, AdamW, … (torch.optim), or any torch.optim.Optimizer by its class path",
 }
 
 
@@ -74,8 +75,9 @@ class TopHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
 
 
 class OneLineParser(LightningArgumentParser):
-    """A parser whose errors are one line on stderr and exit 2, without the usage dump (``--help`` still has it); its help
-    is :class:`HelpFormatter`'s, and ``--print_config`` prints only a configuration that ``fit`` accepts (:meth:`dump`)."""
+    """A parser whose errors are one line on stderr and exit 2, without the usage dump (``--help`` still has it); its
+    help is :class:`HelpFormatter`'s, and ``--print_config`` prints only a configuration that ``fit`` accepts
+    (:meth:`dump`)."""
 
     #: the arguments of the parse under way: a nested parser names ``lr`` where the command line said
     #: ``--model.optimizer.init_args.lr``, and the message names the latter
@@ -87,7 +89,8 @@ class OneLineParser(LightningArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
-    #: the ``--ckpt_path`` checkpoint of the parse, loaded and checked (:func:`check_ckpt_path`) before Lightning reads it
+    #: the ``--ckpt_path`` checkpoint of the parse, loaded and checked (:func:`check_ckpt_path`) before Lightning reads
+    #: it
     checkpoint: dict | None = None
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
@@ -96,7 +99,9 @@ class OneLineParser(LightningArgumentParser):
     def parse_args(self, args=None, *rest, **kwargs):  # type: ignore[override]
         """Parse, then refuse what Lightning would refuse with a traceback: config files that are not UTF-8 or empty,
         bad trainer flags, output folders that cannot be written, a ``--ckpt_path`` that is not an intact checkpoint."""
-        OneLineParser._args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+        OneLineParser._args = (
+            [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+        )
         try:
             check_config_files(OneLineParser._args)
             cfg = super().parse_args(args, *rest, **kwargs)
@@ -116,8 +121,8 @@ class OneLineParser(LightningArgumentParser):
 
     def dump(self, namespace: Namespace, *args, **kwargs) -> str:  # type: ignore[override]
         """The configuration as text; for ``--print_config``, only one that ``fit`` would accept: jsonargparse prints it
-        while parsing, before anything builds the model, whose constructor checks the optimizer's settings, so the model's
-        settings are checked here first (:func:`_check_model_settings`), with the line ``fit`` would print."""
+        while parsing, before anything builds the model, whose constructor checks the optimizer's settings, so the
+        model's settings are checked here first (:func:`_check_model_settings`), with the line ``fit`` would print."""
         if _printing():
             _check_model_settings(namespace)
         return super().dump(namespace, *args, **kwargs)
@@ -138,8 +143,8 @@ def _model_settings_parser() -> ArgumentParser:
 
 def _check_model_settings(config: Namespace) -> None:
     """Build the model of a parsed configuration (a subcommand's) as ``fit`` does, on a one-parameter stand-in for the
-    network: what ``GradientFlowModule`` refuses (an optimizer setting such as ``variant`` or ``lr``, the task) raises the
-    same ``GFConfigError``. Builds no network and draws no random numbers."""
+    network: what ``GradientFlowModule`` refuses (an optimizer setting such as ``variant`` or ``lr``, the task) raises
+    the same ``GFConfigError``. Builds no network and draws no random numbers."""
     model = config.get("model") if isinstance(config, Namespace) else None
     if not isinstance(model, Namespace):
         return
@@ -176,9 +181,9 @@ class Refused(SystemExit):
 
 
 class GFLightningCLI(LightningCLI):
-    """LightningCLI with a checkpoint every epoch (``last.ckpt``) and a progress bar that refreshes every few steps; every
-    checkpoint written atomically, finite and checksummed (:mod:`.checkpointing`); a resume that must continue the same
-    run (:mod:`.resume`); each run in a ``version_N`` folder of its own (:mod:`.run_folder`)."""
+    """LightningCLI with a checkpoint every epoch (``last.ckpt``) and a progress bar that refreshes every few steps;
+    every checkpoint written atomically, finite and checksummed (:mod:`.checkpointing`); a resume that must continue the
+    same run (:mod:`.resume`); each run in a ``version_N`` folder of its own (:mod:`.run_folder`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         # the checkpoint and progress-bar callbacks' settings; instantiate_trainer adds them unless switched off
@@ -191,9 +196,13 @@ class GFLightningCLI(LightningCLI):
                             help="with --ckpt_path: continue the run with settings that differ from the checkpoint's "
                                  "(the new values are used and recorded), or (validate, test) score it on other data "
                                  "or model settings than its run's; without it either is refused")
-        parser.add_argument("--experiment", type=str | None, default=None,
-                            help="the experiment the run belongs to: its logs go to lightning_logs/<experiment>/<run_name>/"
-                                 "version_N (default: the data module's class, lower case; the configs set exp1 … exp4)")
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
+            help="the experiment the run belongs to: its logs go to lightning_logs/<experiment>/<run_name>/"
+            "version_N (default: the data module's class, lower case; the configs set exp1 … exp4)",
+        )
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="the run's name within its experiment (default: the method, with its variant when not "
                                  "the default: sav, expsav-relax, ieq_adaptive)")
@@ -216,11 +225,13 @@ class GFLightningCLI(LightningCLI):
             changed = check_resume(self._checkpoint, config.ckpt_path, self.model.run_settings, self.model,
                                    self.model.optimizer(probe), bool(config.get("resume_with_changes")))
             self.model.resume_changes = changed or None
-        self.parser.checkpoint = None  # Lightning loads it again to restore the run; this copy is not needed after the check
+        # Lightning loads it again to restore the run; this copy is not needed after the check
+        self.parser.checkpoint = None
 
     def before_validate(self) -> None:
-        """Refuse a model that does not fit the data; on ``--ckpt_path``, refuse to score the checkpoint on another run's
-        data or model (:func:`check_scoring`), or, with ``--resume_with_changes``, say in one line what differs."""
+        """Refuse a model that does not fit the data; on ``--ckpt_path``, refuse to score the checkpoint on another
+        run's data or model (:func:`check_scoring`), or, with ``--resume_with_changes``, say in one line what
+        differs."""
         check_data(self.model, self.datamodule)
         config = self.config[self.subcommand]
         if self._checkpoint is not None:
@@ -234,8 +245,8 @@ class GFLightningCLI(LightningCLI):
     before_test = before_predict = before_validate
 
     def instantiate_trainer(self, **kwargs):
-        """The trainer with the checkpoint and progress-bar callbacks (unless the trainer config switches them off), every
-        checkpoint written through :class:`~gf_lightning.checkpointing.SafeCheckpointIO`, the run's own logger and
+        """The trainer with the checkpoint and progress-bar callbacks (unless the trainer config switches them off),
+        every checkpoint written through :class:`~gf_lightning.checkpointing.SafeCheckpointIO`, the run's own logger and
         dashboard, and the line that says where an interrupted run stopped."""
         section = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_cfg = section.get("trainer") or {}
@@ -254,7 +265,9 @@ class GFLightningCLI(LightningCLI):
         # every checkpoint written beside its target and renamed into place, never with NaN/Inf, with a checksum
         plugins = with_safe_checkpoint_io(kwargs.pop("plugins", trainer_cfg.get("plugins")))
         try:
-            trainer = super().instantiate_trainer(**{"callbacks": callbacks, "logger": logger, **kwargs, "plugins": plugins})
+            trainer = super().instantiate_trainer(
+                **{"callbacks": callbacks, "logger": logger, **kwargs, "plugins": plugins}
+            )
         except GFConfigError:
             raise
         except (MisconfigurationException, ValueError, TypeError) as err:  # Lightning's refusal of a trainer flag
@@ -274,9 +287,9 @@ def _config_error_in(err: BaseException) -> GFConfigError | None:
     return None
 
 
-#: Lightning's warnings that bury the project's own one-line messages, none of which a user can act on: torch's deprecation
-#: of a class Lightning 2.6 still uses, and the advice to save the weights before the step in manual optimization (a step
-#: checkpoint here is taken between complete steps, and resumes bit for bit)
+#: Lightning's warnings that bury the project's own one-line messages, none of which a user can act on: torch's
+#: deprecation of a class Lightning 2.6 still uses, and the advice to save the weights before the step in manual
+#: optimization (a step checkpoint here is taken between complete steps, and resumes bit for bit)
 NOISE_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", UserWarning),

@@ -33,7 +33,8 @@ class RelativeError(RatioOfSums):
 
 
 class RelativeL2Error(RelativeError):
-    """``‖f − y‖ / ‖y‖`` over an epoch: the square root of :class:`RelativeError` (the PINN literature's relative L² error)."""
+    """``‖f − y‖ / ‖y‖`` over an epoch: the square root of :class:`RelativeError` (the PINN literature's relative L²
+    error)."""
 
     def compute(self) -> Tensor:
         return super().compute().sqrt()

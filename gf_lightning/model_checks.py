@@ -29,14 +29,18 @@ def check_settings(net: nn.Module, objective: Objective | None, task: str | None
                    check_finite_every_n_steps: Any) -> None:
     """The module's own settings, each alone and against each other."""
     if task not in (None, "regression", "classification"):
-        raise GFConfigError(f"model.task must be 'regression' or 'classification' (or null: from the data); got {task!r}")
+        raise GFConfigError(
+            f"model.task must be 'regression' or 'classification' (or null: from the data); got {task!r}"
+        )
     if objective is not None and not isinstance(objective, Objective):
         raise GFConfigError(
             f"model.objective must be a gf_lightning.components objective (MeanSquaredError, RelativeError, "
             f"CrossEntropy, or a subclass of Objective); got {type(objective).__name__}"
         )
     if objective is not None and task is not None and objective.task != task:
-        raise GFConfigError(f"model.task is {task!r} but model.objective ({objective!r}) is a {objective.task} objective")
+        raise GFConfigError(
+            f"model.task is {task!r} but model.objective ({objective!r}) is a {objective.task} objective"
+        )
     if not isinstance(particle_time, bool):
         raise GFConfigError(f"model.particle_time must be true or false; got {particle_time!r}")
     if particle_time and not isinstance(getattr(net, "m", None), int):
@@ -45,7 +49,9 @@ def check_settings(net: nn.Module, objective: Objective | None, task: str | None
             f"its m); {type(net).__name__} has no such count"
         )
     if not isinstance(check_finite_every_n_steps, int) or check_finite_every_n_steps < 1:
-        raise GFConfigError(f"model.check_finite_every_n_steps must be an integer >= 1; got {check_finite_every_n_steps!r}")
+        raise GFConfigError(
+            f"model.check_finite_every_n_steps must be an integer >= 1; got {check_finite_every_n_steps!r}"
+        )
 
 
 def optimizer_class(optimizer, net: nn.Module) -> type:
@@ -77,6 +83,15 @@ def check_data(model: L.LightningModule, dm: Any) -> None:
         )
     if task is not None and task != dm.task:
         raise GFConfigError(f"model.task is {task!r} but the data ({type(dm).__name__}) is {dm.task!r}")
+    problem = getattr(dm, "problem", None)  # rows that are not plain targets: only their objective reads them
+    if objective is None and problem is not None:
+        raise GFConfigError(
+            f"data ({type(dm).__name__}) holds {problem.rows} whose y is ({', '.join(problem.y_columns)}): "
+            f"model.objective must be {problem.objective}; got None"
+        )
+    check = getattr(objective, "check_data", None)  # the objective checks its data, never the reverse
+    if check is not None:
+        check(dm)
     d, k = dm.dims
     for name, want in (("d", d), ("k", k)):
         have = getattr(model.net, name, want)
@@ -104,8 +119,8 @@ def check_trainer(model: L.LightningModule, trainer: L.Trainer, dm: Any) -> None
     for ckpt in trainer.checkpoint_callbacks:
         every = getattr(ckpt, "_every_n_train_steps", 0) or 0
         if per_call > 1 and every % per_call:
-            # Lightning looks at global_step only between calls: a checkpoint every 10 steps at 8 steps a call would land
-            # every 40
+            # Lightning looks at global_step only between calls: a checkpoint every 10 steps at 8 steps a call would
+            # land every 40
             raise GFConfigError(
                 f"checkpoint every_n_train_steps={every} is not a multiple of data.steps_per_call={per_call}: "
                 "checkpoints are taken between training_step calls; use a multiple, or data.steps_per_call=1"
@@ -114,8 +129,8 @@ def check_trainer(model: L.LightningModule, trainer: L.Trainer, dm: Any) -> None
 
 def check_net_accepts(net: nn.Module, x: Tensor, k: int, data_name: str) -> None:
     """One forward pass of two training inputs, in eval mode and without gradients (no batch-norm statistics move): the
-    network must take the data's inputs and give ``(batch, k)`` outputs. Catches a network of another input size that has
-    no ``.d`` for the static check, before the first step raises a shape error."""
+    network must take the data's inputs and give ``(batch, k)`` outputs. Catches a network of another input size that
+    has no ``.d`` for the static check, before the first step raises a shape error."""
     x = x[:2]
     params = list(net.parameters())
     if params and params[0].is_floating_point():
@@ -129,7 +144,8 @@ def check_net_accepts(net: nn.Module, x: Tensor, k: int, data_name: str) -> None
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GFConfigError(
-            f"model.net ({name}) does not accept the data's inputs ({data_name}: shape {tuple(x.shape[1:])} per sample): "
+            f"model.net ({name}) does not accept the data's inputs ({data_name}: shape {tuple(x.shape[1:])} per "
+            "sample): "
             f"{first}; allowed: a network whose input size is {tuple(x.shape[1:])} and output size {k}"
         ) from None
     finally:

@@ -98,12 +98,15 @@ class GradientFlowModule(L.LightningModule):
     def _residual(self) -> bool:
         return getattr(self.optimizer_class, "closure_returns", "loss") == "residual"
 
-    # -- set-up --------------------------------------------------------------------------------------------------------------
+    # -- set-up --------------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # the energy/… scalars are logged every log_every_n_steps optimizer steps, inside training_step: Lightning's warning
-        # that an epoch has fewer training_step calls than that (one, at data.steps_per_call 32) does not apply
-        warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval",
-                                category=PossibleUserWarning)
+        # the energy/… scalars are logged every log_every_n_steps optimizer steps, inside training_step: Lightning's
+        # warning that an epoch has fewer training_step calls than that (one, at data.steps_per_call 32) does not apply
+        warnings.filterwarnings(
+            "ignore",
+            message=r"The number of training batches \(\d+\) is smaller than the logging interval",
+            category=PossibleUserWarning,
+        )
         self.task = self.task or getattr(self.trainer.datamodule, "task", None) or "regression"
         if self.objective is None:
             self.objective = DEFAULT_OBJECTIVES[self.task]()
@@ -118,7 +121,7 @@ class GradientFlowModule(L.LightningModule):
             return self.optimizer(self.parameters(), particles=self.net.m)  # inner products as particle averages
         return self.optimizer(self.parameters())
 
-    # -- the step ------------------------------------------------------------------------------------------------------------
+    # -- the step ------------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
@@ -184,16 +187,16 @@ class GradientFlowModule(L.LightningModule):
         self._write({"train/loss": mean})
 
     def _write(self, metrics: dict[str, float]) -> None:
-        """Write scalars to the loggers at the optimizer step, the one x-axis of every scalar of the run. (Lightning's own
-        step for epoch metrics counts ``training_step`` calls, one an epoch at ``data.steps_per_call`` 32.) Metrics go
-        through ``self.log(..., logger=False)`` too, for the progress bar, callbacks and ``callback_metrics``; loggers
-        write on rank 0 only."""
+        """Write scalars to the loggers at the optimizer step, the one x-axis of every scalar of the run. (Lightning's
+        own step for epoch metrics counts ``training_step`` calls, one an epoch at ``data.steps_per_call`` 32.) Metrics
+        go through ``self.log(..., logger=False)`` too, for the progress bar, callbacks and ``callback_metrics``;
+        loggers write on rank 0 only."""
         if self.trainer.sanity_checking:
             return
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
 
-    # -- checkpoints: the run's settings travel with its state (gf_lightning.resume) ---------------------------------------
+    # -- checkpoints: the run's settings travel with its state (gf_lightning.resume) -----------------------------------
     #: set by the CLI: the settings that define this run, stored in every checkpoint
     run_settings: dict | None = None
     #: set by the CLI on ``--resume_with_changes``: the changed settings, ``{name: (checkpoint's, new)}``
@@ -213,7 +216,7 @@ class GradientFlowModule(L.LightningModule):
         if self.resume_changes:
             override_optimizer_groups(checkpoint, self.resume_changes)
 
-    # -- evaluation ----------------------------------------------------------------------------------------------------------
+    # -- evaluation ----------------------------------------------------------------------------------------------------
     @property
     def _fitting(self) -> bool:
         return self.trainer.state.fn == TrainerFn.FITTING
@@ -224,8 +227,8 @@ class GradientFlowModule(L.LightningModule):
             return
         self.eval_metrics.update(self.objective, self.objective.predict(self.net, x), y)
         # metric objects: Lightning computes them once per epoch, synchronised across ranks, and resets them; while
-        # fitting, _write_eval writes them to the loggers at the optimizer step; in validate and test, Lightning does, and
-        # returns and prints them
+        # fitting, _write_eval writes them to the loggers at the optimizer step; in validate and test, Lightning does,
+        # and returns and prints them
         for name, metric in self.eval_metrics.names(prefix).items():
             self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name == "val/loss", logger=not self._fitting)
 

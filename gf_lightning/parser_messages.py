@@ -18,8 +18,11 @@ _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"
 def _allowed_types(text: str) -> list[str]:
     """The types and literal values a jsonargparse message lists, in words."""
     subtypes = re.search(r"Subtypes: \[(.*?)\]\s*(Errors:|Given value|$)", text, re.S)
-    source = subtypes.group(1) if subtypes else " ".join(re.findall(r"Expected an? (<class '[^']+'>|typing\.Literal\[[^\]]*\])",
-                                                                    text))
+    source = (
+        subtypes.group(1)
+        if subtypes
+        else " ".join(re.findall(r"Expected an? (<class '[^']+'>|typing\.Literal\[[^\]]*\])", text))
+    )
     words: list[str] = []
     for literal, cls in re.findall(r"typing\.Literal\[([^\]]*)\]|<class '([^']+)'>", source):
         if literal:
@@ -90,8 +93,8 @@ def _settings_like(name: str, known: set[str], args: list[str]) -> str:
 
 
 def one_line(message: str, args: list[str] | None = None, known: set[str] | None = None) -> str:
-    """jsonargparse's message (many lines, Python type reprs) as one readable line that names the setting, what was given
-    and what is allowed."""
+    """jsonargparse's message (many lines, Python type reprs) as one readable line that names the setting, what was
+    given and what is allowed."""
     args = args or []
     text = str(message)
     flat = " ".join(line.strip() for line in text.splitlines() if line.strip())
@@ -105,14 +108,19 @@ def one_line(message: str, args: list[str] | None = None, known: set[str] | None
         cls_problem = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- Expected|\s+Given value|$)",
                                 rest_flat)
         if cls_problem:
-            return (f"{key}: class_path {cls_problem.group(1)!r} cannot be used: {cls_problem.group(2).strip()}; allowed: "
-                    f"the dotted import path of an existing class {help_hint}")
-        callable_problem = re.search(r"expects a function or a callable class: (.*?)\. Got value: .*class_path='([^']+)'",
-                                     rest_flat)
+            return (
+                f"{key}: class_path {cls_problem.group(1)!r} cannot be used: {cls_problem.group(2).strip()}; allowed: "
+                f"the dotted import path of an existing class {help_hint}"
+            )
+        callable_problem = re.search(
+            r"expects a function or a callable class: (.*?)\. Got value: .*class_path='([^']+)'", rest_flat
+        )
         if callable_problem:
-            return (f"{key}: class_path {callable_problem.group(2)!r} cannot be used: {callable_problem.group(1)}; "
-                    f"allowed: the dotted import path of a class"
-                    f"{', such as torch.optim.SGD or gf_lightning.optim.SAV' if 'optimizer' in key else ''} {help_hint}")
+            return (
+                f"{key}: class_path {callable_problem.group(2)!r} cannot be used: {callable_problem.group(1)}; "
+                f"allowed: the dotted import path of a class"
+                f"{', such as torch.optim.SGD or gf_lightning.optim.SAV' if 'optimizer' in key else ''} {help_hint}"
+            )
         given = re.findall(r"(?:Given value|Got value): (.*?)(?:\s+Given value type:|$)", rest_flat)
         allowed = _allowed_types(rest)
         if given or allowed:

@@ -1,8 +1,8 @@
 """Checks of a run's settings that are not the project's own classes: torch's optimizers, Lightning's trainer flags, the
 output folders, the config files (jsonargparse's own refusals are worded as one line by :mod:`.parser_messages`).
 
-Each check raises :class:`~gf_lightning.errors.GFConfigError` with a message that names the setting (or the file), what it
-was given and what is allowed; the command line prints it as one line and exits 2, before any work.
+Each check raises :class:`~gf_lightning.errors.GFConfigError` with a message that names the setting (or the file), what
+it was given and what is allowed; the command line prints it as one line and exits 2, before any work.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from torch import Tensor
 
 from .errors import GFConfigError
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # torch's own optimizers, as strictly as the project's
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 #: group setting → (test, what is allowed); lr > 0 as for SAV/ExpSAV/IEQ (lr = 0 trains nothing)
 _TORCH_SETTINGS = {
     "lr": (lambda v: v > 0, "a finite number > 0"),
@@ -46,8 +46,9 @@ def _as_number(value: Any) -> float | None:
 
 
 def check_torch_settings(optimizer: Any) -> None:
-    """The settings a config gives a torch optimizer (the ``functools.partial`` that jsonargparse builds), checked before
-    torch sees them: torch's own refusals ("Invalid momentum value: -0.5") name neither the setting's path nor the range."""
+    """The settings a config gives a torch optimizer (the ``functools.partial`` that jsonargparse builds), checked
+    before torch sees them: torch's own refusals ("Invalid momentum value: -0.5") name neither the setting's path nor
+    the range."""
     from functools import partial
 
     from .optim.base import EnergyOptimizer
@@ -61,8 +62,8 @@ def check_torch_settings(optimizer: Any) -> None:
 
 
 def check_torch_optimizer(opt: torch.optim.Optimizer) -> None:
-    """The settings of a torch optimizer (SGD, Adam, …) in every group: finite and in range, else a ``GFConfigError`` whose
-    message starts with the setting's name (the module prefixes ``model.optimizer.init_args.``)."""
+    """The settings of a torch optimizer (SGD, Adam, …) in every group: finite and in range, else a ``GFConfigError``
+    whose message starts with the setting's name (the module prefixes ``model.optimizer.init_args.``)."""
     from .optim.base import EnergyOptimizer
 
     if isinstance(opt, EnergyOptimizer):  # validated by the class itself
@@ -85,9 +86,9 @@ def _check_group(group: dict[str, Any], name: str) -> None:
             raise GFConfigError(f"betas must be two numbers in [0, 1) ({name}); got {betas!r}")
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Lightning's trainer flags
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
     try:
         return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
@@ -142,7 +143,8 @@ def check_trainer_flags(trainer: Any) -> None:
             ok = wanted in here
         if not ok:
             raise GFConfigError(
-                f"trainer.accelerator={accelerator!r}, but this machine has no such device (torch.cuda.is_available() is "
+                f"trainer.accelerator={accelerator!r}, but this machine has no such device (torch.cuda.is_available() "
+                "is "
                 f"{torch.cuda.is_available()}); allowed here: {', '.join(here)}"
             )
 
@@ -199,14 +201,15 @@ def check_trainer_flags(trainer: Any) -> None:
     accumulate = _get(trainer, "accumulate_grad_batches")
     if accumulate is not None and accumulate != 1:
         raise GFConfigError(
-            f"trainer.accumulate_grad_batches={accumulate!r} is not supported: {manual.format('accumulate')}; allowed: 1 "
+            f"trainer.accumulate_grad_batches={accumulate!r} is not supported: {manual.format('accumulate')}; allowed: "
+            "1 "
             "(use a larger data.batch_size instead)"
         )
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the output folders
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 def check_writable_folder(setting: str, path: str | os.PathLike) -> None:
     """``path`` is a folder this process can write into, or can be created: its nearest existing ancestor is a folder
     that we may write into. Nothing is created."""
@@ -237,15 +240,15 @@ def check_output_folders(config: Any) -> None:
         check_writable_folder("checkpoint.dirpath", dirpath)
 
 
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # config files
-# --------------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def config_files(args: list[str]) -> list[tuple[str, str]]:
-    """``(option, path)`` of every config file on the command line: the value of ``--config`` and any YAML/JSON file given
-    to another option (``--trainer configs/trainer/ddp_cpu.yaml``)."""
+    """``(option, path)`` of every config file on the command line: the value of ``--config`` and any YAML/JSON file
+    given to another option (``--trainer configs/trainer/ddp_cpu.yaml``)."""
     found = []
     for i, arg in enumerate(args):
         if arg.startswith("--") and "=" in arg:
@@ -302,19 +305,24 @@ def check_config_files(args: list[str]) -> None:
                 "saved as UTF-8"
             ) from None
         if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
-            raise GFConfigError(f"{option} {path}: the file is empty (no settings); allowed: a YAML mapping of settings")
+            raise GFConfigError(
+                f"{option} {path}: the file is empty (no settings); allowed: a YAML mapping of settings"
+            )
         try:
             content = yaml.load(text, Loader=_UniqueKeyLoader)
         except _DuplicateKey as dup:
             raise GFConfigError(
-                f"{option} {path}: the key {dup.key!r} is given twice in one mapping (lines {dup.first} and {dup.second}); "
+                f"{option} {path}: the key {dup.key!r} is given twice in one mapping (lines {dup.first} and "
+                f"{dup.second}); "
                 "YAML would keep the last silently; allowed: each key once"
             ) from None
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise GFConfigError(f"{option} {path}: not valid YAML{at}: {problem}; allowed: a YAML mapping of settings") from None
+            raise GFConfigError(
+                f"{option} {path}: not valid YAML{at}: {problem}; allowed: a YAML mapping of settings"
+            ) from None
         if not isinstance(content, dict):
             raise GFConfigError(
                 f"{option} {path}: holds a {type(content).__name__}, not settings; allowed: a YAML mapping of settings"

@@ -75,25 +75,9 @@ class TensorDataModule(L.LightningDataModule):
                     f"allowed: 1 … {n_train}"
                 )
             self._tensors = tensors
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        if model is not None:
-            self._hand_to_objective(getattr(model, "objective", None))
 
     #: the problem whose rows these are (:class:`~gf_lightning.problems.Problem`), when ``y`` is not plain targets
     problem: Problem | None = None
-
-    def _hand_to_objective(self, objective: object) -> None:
-        """Let the model's objective check these data (``objective.check_data(self)``: the objective knows what its rows
-        must be; the data module knows no objective). Data of a :attr:`problem` refuse the default objective (``None``
-        here: the LightningModule picks it later), which would read their ``y`` as plain targets."""
-        if objective is None and self.problem is not None:
-            raise GFConfigError(
-                f"data ({type(self).__name__}) holds {self.problem.rows} whose y is "
-                f"({', '.join(self.problem.y_columns)}): model.objective must be {self.problem.objective}; got None"
-            )
-        check = getattr(objective, "check_data", None)
-        if check is not None:
-            check(self)
 
     #: the settings that set the data's scale, which a non-finite value points at (``data.<name>`` in a message)
     scale_settings: tuple[str, ...] = ()
