@@ -6,9 +6,12 @@ exits ``128 + signal``."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from ..errors import GFConfigError
 
 #: the signals that stop a study as Ctrl-C does
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -53,3 +56,18 @@ def interrupted_line(prog: str, err: BaseException) -> str:
     name = "Ctrl-C (SIGINT)" if Interrupted.of(err).signum == signal.SIGINT else str(Interrupted.of(err))
     return (f"{prog}: interrupted by {name}: the runs under way were stopped; the same command again runs what is not "
             "done")
+
+
+def run_command(prog: str, body: Callable[[], int | None]) -> int:
+    """A study command's exit code: ``body()`` run :func:`interruptible`; a refusal (``GFConfigError``) ends in one
+    line and exit 2, a signal in :func:`interrupted_line` and ``128 + signal``, a finished body in its code (0 for
+    ``None``)."""
+    try:
+        with interruptible():  # SIGTERM, SIGHUP and Ctrl-C stop the runs under way, and end in one line
+            return body() or 0
+    except GFConfigError as err:  # a bad setting, or another sweep writing into the same folder
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(interrupted_line(prog, err), file=sys.stderr)
+        return Interrupted.of(err).exit_code

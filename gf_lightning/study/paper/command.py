@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ...errors import GFConfigError
-from ..interrupts import Interrupted, interrupted_line, interruptible
+from ..interrupts import run_command
 from .figures import FIGURES, measure
 
 PROG = "python -m gf_lightning.study paper"
@@ -36,17 +35,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     p.add_argument("--report-only", action="store_true", help="draw and tabulate the runs that are done; run nothing")
     opts = p.parse_args(argv)
     names = list(FIGURES) if "all" in opts.figures else opts.figures
-    try:
-        with interruptible():  # SIGTERM, SIGHUP and Ctrl-C stop the runs under way, and end in one line
-            for name in names:
-                runs = measure(FIGURES[name], opts.out, jobs=opts.jobs, data_dir=opts.data_dir,
-                               run=not opts.report_only, configs=opts.configs)
-                print(f"{name}: {len(runs)} runs; wrote {opts.out / name / 'curves.png'} and table.md", file=sys.stderr)
-    except GFConfigError as err:  # another sweep writes into the same folder
-        print(f"paper: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except (Interrupted, KeyboardInterrupt) as err:
-        print(interrupted_line("paper", err), file=sys.stderr)
-        return Interrupted.of(err).exit_code
-    return 0
+
+    def measure_all() -> None:
+        for name in names:
+            runs = measure(FIGURES[name], opts.out, jobs=opts.jobs, data_dir=opts.data_dir,
+                           run=not opts.report_only, configs=opts.configs)
+            print(f"{name}: {len(runs)} runs; wrote {opts.out / name / 'curves.png'} and table.md", file=sys.stderr)
+
+    return run_command("paper", measure_all)
 

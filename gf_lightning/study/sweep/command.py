@@ -26,8 +26,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ...errors import GFConfigError
-from ..interrupts import Interrupted, interrupted_line, interruptible
+from ..interrupts import run_command
 from ..methods import METHODS
 from .execute import execute
 from .grid import DEFAULT_METHODS, GRID_FORM, LR_KEY, Plan, SweepError
@@ -101,39 +100,34 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Sweep as ``argv`` (default: the process's arguments) asks; ``prog``: the command as the report quotes it."""
     args = build_parser(prog).parse_args(argv)
-    try:
-        with interruptible():  # SIGTERM, SIGHUP and Ctrl-C stop the runs under way, and end in one line
-            for name in ("jobs", "threads"):
-                if getattr(args, name) is not None and getattr(args, name) < 1:
-                    raise SweepError(f"--{name}: {getattr(args, name)} is not allowed; allowed: an integer >= 1")
-            jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
-            if args.from_results:
-                results = Path(args.from_results)
-                if not results.is_file():
-                    raise SweepError(f"--from-results: {str(results)!r} is not a file; allowed: a sweep's results.json")
-                paths = rewrite(results, Path(args.out) if args.out else None)
-                print("sweep: wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-                return 0
-            if args.report_only:
-                if not args.out:
-                    raise SweepError("--report-only: no --out given; allowed: the folder of a sweep that was run or "
-                                     "written")
-                plan = Plan.load(args.out)
-            else:
-                if not args.config:
-                    raise SweepError("--config: not given; allowed: a config file such as configs/exp3_sgd.yaml")
-                out = args.out or Path("sweeps") / Path(args.config).stem
-                command = shlex.join([*shlex.split(prog), *(argv if argv is not None else sys.argv[1:])])
-                plan = Plan.build(args.config, args.methods, args.lr, args.grid, args.seeds, args.method_args, out,
-                                  args.max_epochs, args.data_dir, args.checkpoints, command)
-            execute(plan, jobs=jobs, threads=args.threads, slurm=args.slurm, report_only=args.report_only,
-                    hessian=not args.no_hessian, hessian_samples=args.hessian_samples, hessian_iters=args.hessian_iters,
-                    metric=args.metric, target=args.target, python=args.python, sbatch=args.sbatch)
-    except GFConfigError as err:  # SweepError, or a setting the CLI's classes refuse
-        print(f"sweep: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except (Interrupted, KeyboardInterrupt) as err:
-        print(interrupted_line("sweep", err), file=sys.stderr)
-        return Interrupted.of(err).exit_code
-    return 0
+
+    def sweep() -> int | None:
+        for name in ("jobs", "threads"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise SweepError(f"--{name}: {getattr(args, name)} is not allowed; allowed: an integer >= 1")
+        jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
+        if args.from_results:
+            results = Path(args.from_results)
+            if not results.is_file():
+                raise SweepError(f"--from-results: {str(results)!r} is not a file; allowed: a sweep's results.json")
+            paths = rewrite(results, Path(args.out) if args.out else None)
+            print("sweep: wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+            return 0
+        if args.report_only:
+            if not args.out:
+                raise SweepError("--report-only: no --out given; allowed: the folder of a sweep that was run or "
+                                 "written")
+            plan = Plan.load(args.out)
+        else:
+            if not args.config:
+                raise SweepError("--config: not given; allowed: a config file such as configs/exp3_sgd.yaml")
+            out = args.out or Path("sweeps") / Path(args.config).stem
+            command = shlex.join([*shlex.split(prog), *(argv if argv is not None else sys.argv[1:])])
+            plan = Plan.build(args.config, args.methods, args.lr, args.grid, args.seeds, args.method_args, out,
+                              args.max_epochs, args.data_dir, args.checkpoints, command)
+        execute(plan, jobs=jobs, threads=args.threads, slurm=args.slurm, report_only=args.report_only,
+                hessian=not args.no_hessian, hessian_samples=args.hessian_samples, hessian_iters=args.hessian_iters,
+                metric=args.metric, target=args.target, python=args.python, sbatch=args.sbatch)
+
+    return run_command("sweep", sweep)
 
