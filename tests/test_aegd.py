@@ -20,7 +20,7 @@ import pytest
 import test_conventions as conventions
 import torch
 import torch.nn.functional as F
-from support import CONFIGS, QUIET, on_ranks
+from support import CONFIGS, QUIET
 
 from gf_lightning.cli import cli_main
 from gf_lightning.errors import GFStepError
@@ -299,7 +299,7 @@ def test_a_rise_is_counted_as_a_violation(cls):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 3. resume, and two processes
+# 3. resume (two processes: tests/test_conventions.py's DDP column)
 # ----------------------------------------------------------------------------------------------------------------------
 RESUME = [(AEGD, dict(lr=0.1, weight_decay=0.01), dict(lr=0.5, c=4.0, weight_decay=0.0)),
           (AEGDM, dict(lr=0.02, momentum=0.9), dict(lr=0.2, c=4.0, momentum=0.3, dampening=0.5))]
@@ -336,69 +336,6 @@ def test_state_dict_round_trip_continues_bit_for_bit(cls, kw, other):
         for key in ref_opt.state[q]:
             assert torch.equal(fresh.state[p][key], ref_opt.state[q][key]), key
     conventions.assert_same_stats(fresh.stats, ref_opt.stats)
-
-
-def ddp_data():
-    """12 samples; the second half's targets are 4× larger, so the two ranks' own losses differ by far."""
-    g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(12, 5, generator=g, dtype=F64), torch.randn(12, 2, generator=g, dtype=F64)
-    y[6:] *= 4.0
-    return x, y
-
-
-def ddp_net():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).to(F64)
-
-
-DDP_RUNS = {"aegd": (AEGD, dict(lr=0.3, c=0.5, weight_decay=0.01)), "aegdm": (AEGDM, dict(lr=0.05, c=0.5))}
-DDP_STEPS = 4
-
-
-def ddp_steps(cls, kw, net, x, y):
-    """``DDP_STEPS`` steps on ``(x, y)``; the weights and stats after each."""
-    opt = cls(net.parameters(), **kw)
-    out = []
-    for _ in range(DDP_STEPS):
-        def closure():
-            opt.zero_grad()
-            loss = F.mse_loss(net(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        out.append(([p.detach().clone() for p in net.parameters()], {k: float(v) for k, v in opt.stats.items()}))
-    return out
-
-
-def _ranks_job(rank: int, world: int) -> dict:
-    x, y = ddp_data()
-    results = {}
-    for name, (cls, kw) in DDP_RUNS.items():
-        net = torch.nn.parallel.DistributedDataParallel(ddp_net())  # averages the gradients over the ranks
-        results[name] = ddp_steps(cls, kw, net, x.chunk(world)[rank], y.chunk(world)[rank])
-    return results
-
-
-def test_two_processes_equal_one(tmp_path):
-    """Two gloo processes, each a DDP replica with half of every batch, take the steps of one process on the whole batch
-    (to 1e-12), and the same steps as each other (bit for bit), with the stats of the whole batch. Breakage seen to fail
-    here: the loss not averaged over ranks (``global_mean_`` dropped) — each rank scales ``v`` by its own shard's
-    ``√(f + c)``, and the replicas part."""
-    ranks = on_ranks(_ranks_job, tmp_path)
-    x, y = ddp_data()
-    for name, (cls, kw) in DDP_RUNS.items():
-        one = ddp_steps(cls, kw, ddp_net(), x, y)
-        for n, (params, stats) in enumerate(one):
-            for rank in ranks:
-                got, got_stats = rank[name][n]
-                for a, b in zip(got, params):
-                    assert float((a - b).abs().max()) <= 1e-12 * max(1.0, float(b.abs().max())), (name, n)
-                assert got_stats.keys() == stats.keys()
-                for key, value in stats.items():
-                    assert got_stats[key] == pytest.approx(value, rel=1e-12, abs=1e-15), (name, n, key)
-            conventions.assert_same(ranks[0][name][n][0], ranks[1][name][n][0])
-            assert ranks[0][name][n][1] == ranks[1][name][n][1]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

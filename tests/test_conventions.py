@@ -2,8 +2,8 @@
 
 Each test runs every row of :data:`CASES`: state round trips that continue bit for bit (with the loaded settings, not
 the constructor's), ``copy.deepcopy`` and ``pickle``, per-group ``lr`` and ``add_param_group``, ``zero_grad``, a
-scheduler that sets ``lr = 0``, an empty first group, frozen parameters, float64, and a closure that returns a Python
-float.
+scheduler that sets ``lr = 0``, an empty first group, frozen parameters, float64, a closure that returns a Python
+float, the energy promise over random step sizes, and two DDP processes that take one process's steps.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from support import on_ranks
 
 from gf_lightning.optim import AEGD, AEGDM, IEQ, SAV, AdaptiveSAV, ExpSAV, IEQAdaptive
 
@@ -326,3 +327,55 @@ def test_energy_never_rises_over_random_step_sizes(case: Case):
                 assert opt.global_state[opt.aux_key].item() <= before, (dt, i)
             assert stats["energy/violations"] == 0, (dt, i, stats)
             assert all(torch.isfinite(p).all() for p in model.parameters()), (dt, i)
+
+
+#: the rows whose closure returns the loss (IEQ's residual closure under DDP has its own protocol: tests/test_ieq.py)
+DDP_CASES = [case for case in CASES if not case.residual]
+DDP_STEPS = 4
+
+
+def ddp_steps(case: Case, rank: int | None = None, world: int = 1) -> list:
+    """``DDP_STEPS`` float64 steps of ``case``'s optimizer: under DDP on ``rank``'s half of each batch (``y`` scaled
+    per step, so that the two halves' losses differ), or in one process on the whole batch; the weights and stats
+    after each."""
+    net = make_net(0, torch.float64)
+    model = torch.nn.parallel.DistributedDataParallel(net) if rank is not None else net
+    opt = case.make(net.parameters())
+    out = []
+    for i in range(DDP_STEPS):
+        x, y = (t.double() for t in BATCHES[i % len(BATCHES)])
+        y = y * torch.linspace(1, 4, len(y), dtype=torch.float64)[:, None]
+        if rank is not None:
+            x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+        opt.step(closure_for(case, model, opt, x, y))
+        out.append((params_of(net), {k: float(v) for k, v in opt.stats.items()}))
+    return out
+
+
+def _ddp_job(rank: int, world: int) -> dict:
+    return {case.id: ddp_steps(case, rank, world) for case in DDP_CASES}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    """Every loss-returning row run once in two gloo processes (forked), each a DDP replica with half of every
+    batch."""
+    return on_ranks(_ddp_job, tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.mark.parametrize("case", DDP_CASES, ids=[c.id for c in DDP_CASES])
+def test_two_processes_equal_one(case: Case, two_ranks: list[dict]):
+    """Two DDP processes, each with half of every batch, take the steps of one process on the whole batch (to 1e-12),
+    with its stats, and the same steps as each other (bit for bit). DDP averages the gradients only: a scheme that
+    puts its rank's own loss into ``r̂ = √(L + C)``, ``v`` or AEGD's ``√(f + c)`` (not the ranks' mean) makes the
+    replicas part, as the halves' losses differ by far here."""
+    one = ddp_steps(case)
+    for n, (params, stats) in enumerate(one):
+        for rank in two_ranks:
+            got, got_stats = rank[case.id][n]
+            for a, b in zip(got, params):
+                assert float((a - b).abs().max()) <= 1e-12 * max(1.0, float(b.abs().max())), (case.id, n)
+            assert got_stats.keys() == stats.keys()
+            for key, value in stats.items():
+                assert got_stats[key] == pytest.approx(value, rel=1e-11, abs=1e-13), (case.id, n, key)
+        assert_same(two_ranks[0][case.id][n][0], two_ranks[1][case.id][n][0])
