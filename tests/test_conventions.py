@@ -358,9 +358,10 @@ def _ddp_job(rank: int, world: int) -> dict:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
-    """Every loss-returning row run once in two gloo processes (forked), each a DDP replica with half of every
-    batch."""
-    return on_ranks(_ddp_job, tmp_path_factory.mktemp("ddp"))
+    """Every loss-returning row run once in two gloo processes, each a DDP replica with half of every batch. Spawned,
+    not forked: after the suite's earlier tests the parent's OpenMP threads are running, and a forked child's first
+    matrix product hangs on them."""
+    return on_ranks(_ddp_job, tmp_path_factory.mktemp("ddp"), start_method="spawn")
 
 
 @pytest.mark.parametrize("case", DDP_CASES, ids=[c.id for c in DDP_CASES])
