@@ -87,7 +87,8 @@ def _finished_nothing(folder: Path) -> None:
             path.unlink()
 
 
-#: what → (how the copy of a finished sweep is spoiled, arguments after --out COPY, exit code, words of its one line)
+#: what → (how the copy of a finished sweep is spoiled, the arguments before --out COPY (or a function of COPY
+#: giving them), exit code, words of its one line)
 SPOILED = {
     "plan.json truncated": (lambda f: (f / "plan.json").write_text((f / "plan.json").read_text()[:200]),
                             ["--report-only"], 2, ["plan.json", "is not a sweep's plan", "JSONDecodeError", "allowed"]),
@@ -102,6 +103,12 @@ SPOILED = {
     "--out is a file": (lambda f: (shutil.rmtree(f), f.write_text("x")), GRID, 2, ["--out", "is a file", "allowed"]),
     "--report-only --out is a file": (lambda f: (shutil.rmtree(f), f.write_text("x")), ["--report-only"], 2,
                                       ["--out", "is a file", "allowed"]),
+    "--from-results truncated": (lambda f: (f / "results.json").write_text((f / "results.json").read_text()[:300]),
+                                 lambda f: ["--from-results", str(f / "results.json")], 2,
+                                 ["--from-results", "is not a sweep's results.json", "JSONDecodeError", "allowed"]),
+    "--from-results another file": (lambda f: (f / "results.json").write_text('{"plan": 3}'),
+                                    lambda f: ["--from-results", str(f / "results.json")], 2,
+                                    ["--from-results", "is not a sweep's results.json", "allowed"]),
 }
 
 
@@ -110,12 +117,14 @@ def test_a_folder_that_is_not_a_sweeps_is_answered_in_one_line(case, swept, tmp_
     """A broken plan.json: exit 2, one line (before: a JSONDecodeError or TypeError traceback); a broken initial.json:
     one line, and the initial state computed again (before: an AttributeError traceback, or nothing said); a sweep with
     no finished point: one line (before: a matplotlib traceback drawing nothing); ``--out`` a file: one line (before: a
-    FileExistsError traceback)."""
+    FileExistsError traceback); a --from-results file that is not a sweep's results.json: one line (before: a
+    JSONDecodeError or TypeError traceback)."""
     spoil, argv, code, words = SPOILED[case]
     copy = tmp_path / "copy"
     shutil.copytree(swept, copy)
     spoil(copy)
     capsys.readouterr()
+    argv = argv(copy) if callable(argv) else argv
     assert script.main([*argv, "--out", str(copy), "--no-hessian"]) == code
     err = capsys.readouterr().err.strip()
     said = [line for line in err.splitlines() if all(word in line for word in words)]

@@ -16,7 +16,7 @@ from ..outcome import RULE
 from ..tables import Stat, md_table, mean_sd, number
 from .cells import Cell, Limits, Summary, cells, limits, series_label, settings_text, summaries
 from .figure import figure as draw_figure
-from .grid import LR_KEY, SEED_KEY, Plan, Point, experiment_name
+from .grid import LR_KEY, SEED_KEY, Plan, Point, SweepError, experiment_name
 from .metrics import DEFAULT_METRIC, METRIC_NAMES, default_target, higher_is_better
 from .records import RunRecord, rejudge
 from .stability import InitialState
@@ -212,20 +212,24 @@ def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) ->
     (default: the folder of ``results.json``), with every finished record judged again by the current rule
     (:mod:`..outcome`)."""
     results = Path(results)
-    data = json.loads(results.read_text())
-    plan = dataclasses.replace(Plan.from_json(data["plan"]), out=str((out or results.parent).resolve()))
+    fields = {f.name for f in dataclasses.fields(InitialState)}
+    try:
+        data = json.loads(results.read_text())
+        plan = dataclasses.replace(Plan.from_json(data["plan"]), out=str((out or results.parent).resolve()))
+        loaded = [RunRecord(**raw) for raw in data["records"]]
+        initial = [InitialState(**{k: v for k, v in raw.items() if k in fields}) for raw in data["initial"]]
+        metric, target, task = data["metric"], data["target"], data["task"]
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, truncated, or another file's
+        why = f"{type(err).__name__}: {' '.join(str(err).split())[:100]}"
+        raise SweepError(f"--from-results: {str(results)!r} is not a sweep's results.json ({why}); allowed: the "
+                         "results.json a sweep wrote") from None
     Path(plan.out).mkdir(parents=True, exist_ok=True)
     records = {}
-    for raw in data["records"]:
-        record = RunRecord(**raw)
+    for record in loaded:
         if record.exit_code == 0 and record.train_loss:
             rejudge(record)
         records[record.name] = record
-    fields = {f.name for f in dataclasses.fields(InitialState)}
-    states = {}
-    for raw in data["initial"]:
-        state = InitialState(**{k: v for k, v in raw.items() if k in fields})
-        states[json.dumps(tuple(tuple(kv) for kv in state.group))] = state
+    states = {json.dumps(tuple(tuple(kv) for kv in state.group)): state for state in initial}
     # the points as they ran: a record stands for the plan's point of its method and settings (today's command line for
     # it may differ, e.g. by a setting a class has gained since, and so may its name)
     by_settings = {(r.method, json.dumps(r.settings)): r for r in records.values()}
@@ -233,9 +237,8 @@ def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) ->
     for point in plan.points():
         record = records.get(point.name) or by_settings.get((point.method, json.dumps(point.values)))
         points.append(point if record is None else Point(point.method, point.settings, record.name, tuple(record.args)))
-    metric, target = data["metric"], data["target"]
-    return report(plan, points, records, states, data["task"], metric,
-                  None if target == default_target(metric, data["task"]) else target, with_figure)
+    return report(plan, points, records, states, task, metric,
+                  None if target == default_target(metric, task) else target, with_figure)
 
 
 def overview(results: Path) -> str:
