@@ -59,14 +59,18 @@ def interrupted_line(prog: str, err: BaseException) -> str:
 
 
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
-    """A study command's exit code: ``body()`` run :func:`interruptible`; a refusal (``GFConfigError``) ends in one
-    line and exit 2, a signal in :func:`interrupted_line` and ``128 + signal``, a finished body in its code (0 for
-    ``None``)."""
+    """A study command's exit code: ``body()`` run :func:`interruptible`; a refusal (``GFConfigError``) or a file
+    system error (``OSError``) ends in one line and exit 2, a signal in :func:`interrupted_line` and ``128 + signal``,
+    a finished body in its code (0 for ``None``)."""
     try:
         with interruptible():  # SIGTERM, SIGHUP and Ctrl-C stop the runs under way, and end in one line
             return body() or 0
     except GFConfigError as err:  # a bad setting, or another sweep writing into the same folder
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be made or written (--out under a file, no permission, disk full)
+        print(f"{prog}: error: {err.strerror or err}: {err.filename!r}; allowed: a folder this user can write",
+              file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt) as err:
         print(interrupted_line(prog, err), file=sys.stderr)

@@ -285,7 +285,7 @@ class Plan:
                                          "setting")
         if max_epochs is not None and max_epochs < 1:
             raise SweepError(f"--max-epochs: {max_epochs} is not a number of epochs; allowed: an integer >= 1")
-        _check_out(out)
+        check_out(out)
         common = ["--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false"]
         if not checkpoints:
             common.append("--trainer.enable_checkpointing=false")
@@ -352,7 +352,7 @@ class Plan:
     def load(cls, out: str | Path) -> Plan:
         """The plan in ``<out>/plan.json``, its runs in ``out`` (wherever the sweep first ran: a copied or moved sweep
         is read and reported where it is now)."""
-        _check_out(out)
+        check_out(out)
         path = Path(out) / "plan.json"
         if not path.is_file():
             raise SweepError(
@@ -376,7 +376,8 @@ def identity(args: list[str]) -> list[str]:
     return [a for a in args if not a.startswith(("--data.init_args.data_dir=", "--trainer.default_root_dir="))]
 
 
-def _check_out(out: str | Path) -> None:
+def check_out(out: str | Path) -> None:
+    """Refuse an ``--out`` that is a file, in one line."""
     if Path(out).exists() and not Path(out).is_dir():
         raise SweepError(f"--out: {str(out)!r} is a file; allowed: a folder (a new one, or a sweep's)")
 

@@ -16,7 +16,7 @@ from ..outcome import RULE
 from ..tables import Stat, md_table, mean_sd, number
 from .cells import Cell, Limits, Summary, cells, limits, series_label, settings_text, summaries
 from .figure import figure as draw_figure
-from .grid import LR_KEY, SEED_KEY, Plan, Point, SweepError, experiment_name
+from .grid import LR_KEY, SEED_KEY, Plan, Point, SweepError, check_out, experiment_name
 from .metrics import DEFAULT_METRIC, METRIC_NAMES, default_target, higher_is_better
 from .records import RunRecord, rejudge
 from .stability import InitialState
@@ -223,6 +223,7 @@ def rewrite(results: Path, out: Path | None = None, with_figure: bool = True) ->
         why = f"{type(err).__name__}: {' '.join(str(err).split())[:100]}"
         raise SweepError(f"--from-results: {str(results)!r} is not a sweep's results.json ({why}); allowed: the "
                          "results.json a sweep wrote") from None
+    check_out(plan.out)
     Path(plan.out).mkdir(parents=True, exist_ok=True)
     records = {}
     for record in loaded:
