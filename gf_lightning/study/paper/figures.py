@@ -258,8 +258,9 @@ def curves(figure: Figure, runs: list[Run], path: Path, configs: Path = Path("co
     handles = []
     for i, (lbl, seeds) in enumerate(groups.items()):
         color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
+        every = max(1, figure.epochs // 8)  # markers offset per curve within one period, so that every curve has some
         style = dict(color=color, lw=1.3, ls=("-", "--", ":", "-.")[i // 10 % 4], marker=marker, ms=5,
-                     markevery=(i % 5, max(1, figure.epochs // 8)))
+                     markevery=(i % min(5, every), every))
         finished = [r for r in seeds if r.record.status != "diverged"]
         series = [[r.record.train_loss for r in finished], [r.record.metric(figure.metric) for r in finished]]
         if figure.energy:
