@@ -74,3 +74,32 @@ def test_race_script_refuses_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "pinn_race.py"), "--out", str(tmp_path),
                           "--methods", "sgd"], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT)
     assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and "sgd" in out.stderr, out.stderr
+
+
+def test_race_resumes_only_missing_runs_and_refuses_other_settings(tmp_path):
+    """Catches a race that runs again what its race.json already holds (a cut-short race starts over), one that adds
+    runs measured under other settings into the same record, runs in worker processes that are lost or doubled, and a
+    CPU clock that does not stop at its budget."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / "out"
+    first = RaceSettings(config=str(config), methods=("adam",), dtypes=("float64",), seeds=(0,), budget=0.3,
+                         every=0.1, clock="cpu")
+    [kept] = run_race(first, out, log=lambda _: None)
+    assert first.budget <= kept.points[-1][0] < first.budget + 1.0
+    more = RaceSettings(**{**first.__dict__, "seeds": (0, 1, 2), "methods": ("adam", "ieq-adaptive"), "jobs": 2})
+    runs = run_race(more, out, log=lambda _: None)
+    assert sorted((r.method, r.seed) for r in runs) == [(m, s) for m in ("adam", "ieq-adaptive") for s in (0, 1, 2)]
+    assert next(r for r in runs if (r.method, r.seed) == ("adam", 0)).points == kept.points
+    adaptive = [r for r in runs if r.method == "ieq-adaptive"]
+    assert all(r.final_lr is not None and r.final_lr > 0 for r in adaptive)
+    assert len(json.loads((out / "race.json").read_text())["runs"]) == 6
+    with pytest.raises(GFConfigError, match="budget"):
+        run_race(RaceSettings(**{**first.__dict__, "budget": 0.5}), out, log=lambda _: None)
+
+
+def test_race_report_of_an_empty_folder_is_one_line(tmp_path):
+    """Catches ``--report-only`` on a folder with no race.json ending in a FileNotFoundError traceback."""
+    proc = subprocess.run([sys.executable, "-m", "gf_lightning.study", "pinn-race", "--out", str(tmp_path),
+                           "--report-only"], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "race.json" in proc.stderr, proc.stderr
