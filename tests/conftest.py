@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import find_mnist
+from support import cli_args, find_mnist
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +15,18 @@ def mnist_dir() -> Path:
     if folder is None:
         pytest.skip(why)
     return folder
+
+
+@pytest.fixture
+def cli_run(tmp_path: Path):
+    """A small CLI run in this process: ``cli_run(config, *extra, root=tmp_path, subcommand="fit", epochs=None,
+    run=True)`` runs :func:`support.cli_args`'s command line through ``cli_main`` and returns the LightningCLI (with
+    ``run=False``: the parse and instantiation alone, no subcommand)."""
+    from gf_lightning.cli import cli_main
+
+    def run(config: str | Path, *extra: str, root: Path | None = None, subcommand: str = "fit",
+            epochs: int | None = None, run: bool = True):
+        args = cli_args(config, root or tmp_path, *extra, subcommand=subcommand if run else None, epochs=epochs)
+        return cli_main(args, run=run)
+
+    return run

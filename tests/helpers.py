@@ -128,14 +128,6 @@ class PoisonAtEpoch(L.Callback):
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
 
 
-def read_scalars(root) -> dict[str, list[tuple[int, float]]]:
-    """Every TensorBoard scalar under ``root``, as ``tag → [(step, value), …]`` in step order (ties by value): the
-    project's reader, :func:`gf_lightning.study.events.read_scalars`, in the pairs the test files unpack."""
-    from gf_lightning.study.events import read_scalars as read_points
-
-    return {tag: sorted((p.step, p.value) for p in points) for tag, points in read_points(root).items()}
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # checkpoint crashes (tests/test_checkpoints.py)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -276,6 +268,17 @@ def hparams_tab_columns(logdir) -> HParamsTab:
 
 
 # -- processes: the tests that signal real runs and sweeps -------------------------------------------------------------
+def as_foreground_job() -> None:
+    """``preexec_fn`` of a process that a test stops by Ctrl-C: SIGINT (and SIGQUIT) back to their defaults, as a
+    terminal's foreground job has them. A shell starts a background job without job control (``cmd &`` in a script,
+    ``(cmd &)``) with both ignored, and a process inherits that: the suite launched so would see every child ignore its
+    Ctrl-C (Python installs no KeyboardInterrupt handler over an inherited SIG_IGN)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05):
     """``condition()``'s first true value, polled every ``every_s`` seconds; an AssertionError naming ``what`` after
     ``timeout_s`` seconds."""

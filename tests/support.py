@@ -37,6 +37,18 @@ SMALL_EXP1 = ["--data.init_args.n_samples=640", "--model.net.init_args.m=64", *Q
 DDP_FORK = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_fork"]
 
 
+def cli_args(config: str | Path, root: Path, *extra: str, subcommand: str | None = "fit",
+             epochs: int | None = None) -> list[str]:
+    """The command line of a quiet run of ``config`` (a name under ``configs/``, with or without ``.yaml``, or a path)
+    that logs under ``root``: ``subcommand`` first (none: a parse for ``cli_main(…, run=False)``), ``epochs`` as
+    ``--trainer.max_epochs``, ``extra`` last (it wins)."""
+    path = Path(config)
+    if not path.is_absolute():
+        path = CONFIGS / (config if str(config).endswith(".yaml") else f"{config}.yaml")
+    return [*([subcommand] if subcommand else []), "--config", str(path), f"--trainer.default_root_dir={root}", *QUIET,
+            *([f"--trainer.max_epochs={epochs}"] if epochs is not None else []), *extra]
+
+
 def version_dirs(root) -> list[Path]:
     """Every run folder under ``root`` (``lightning_logs/<experiment>/<run>/version_N``), oldest run first."""
     dirs = Path(root).glob("lightning_logs/*/*/version_*")

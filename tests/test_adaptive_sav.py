@@ -419,9 +419,8 @@ def test_command_line_trains_and_logs(tmp_path):
     with ``energy/violations`` 0 and ``optim/xi``, and names the run folder after the registry name. Breakage seen to
     fail
     here: the class missing from ``OPTIMIZERS`` (the run folder was ``adaptivesav-relax``)."""
-    from helpers import read_scalars
-
     from gf_lightning.cli import cli_main
+    from gf_lightning.study.events import read_scalars, values
 
     args = ["fit", "--config", str(CONFIGS / "exp3_sav.yaml"), "--model.optimizer=gf_lightning.optim.AdaptiveSAV",
             "--model.optimizer.init_args.lr=1.0", "--model.optimizer.init_args.variant=relax", "--trainer.max_epochs=4",
@@ -431,7 +430,8 @@ def test_command_line_trains_and_logs(tmp_path):
     assert type(cli.trainer.optimizers[0]).__name__ == "AdaptiveSAV"
     log_dir = Path(cli.trainer.log_dir)
     assert log_dir.parent.name == "adaptive_sav-relax", log_dir
-    scalars = {tag: [v for _, v in values] for tag, values in read_scalars(log_dir).items()}
+    read = read_scalars(log_dir)
+    scalars = {tag: values(read, tag) for tag in read}
     modified = scalars["energy/modified"]
     assert len(modified) == cli.trainer.global_step >= 8
     assert all(b <= a for a, b in zip(modified, modified[1:])), modified

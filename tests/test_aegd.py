@@ -405,7 +405,7 @@ def test_command_line_run_trains_and_logs_the_energy(tmp_path: Path, name: str, 
     ``optim/effective_lr`` at every step, the modified energy never rises over the run, the training loss falls, and the
     checkpoint holds the energies. Breakage seen to fail here: ``r`` restarted to ``√(f + c)`` every step (the modified
     energy then rises with the loss of the next mini-batch), and ``energy/violations`` left out of ``stats``."""
-    from helpers import read_scalars
+    from gf_lightning.study.events import read_scalars, values
 
     cli = cli_main(["fit", "--config", str(CONFIGS / "exp3_sgd.yaml"), f"--model.optimizer=gf_lightning.optim.{name}",
                     f"--model.optimizer.init_args.lr={lr}", f"--trainer.default_root_dir={tmp_path}", *QUIET,
@@ -417,11 +417,11 @@ def test_command_line_run_trains_and_logs_the_energy(tmp_path: Path, name: str, 
     scalars = read_scalars(log_dir)
     for tag in ("energy/true", "energy/modified", "energy/violations", "optim/effective_lr"):
         assert len(scalars.get(tag, [])) == steps, (tag, sorted(scalars))
-        assert all(math.isfinite(v) for _, v in scalars[tag]), tag
-    modified = [v for _, v in scalars["energy/modified"]]
+        assert all(map(math.isfinite, values(scalars, tag))), tag
+    modified = values(scalars, "energy/modified")
     assert all(b <= a for a, b in zip(modified, modified[1:])), modified
-    assert {v for _, v in scalars["energy/violations"]} == {0.0}
-    train = [v for _, v in scalars["train/loss"]]
+    assert set(values(scalars, "energy/violations")) == {0.0}
+    train = values(scalars, "train/loss")
     assert train[-1] < train[0], train
     ckpt = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=False)
     (state,) = ckpt["optimizer_states"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import CONFIGS, QUIET
+from support import cli_args
 from test_data import write_idx
 
 from gf_lightning.cli import cli_main
@@ -739,8 +739,8 @@ CLI = {
 
 
 def fit_args(config: str, extra: list[str], tmp_path: Path, data_dir: Path | None = None) -> list[str]:
-    return ["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.max_epochs=1", *QUIET, *([f"--data.init_args.data_dir={data_dir}"] if data_dir else []), *extra]
+    data = [f"--data.init_args.data_dir={data_dir}"] if data_dir else []
+    return cli_args(config, tmp_path, *data, *extra, epochs=1)
 
 
 def run(config: str, extra: list[str], tmp_path: Path, data_dir: Path | None = None) -> int:

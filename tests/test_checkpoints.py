@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import callback_arg
-from support import CONFIGS, SMALL_EXP1, subprocess_env
+from support import SMALL_EXP1, cli_args, subprocess_env
 from test_reliability import assert_same_state
 
 from gf_lightning.checkpointing import DIGEST_KEY, SafeCheckpointIO, load_checkpoint, nonfinite_entry
@@ -28,8 +28,8 @@ EVERY_STEP = ("--data.init_args.steps_per_call=1", "--checkpoint.every_n_train_s
 
 
 def fit_args(root: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
-    return ["fit", "--config", str(CONFIGS / "exp1_expsav.yaml"), f"--trainer.max_epochs={epochs}",
-            f"--trainer.default_root_dir={root}", "--trainer.logger=false", *SMALL_EXP1, *extra]
+    """exp1 with ExpSAV, small, without a logger."""
+    return cli_args("exp1_expsav", root, "--trainer.logger=false", *SMALL_EXP1, *extra, epochs=epochs)
 
 
 def checkpoints(root: Path) -> dict[str, Path]:

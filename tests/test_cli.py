@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from support import CONFIGS, QUIET, ROOT
+from support import CONFIGS, ROOT
 
 from gf_lightning.cli import cli_main
 from gf_lightning.optim import SAV, ExpSAV
@@ -22,19 +22,9 @@ from gf_lightning.study.events import read_scalars, values
 
 EXP1_SGD = str(CONFIGS / "exp1_sgd.yaml")
 EXP1_SAV = str(CONFIGS / "exp1_sav.yaml")
+SMALL = ["--data.init_args.n_samples=500"]  #: exp1 with 500 samples (400 to train)
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
-
-
-def _small(tmp_path: Path, *extra: str) -> list[str]:
-    """exp1 with 500 samples (400 train), one epoch unless ``extra`` says otherwise (``extra`` comes last and wins)."""
-    base = [
-        f"--trainer.default_root_dir={tmp_path}",
-        *QUIET,
-        "--data.init_args.n_samples=500",
-        "--trainer.max_epochs=1",
-    ]
-    return [*base, *extra]
 
 
 @pytest.fixture
@@ -47,17 +37,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _scalars(log_dir: Path) -> dict[str, list[float]]:
-    """Each TensorBoard tag of the run in ``log_dir`` with its values, in step order."""
-    scalars = read_scalars(log_dir)
-    return {tag: values(scalars, tag) for tag in scalars}
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # runs
 # ----------------------------------------------------------------------------------------------------------------------
-def test_fit_in_process(tmp_path):
-    cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, "--trainer.max_epochs=2")])
+def test_fit_in_process(tmp_path, cli_run):
+    cli = cli_run("exp1_sgd", *SMALL, epochs=2)
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * math.ceil(400 / 256)
     metrics = cli.trainer.callback_metrics
     for name in ("train/loss", "val/loss", "val/rel_err"):
@@ -85,10 +69,10 @@ def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, one_thread):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log_dir = tmp_path / "lightning_logs" / "exp1" / "sgd" / "version_0"
-    scalars = _scalars(log_dir)
-    assert len(scalars.get("train/loss", [])) == 2, sorted(scalars)
-    assert len(scalars.get("val/loss", [])) == 2, sorted(scalars)
-    assert all(math.isfinite(v) for v in scalars["train/loss"] + scalars["val/loss"])
+    scalars = read_scalars(log_dir)
+    train, val = values(scalars, "train/loss"), values(scalars, "val/loss")
+    assert len(train) == 2 and len(val) == 2, sorted(scalars)
+    assert all(math.isfinite(v) for v in train + val)
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["data"]["class_path"] == "gf_lightning.data.SinCosRegression"
     assert saved["trainer"]["max_epochs"] == 2
@@ -98,7 +82,7 @@ def test_fit_subprocess_full_data_logs_scalars_and_config(tmp_path, one_thread):
     assert cli.trainer.current_epoch == 2
     assert Path(cli.trainer.log_dir) == log_dir.parent / "version_1"
     assert (log_dir.parent / "version_1" / "config.yaml").is_file()
-    assert len(_scalars(log_dir.parent / "version_1").get("val/loss", [])) == 2
+    assert len(values(read_scalars(log_dir.parent / "version_1"), "val/loss")) == 2
 
 
 def test_the_quick_start_logs_where_the_readme_says_without_lightnings_noise(tmp_path, one_thread):
@@ -132,23 +116,23 @@ def test_print_config(capsys):
     assert cfg["checkpoint"]["save_last"] is True and cfg["progress_bar"]["refresh_rate"] == 10
 
 
-def test_validate_and_test_subcommands(tmp_path):
-    cli = cli_main(["validate", "--config", EXP1_SGD, *_small(tmp_path)])
+def test_validate_and_test_subcommands(cli_run):
+    cli = cli_run("exp1_sgd", *SMALL, subcommand="validate")
     val = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert {"val/loss", "val/rel_err"} <= set(val) and math.isfinite(val["val/loss"])  # the loss: the MSE
-    cli = cli_main(["test", "--config", EXP1_SGD, *_small(tmp_path)])
+    cli = cli_run("exp1_sgd", *SMALL, subcommand="test")
     test = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert {"test/loss", "test/rel_err"} <= set(test)
     # the same seed, the same untrained network, the same held-out split: the same number
     assert test["test/loss"] == pytest.approx(val["val/loss"], rel=1e-6)
 
 
-def test_validate_then_fit_on_one_module(tmp_path):
+def test_validate_then_fit_on_one_module(cli_run):
     """A validate run before fit, on the same model (a baseline before training), must not break fit's validation.
 
     ``trainer.validate`` runs under ``torch.inference_mode``; metric state reset there becomes inference tensors, which
     fit's validation (under ``no_grad``) may not update in place."""
-    cli = cli_main(["--config", EXP1_SGD, *_small(tmp_path)], run=False)
+    cli = cli_run("exp1_sgd", *SMALL, epochs=1, run=False)
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     before = float(cli.trainer.callback_metrics["val/loss"])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -157,7 +141,7 @@ def test_validate_then_fit_on_one_module(tmp_path):
 
 
 @pytest.mark.slow
-def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
+def test_sgd_20_epochs_learns_exp1(cli_run, one_thread):
     """exp1 with the seed's SGD (lr 0.01, batch 256) on the full data for 20 epochs takes exactly the steps of a plain
     PyTorch loop — ``torch.optim.SGD`` on the mean squared error over the data module's batches, epoch by epoch, from
     the same initial weights — to float32 rounding, and the held-out MSE falls below its start and below the best
@@ -169,10 +153,9 @@ def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
     mis-scaled init (initial MSE 8–48, SPEC §1). So the test pins the training loop to SGD itself rather than to a
     threshold any gradient-like step would pass. Breakage: a module that stepped twice per mini-batch, or skipped the
     last batch of a call, fails the comparison."""
-    common = ["--config", EXP1_SGD, f"--trainer.default_root_dir={tmp_path}", *QUIET, "--trainer.logger=false"]
-    start_cli = cli_main(["validate", *common])
+    start_cli = cli_run("exp1_sgd", "--trainer.logger=false", subcommand="validate")
     start = float(start_cli.trainer.callback_metrics["val/loss"])
-    cli = cli_main([*common, "--trainer.max_epochs=20", "--trainer.num_sanity_val_steps=0"], run=False)
+    cli = cli_run("exp1_sgd", "--trainer.logger=false", "--trainer.num_sanity_val_steps=0", epochs=20, run=False)
     assert torch.equal(start_cli.model.net.W, cli.model.net.W)  # the start was measured on this very network
     hand = copy.deepcopy(cli.model.net)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -205,10 +188,10 @@ def test_sgd_20_epochs_learns_exp1(tmp_path, one_thread):
     ["--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"],
     ids=["checkpointing", "bar"],
 )
-def test_trainer_switches_turn_off_the_forced_callbacks(tmp_path, setting):
+def test_trainer_switches_turn_off_the_forced_callbacks(tmp_path, cli_run, setting):
     """The CLI adds a ModelCheckpoint and a TQDMProgressBar; the Trainer's own off-switches must still work (Lightning
     refuses ``enable_checkpointing=False`` beside a ModelCheckpoint, with a traceback)."""
-    cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, setting)])
+    cli = cli_run("exp1_sgd", *SMALL, setting, epochs=1)
     assert cli.trainer.current_epoch == 1
     if "checkpointing" in setting:
         assert not list(tmp_path.rglob("*.ckpt"))
@@ -273,11 +256,11 @@ def test_fit_help_lists_the_project_choices_not_every_module(capsys, monkeypatch
     assert len(out.splitlines()) < 900
 
 
-def test_a_net_the_help_does_not_list_still_trains(tmp_path):
+def test_a_net_the_help_does_not_list_still_trains(cli_run):
     """Any ``nn.Module`` by its class path trains, here ``torch.nn.Linear``, which ``fit --help`` does not list.
     Breakage: the help trimmed by narrowing the network's type, which would refuse every network but the project's."""
     net = ["--model.net=torch.nn.Linear", "--model.net.in_features=40", "--model.net.out_features=1"]
-    cli = cli_main(["fit", "--config", EXP1_SGD, *_small(tmp_path, *net)])
+    cli = cli_run("exp1_sgd", *SMALL, *net, epochs=1)
     assert type(cli.model.net) is torch.nn.Linear and cli.trainer.current_epoch == 1
 
 
@@ -300,12 +283,12 @@ def test_a_net_the_help_does_not_list_still_trains(tmp_path):
     ],
     ids=["sgd-to-sav", "sav-to-expsav-relax", "sav-to-adam"],
 )
-def test_optimizer_by_name_switches_the_method(tmp_path, config, switch, cls, settings):
+def test_optimizer_by_name_switches_the_method(cli_run, config, switch, cls, settings):
     """``--model.optimizer=NAME`` (README, ``--help``) builds that class; the settings it shares with the config's
     optimizer keep the config's values (``lr``; ``C`` and ``lam`` from SAV to ExpSAV), the others are the class's
     defaults, as the README says. Breakage: a name that no longer resolves (a second class of that name, a narrowed
     type), or defaults that do not apply."""
-    cli = cli_main(["--config", config, *_small(tmp_path, "--trainer.logger=false", *switch)], run=False)
+    cli = cli_run(config, *SMALL, "--trainer.logger=false", *switch, epochs=1, run=False)
     opt = cli.model.optimizer(cli.model.parameters())
     group = opt.param_groups[0]
     assert type(opt) is cls

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import CONFIGS, QUIET, ROOT
+from support import CONFIGS, ROOT, cli_args
 
 from gf_lightning.cli import cli_main
 
@@ -131,7 +131,7 @@ def _key(path: Path) -> tuple[str, str]:
 
 def _parse(path: Path, tmp_path: Path, *extra: str):
     """The CLI's own parse (and instantiation) of a config, without running a subcommand."""
-    return cli_main(["--config", str(path), f"--trainer.default_root_dir={tmp_path}", *QUIET, *extra], run=False)
+    return cli_main(cli_args(path, tmp_path, *extra, subcommand=None), run=False)
 
 
 def _print_config(args: list[str], capsys) -> dict:

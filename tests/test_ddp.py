@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import Step, callback_arg, read_record, read_scalars
+from helpers import Step, callback_arg, read_record
 from support import CONFIGS, DDP_FORK, QUIET, run_dir, subprocess_env
 
 from gf_lightning.cli import cli_main
+from gf_lightning.study.events import read_scalars, values
 
 # exp3 with 964 samples: 771 to train, an odd number, with global batch 256: 4 steps an epoch, the last of 3 samples,
 # which two ranks share 2 + 1; 193 held out. 64 hidden units, one mini-batch per training_step call, ReplicaCheck after
@@ -154,12 +155,14 @@ def test_two_processes_equal_one(case: str, fit) -> None:
     assert_each_rank_trained_its_own_half(two_steps, one_steps)
     # across ranks, after every epoch: min == max of the parameter checksums and of r / ‖q‖ (ReplicaCheck)
     spread = scalars["ddp/replica_spread"]
-    assert len(spread) == EPOCHS and all(v == 0 for _, v in spread)
+    assert len(spread) == EPOCHS and all(p.value == 0 for p in spread)
     if reference == "one":
         assert max_rel(one_ckpt, two_ckpt) <= 1e-5
         for key in ("train/loss", "val/loss", "val/rel_err"):  # each epoch's means: every sample counted once
-            (steps, one), (_, two) = (zip(*series[key]) for series in (one_scalars, scalars))
-            assert len(steps) == EPOCHS and max(abs(a - b) / abs(a) for a, b in zip(one, two)) <= 1e-5, key
+            one, two = (values(series, key) for series in (one_scalars, scalars))
+            steps = [p.step for p in scalars[key]]
+            assert [p.step for p in one_scalars[key]] == steps and len(steps) == EPOCHS, key
+            assert max(abs(a - b) / abs(a) for a, b in zip(one, two)) <= 1e-5, key
     elif reference == "—":  # the block solve: the replicas agree, but the step is not the one-process step
         assert rel(one_ckpt["state_dict"]["net.a"], two_ckpt["state_dict"]["net.a"]) > 1e-3
     else:
@@ -194,7 +197,7 @@ def test_plain_ddp_from_the_command_line(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     scalars = read_scalars(tmp_path)
-    assert len(scalars["val/loss"]) == 2 and all(v == 0 for _, v in scalars["ddp/replica_spread"])
+    assert len(scalars["val/loss"]) == 2 and all(p.value == 0 for p in scalars["ddp/replica_spread"])
     steps = read_record(tmp_path / "record")
     assert sorted(steps) == [0, 1] and len({s.pid for r in (0, 1) for s in steps[r]}) == 2
     for s0, s1 in zip(steps[0], steps[1], strict=True):

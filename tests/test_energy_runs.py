@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_scalars
-from support import CONFIGS, QUIET
+from support import cli_args
 
 from gf_lightning.cli import cli_main
+from gf_lightning.study.events import read_scalars, values
 
 NO_CHECKPOINTS = ["--checkpoint.save_last=false", "--checkpoint.save_top_k=0"]
 
 
 def fit(config: str, root: Path, *extra: str, run: str = "fit"):
-    return cli_main(
-        [run, "--config", str(CONFIGS / config), f"--trainer.default_root_dir={root}", *QUIET, *NO_CHECKPOINTS, *extra]
-    )
+    return cli_main(cli_args(config, root, *NO_CHECKPOINTS, *extra, subcommand=run))
 
 
 # method config, 10× the seed's exp1 step, and the variants whose modified energy the scheme keeps from rising
@@ -41,14 +39,14 @@ def test_large_steps_stay_stable(config: str, lr: float, variant: str, tmp_path:
               f"--model.optimizer.init_args.lr={lr}", f"--model.optimizer.init_args.variant={variant}")
     assert all(p.isfinite().all() for p in cli.model.parameters())
     scalars = read_scalars(tmp_path)
-    energy = [v for _, v in scalars["energy/modified"]]
+    energy = values(scalars, "energy/modified")
     assert len(energy) == 20 * 32
     assert not any(math.isnan(e) for e in energy) and all(e < math.inf for e in energy)
     assert all(b <= a for a, b in zip(energy, energy[1:])), "modified energy rose"
     if energy[-1] == -math.inf:  # frozen: nothing moves any more
-        assert scalars["optim/effective_lr"][-1][1] == 0
-    assert scalars["energy/violations"][-1][1] == 0
-    assert math.isfinite(scalars["val/loss"][-1][1])
+        assert scalars["optim/effective_lr"][-1].value == 0
+    assert scalars["energy/violations"][-1].value == 0
+    assert math.isfinite(scalars["val/loss"][-1].value)
 
 
 def test_sgd_blows_up_at_the_large_step(tmp_path: Path) -> None:
@@ -64,12 +62,12 @@ def test_expsav_on_exp2_runs_and_lowers_the_loss(tmp_path: Path) -> None:
     cli = fit("exp2_expsav.yaml", tmp_path, "--trainer.max_epochs=3", "--trainer.log_every_n_steps=1")
     scalars = read_scalars(tmp_path)
     log_c = math.log(cli.model.optimizers(use_pl_optimizer=False).param_groups[0]["C"])
-    log_r = [v + log_c for _, v in scalars["energy/modified"]]  # the modified energy is log r − log C
+    log_r = [v + log_c for v in values(scalars, "energy/modified")]  # the modified energy is log r − log C
     assert log_r[0] > 1000  # log r ≈ L: r itself would be inf
     assert all(math.isfinite(v) for v in log_r)
     assert all(b <= a for a, b in zip(log_r, log_r[1:]))
-    start = scalars["energy/true"][0][1]  # L(w⁰) on the first batch
-    val = [v for _, v in scalars["val/loss"]]
+    start = scalars["energy/true"][0].value  # L(w⁰) on the first batch
+    val = values(scalars, "val/loss")
     assert start > 1000 and val[-1] < 0.5 * start
     assert all(p.isfinite().all() for p in cli.model.parameters())
 
@@ -90,14 +88,14 @@ def test_energy_scalars_are_logged_with_their_meaning(config: str, tmp_path: Pat
     settings = opt.param_groups[0]
     steps = list(range(1, 13))
     for tag in ("energy/modified", "energy/true", "energy/violations", "optim/effective_lr"):
-        assert [s for s, _ in tags[tag]] == steps, tag
-    assert [s for s, _ in tags["train/loss"]] == [4, 8, 12]  # the same step axis: optimizer steps
-    true = [v for _, v in tags["energy/true"]]
+        assert [p.step for p in tags[tag]] == steps, tag
+    assert [p.step for p in tags["train/loss"]] == [4, 8, 12]  # the same step axis: optimizer steps
+    true = values(tags, "energy/true")
     sizes = [256, 256, 256, 32]
-    for epoch, (_, train_loss) in enumerate(tags["train/loss"]):
+    for epoch, (_, train_loss) in enumerate((p.step, p.value) for p in tags["train/loss"]):
         mean = sum(n * v for n, v in zip(sizes, true[4 * epoch : 4 * epoch + 4])) / sum(sizes)
         assert mean == pytest.approx(train_loss, rel=1e-5), epoch
-    modified = [v for _, v in tags["energy/modified"]]
+    modified = values(tags, "energy/modified")
     state = opt.global_state
     last = {"SAV": lambda: math.exp(2 * state["log_r"].item()) - settings["C"],
             "ExpSAV": lambda: state["log_r"].item() - math.log(settings["C"]),
@@ -106,11 +104,11 @@ def test_energy_scalars_are_logged_with_their_meaning(config: str, tmp_path: Pat
         assert modified[-1] == pytest.approx(last(), rel=1e-6)
     else:  # IEQ: the step never raises the energy
         assert all(m <= t * (1 + 1e-6) for m, t in zip(modified, true))
-    assert all(v == 0 for _, v in tags["energy/violations"])
+    assert all(v == 0 for v in values(tags, "energy/violations"))
     nominal = settings["lr"] / (1 + settings["lr"] * settings.get("lam", 0.0))
-    assert all(0 < v <= nominal * (1 + 1e-6) for _, v in tags["optim/effective_lr"])
+    assert all(0 < v <= nominal * (1 + 1e-6) for v in values(tags, "optim/effective_lr"))
 
     data = cli.datamodule.tensors
     with torch.no_grad():
         held_out = torch.nn.functional.mse_loss(cli.model.net(data["x_test"]), data["y_test"]).item()
-    assert tags["val/loss"][-1][1] == pytest.approx(held_out, rel=1e-5)
+    assert tags["val/loss"][-1].value == pytest.approx(held_out, rel=1e-5)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fit_children, kill_all, running, wait_until
+from helpers import as_foreground_job, fit_children, kill_all, running, wait_until
 from support import CONFIGS, ROOT, SMALL_EXP1, subprocess_env
 
 from gf_lightning.cli import cli_main
@@ -36,7 +36,7 @@ def _sweep(out: Path, *extra: str) -> subprocess.Popen:
     """``scripts/sweep.py`` in a session (and process group) of its own, as a shell runs a job."""
     return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sweep.py"), *SWEEP, "--out", str(out), *extra],
                             cwd=out.parent, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=as_foreground_job)
 
 
 def _script():
@@ -68,7 +68,7 @@ def test_an_interrupted_fit_exits_non_zero_in_one_line_and_resumes_from_its_chec
     args = ["fit", "--config", str(CONFIGS / "exp1_sgd.yaml"), f"--trainer.default_root_dir={root}", *SMALL_EXP1]
     proc = subprocess.Popen([sys.executable, "-m", "gf_lightning", *args, f"--trainer.max_epochs={ENDLESS}"],
                             cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=as_foreground_job)
     try:
         wait_until(lambda: list(root.glob("lightning_logs/*/*/version_*/checkpoints/last.ckpt")), START_S,
                    "the run's first checkpoint")

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import Step, callback_arg, read_record, read_scalars
-from support import CONFIGS, DDP_FORK, METHODS, QUIET, SMALL_EXP1, run_dir, subprocess_env, version_dirs
+from helpers import Step, callback_arg, read_record
+from support import CONFIGS, DDP_FORK, METHODS, QUIET, SMALL_EXP1, cli_args, run_dir, subprocess_env, version_dirs
 
 from gf_lightning.cli import cli_main
+from gf_lightning.study.events import read_scalars
 
 EPOCHS = 6
 
 
 def fit_args(method: str, root: Path, epochs: int, *extra: str) -> list[str]:
-    return ["fit", "--config", str(CONFIGS / f"exp1_{method}.yaml"), f"--trainer.max_epochs={epochs}",
-            f"--trainer.default_root_dir={root}", *SMALL_EXP1, *extra]
+    """exp1 with ``method``, small."""
+    return cli_args(f"exp1_{method}", root, *SMALL_EXP1, *extra, epochs=epochs)
 
 
 def last_ckpt(root: Path) -> Path:
@@ -156,7 +157,7 @@ def test_resume_from_inside_an_epoch_is_exact(processes: int, steps_per_call: in
             ]
         )
         ckpt = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=False)
-        runs[name] = ckpt, read_record(root / "record"), read_scalars(root)["train/loss"]
+        runs[name] = ckpt, read_record(root / "record"), [(p.step, p.value) for p in read_scalars(root)["train/loss"]]
     (straight, straight_steps, straight_loss), (resumed, resumed_steps, resumed_loss) = (
         runs["straight"],
         runs["resumed"],

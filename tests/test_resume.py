@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from support import CONFIGS, QUIET, run_dir
+from support import cli_args, run_dir
 
 from gf_lightning.checkpointing import DIGEST_KEY, state_digest
 from gf_lightning.cli import cli_main
 
 
 def fit_args(config: str, root: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={root}", *QUIET, *extra]
+    return cli_args(config, root, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,7 @@ def test_a_checkpoint_without_a_checksum_resumes_with_a_warning(checkpoints, tmp
 
 
 def score_args(subcommand: str, config: str, root: Path, *extra: str) -> list[str]:
-    return [subcommand, "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={root}", *QUIET,
-            *extra]
+    return cli_args(config, root, *extra, subcommand=subcommand)
 
 
 #: validate/test of exp3's SAV checkpoint: what → (subcommand, config, extra arguments, words of the one-line message)
