@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import test_conventions as conventions
 import torch
-from support import CONFIGS, QUIET, run_on_quadratic
+from support import run_on_quadratic
 
 from gf_lightning.errors import GFConfigError, GFStepError
 from gf_lightning.optim import OPTIMIZERS, SAV, AdaptiveSAV
@@ -413,20 +413,17 @@ def test_shared_settings_are_refused_per_group():
 # 6. the command line
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter is intended")
-def test_command_line_trains_and_logs(tmp_path):
+def test_command_line_trains_and_logs(cli_run):
     """``fit --model.optimizer=gf_lightning.optim.AdaptiveSAV … variant=relax`` on a small exp3: it trains (the loss
     falls), logs ``energy/modified`` at every step, never rising (across mini-batches too: relax's ``r`` never rises),
     with ``energy/violations`` 0 and ``optim/xi``, and names the run folder after the registry name. Breakage seen to
     fail
     here: the class missing from ``OPTIMIZERS`` (the run folder was ``adaptivesav-relax``)."""
-    from gf_lightning.cli import cli_main
     from gf_lightning.study.events import read_scalars, values
 
-    args = ["fit", "--config", str(CONFIGS / "exp3_sav.yaml"), "--model.optimizer=gf_lightning.optim.AdaptiveSAV",
-            "--model.optimizer.init_args.lr=1.0", "--model.optimizer.init_args.variant=relax", "--trainer.max_epochs=4",
-            "--data.init_args.n_samples=640", "--model.net.init_args.m=64", "--trainer.log_every_n_steps=1",
-            f"--trainer.default_root_dir={tmp_path}", *QUIET]
-    cli = cli_main(args)
+    cli = cli_run("exp3_sav", "--model.optimizer=gf_lightning.optim.AdaptiveSAV", "--model.optimizer.init_args.lr=1.0",
+                  "--model.optimizer.init_args.variant=relax", "--data.init_args.n_samples=640",
+                  "--model.net.init_args.m=64", "--trainer.log_every_n_steps=1", epochs=4)
     assert type(cli.trainer.optimizers[0]).__name__ == "AdaptiveSAV"
     log_dir = Path(cli.trainer.log_dir)
     assert log_dir.parent.name == "adaptive_sav-relax", log_dir

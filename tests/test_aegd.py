@@ -20,9 +20,7 @@ import pytest
 import test_conventions as conventions
 import torch
 import torch.nn.functional as F
-from support import CONFIGS, QUIET
 
-from gf_lightning.cli import cli_main
 from gf_lightning.errors import GFStepError
 from gf_lightning.optim import AEGD, AEGDM, OPTIMIZERS
 from gf_lightning.optim.base import NO_CLOSURE
@@ -399,7 +397,7 @@ def test_bad_steps_are_refused_and_change_nothing(cls):
 # 6. the command line
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,lr", [("AEGD", 0.1), ("AEGDM", 0.01)])
-def test_command_line_run_trains_and_logs_the_energy(tmp_path: Path, name: str, lr: float):
+def test_command_line_run_trains_and_logs_the_energy(tmp_path: Path, cli_run, name: str, lr: float):
     """``python -m gf_lightning fit --config configs/exp3_sgd.yaml --model.optimizer=gf_lightning.optim.AEGD …`` (exp3
     shrunk): the run is named after the method, logs ``energy/true``, ``energy/modified``, ``energy/violations`` and
     ``optim/effective_lr`` at every step, the modified energy never rises over the run, the training loss falls, and the
@@ -407,10 +405,9 @@ def test_command_line_run_trains_and_logs_the_energy(tmp_path: Path, name: str, 
     energy then rises with the loss of the next mini-batch), and ``energy/violations`` left out of ``stats``."""
     from gf_lightning.study.events import read_scalars, values
 
-    cli = cli_main(["fit", "--config", str(CONFIGS / "exp3_sgd.yaml"), f"--model.optimizer=gf_lightning.optim.{name}",
-                    f"--model.optimizer.init_args.lr={lr}", f"--trainer.default_root_dir={tmp_path}", *QUIET,
-                    "--data.init_args.n_samples=400", "--model.net.init_args.m=64", "--trainer.max_epochs=4",
-                    "--trainer.log_every_n_steps=1", "--data.init_args.steps_per_call=1"])
+    cli = cli_run("exp3_sgd", f"--model.optimizer=gf_lightning.optim.{name}", f"--model.optimizer.init_args.lr={lr}",
+                  "--data.init_args.n_samples=400", "--model.net.init_args.m=64", "--trainer.log_every_n_steps=1",
+                  "--data.init_args.steps_per_call=1", epochs=4)
     log_dir = Path(cli.trainer.log_dir)
     assert log_dir == tmp_path / "lightning_logs" / "exp3" / name.lower() / "version_0"
     steps = cli.trainer.global_step

@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from support import CONFIGS, QUIET, on_ranks, run_dir
+from support import CONFIGS, QUIET, cli_args, on_ranks, run_dir
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import MLP, BurgersPINN
@@ -272,10 +272,10 @@ def test_short_training_lowers_the_relative_l2_error():
     assert after["val/rel_l2"] < 0.7 * before["val/rel_l2"], (before, after)  # measured: 0.84 → 0.46
 
 
-def test_config_has_the_papers_settings(tmp_path):
+def test_config_has_the_papers_settings(cli_run):
     """Catches a config that drifts from the paper's Example 5 (network, collocation points, ν, objective) or from its
     stated default (Adam at 0.001), as the CLI parses and builds it."""
-    cli = cli_main(["--config", BURGERS, f"--trainer.default_root_dir={tmp_path}", *QUIET], run=False)
+    cli = cli_run(BURGERS, run=False)
     net, obj, dm = cli.model.net, cli.model.objective, cli.datamodule
     assert isinstance(net, MLP) and (net.d, net.k, net.width, net.depth, net.activation) == (2, 1, 32, 5, "tanh")
     assert isinstance(obj, BurgersPINN) and obj.nu == pytest.approx(0.01 / math.pi, rel=1e-15)
@@ -358,8 +358,7 @@ def test_bad_settings_stop_with_one_line(tmp_path, capsys):
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_:
-            cli_main(["fit", "--config", BURGERS, *extra, *TINY_ARGS, *QUIET, "--trainer.max_epochs=1",
-                      f"--trainer.default_root_dir={tmp_path}"])
+            cli_main(cli_args(BURGERS, tmp_path, *extra, *TINY_ARGS, epochs=1))
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_.value.code == 2 and len(err) == 1 and message in err[0], (extra, err)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import hparams_tab_columns
-from support import CONFIGS, QUIET, version_dirs
+from support import QUIET, cli_args, version_dirs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -45,8 +45,7 @@ def logs(tmp_path_factory, mnist_dir):
     root = tmp_path_factory.mktemp("logs")
     for name, (config, extra, _, _, _) in [*RUNS.items(), ("sgd", RUNS["sgd"])]:
         data = [f"--data.init_args.data_dir={mnist_dir}"] if config.startswith("exp4") else []
-        cli_main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={root}", *SMALL,
-                  *data, *extra])
+        cli_main(cli_args(config, root, *SMALL, *data, *extra))
     return root
 
 

@@ -169,15 +169,14 @@ def test_two_processes_equal_one(case: str, fit) -> None:
         assert max_rel(fit(reference, 2)[0], two_ckpt) <= 1e-4
 
 
-def test_replica_check_stops_diverging_replicas(tmp_path: Path) -> None:
+def test_replica_check_stops_diverging_replicas(tmp_path: Path, cli_run) -> None:
     """One weight nudged by 1e-3 on rank 1 only, after the first step: the run stops at the end of epoch 0 with
     ReplicaDivergenceError (without the nudge, the same run passes: the ``sgd`` case above).
 
     Catches: a ReplicaCheck that compares nothing across ranks (tried by skipping its all-reduces: the run finishes)."""
     nudge = callback_arg("PerturbOnRank", rank=1, epoch=0)
     with pytest.raises(Exception) as info:
-        cli_main(["fit", "--config", str(CONFIGS / "exp3_sgd.yaml"), f"--trainer.default_root_dir={tmp_path}", *SMALL,
-                  "--trainer.max_epochs=2", nudge, *FORK])
+        cli_run("exp3_sgd", *SMALL, nudge, *FORK, epochs=2)
     assert "ReplicaDivergenceError" in str(info.value) and "replicas disagree after epoch 0" in str(info.value), (
         info.value
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import CONFIGS, QUIET
+from support import CONFIGS, QUIET, cli_args
 from torch import nn
 
 from gf_lightning.cli import cli_main
@@ -348,10 +348,10 @@ def test_a_run_whose_cg_stops_short_trains_on():
     import tempfile
 
     with tempfile.TemporaryDirectory() as root, stopped_short_is_fine():
-        cli = cli_main(["fit", "--config", str(CONFIGS / "exp3_ieq.yaml"), "--data.init_args.n_samples=600",
-                        "--trainer.max_epochs=2", "--model.optimizer.init_args.cg_max_iter=1",
-                        "--model.optimizer.init_args.max_dense=16", f"--trainer.default_root_dir={root}",
-                        "--trainer.logger=false", *QUIET, "--checkpoint.save_last=false", "--checkpoint.save_top_k=0"])
+        cli = cli_main(cli_args("exp3_ieq", root, "--data.init_args.n_samples=600",
+                                "--model.optimizer.init_args.cg_max_iter=1", "--model.optimizer.init_args.max_dense=16",
+                                "--trainer.logger=false", "--checkpoint.save_last=false", "--checkpoint.save_top_k=0",
+                                epochs=2))
         opt = cli.model.optimizers().optimizer
         assert cli.trainer.current_epoch == 2 and int(opt.global_state["step"]) == cli.trainer.global_step > 2
         assert float(opt.global_state["cg_stopped_short"]) == 1.0

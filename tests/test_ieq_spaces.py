@@ -10,11 +10,10 @@ import math
 
 import pytest
 import torch
-from support import CONFIGS, QUIET, run_dir
+from support import CONFIGS, run_dir
 from test_ieq import cnn, reference_step, residual_and_jacobian
 from torch import nn
 
-from gf_lightning.cli import cli_main
 from gf_lightning.components import MLP, BurgersPINN, MeanSquaredError, TwoLayerNet
 from gf_lightning.components.pinn import BurgersRows
 from gf_lightning.data import BurgersCollocation
@@ -244,20 +243,20 @@ def test_adaptive_dt_travels_in_the_state_dict():
 
 
 # -- float64 through the CLI -------------------------------------------------------------------------------------------
-def test_float64_pinn_run_with_parameter_space_ieq(tmp_path):
+def test_float64_pinn_run_with_parameter_space_ieq(tmp_path, cli_run):
     """Catches a PINN path that does not run in float64 (data, net or the dense rows left in float32) or an exact
     parameter-space IEQ that does not train it: 5 adaptive steps at 64-true lower the loss at every step, by 2× in
     all, and log the parameter space."""
     from gf_lightning.study.events import read_scalars, values
 
-    cli = cli_main(["fit", "--config", str(CONFIGS / "paper" / "burgers.yaml"), *QUIET, "--trainer.precision=64-true",
-                    "--model.optimizer=IEQ", "--model.optimizer.lr=10.0", "--model.optimizer.solver=parameter",
-                    "--model.optimizer.max_dense=8192", "--model.optimizer.adaptive_lr=true",
-                    "--model.net.init_args.width=8", "--model.net.init_args.depth=2",
-                    *[f"--data.init_args.{k}={v}" for k, v in
-                      dict(n_x=10, n_t=6, n_initial=20, n_boundary=6, eval_nx=32, eval_nt=12).items()],
-                    "--trainer.max_epochs=5", "--trainer.check_val_every_n_epoch=5", "--trainer.log_every_n_steps=1",
-                    "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp_path}"])
+    cli = cli_run(CONFIGS / "paper" / "burgers.yaml", "--trainer.precision=64-true",
+                  "--model.optimizer=IEQ", "--model.optimizer.lr=10.0", "--model.optimizer.solver=parameter",
+                  "--model.optimizer.max_dense=8192", "--model.optimizer.adaptive_lr=true",
+                  "--model.net.init_args.width=8", "--model.net.init_args.depth=2",
+                  *[f"--data.init_args.{k}={v}" for k, v in
+                    dict(n_x=10, n_t=6, n_initial=20, n_boundary=6, eval_nx=32, eval_nt=12).items()],
+                  "--trainer.check_val_every_n_epoch=5", "--trainer.log_every_n_steps=1",
+                  "--trainer.enable_checkpointing=false", epochs=5)
     assert all(p.dtype == F64 for p in cli.model.parameters())
     scalars = read_scalars(run_dir(tmp_path))
     loss = values(scalars, "train/loss")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import as_foreground_job, fit_children, kill_all, running, wait_until
-from support import CONFIGS, ROOT, SMALL_EXP1, subprocess_env
+from support import CONFIGS, ROOT, SMALL_EXP1, cli_args, subprocess_env
 
 from gf_lightning.cli import cli_main
 from gf_lightning.study.sweep import records as sweep_records
@@ -65,7 +65,7 @@ def test_an_interrupted_fit_exits_non_zero_in_one_line_and_resumes_from_its_chec
     ends the run as if finished), one line that says it was interrupted and names ``--ckpt_path=…last.ckpt``; that
     checkpoint resumes (checksum checked) and the resumed run goes on from the epoch after it to the end."""
     root = tmp_path / "run"
-    args = ["fit", "--config", str(CONFIGS / "exp1_sgd.yaml"), f"--trainer.default_root_dir={root}", *SMALL_EXP1]
+    args = cli_args("exp1_sgd", root, *SMALL_EXP1)
     proc = subprocess.Popen([sys.executable, "-m", "gf_lightning", *args, f"--trainer.max_epochs={ENDLESS}"],
                             cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=as_foreground_job)

@@ -6,9 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import CONFIGS, QUIET
-
-from gf_lightning.cli import cli_main
 
 # config → (epochs, accuracy the docs claim after that many epochs). IEQ (full) at Δt = 0.02 takes ~5 s an epoch here
 # (its (Bk)³ solve), so 50 epochs (94.90 %) would take minutes; docs/results.md states it passes 93 % by epoch 2.
@@ -21,22 +18,9 @@ CLAIMS = {
 
 
 @pytest.mark.parametrize("config", CLAIMS)
-def test_energy_method_reaches_93_percent(config: str, tmp_path: Path, mnist_dir: Path) -> None:
+def test_energy_method_reaches_93_percent(config: str, cli_run, mnist_dir: Path) -> None:
     epochs, accuracy = CLAIMS[config]
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / f"{config}.yaml"),
-            f"--data.init_args.data_dir={mnist_dir}",
-            "--data.init_args.download=false",
-            f"--trainer.max_epochs={epochs}",
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.logger=false",
-            *QUIET,
-            "--checkpoint.save_last=false",
-            "--checkpoint.save_top_k=0",
-        ]
-    )
+    cli = cli_run(config, f"--data.init_args.data_dir={mnist_dir}", "--data.init_args.download=false",
+                  "--trainer.logger=false", "--checkpoint.save_last=false", "--checkpoint.save_top_k=0", epochs=epochs)
     assert cli.trainer.current_epoch == epochs
     assert float(cli.trainer.callback_metrics["val/acc"]) >= accuracy

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from support import CONFIGS, QUIET
+from support import QUIET, cli_args
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import CrossEntropy, MeanSquaredError, RelativeError
@@ -103,9 +103,7 @@ SAME_RUN = {
 
 def _weights(config: str, args: list[str], tmp_path) -> torch.Tensor:
     torch.manual_seed(0)
-    cli = cli_main(
-        ["fit", "--config", str(CONFIGS / f"{config}.yaml"), f"--trainer.default_root_dir={tmp_path}", *SMALL, *args]
-    )
+    cli = cli_main(cli_args(config, tmp_path, *SMALL, *args))
     assert cli.trainer.global_step == 2 * math.ceil(240 / 64)
     return torch.cat([p.detach().reshape(-1) for p in cli.model.net.parameters()])
 
@@ -139,7 +137,7 @@ def test_sav_in_particle_time_is_the_papers_step(tmp_path) -> None:
         "--trainer.max_steps=1",
         "--data.init_args.batch_size=null",
     ]
-    base = ["fit", "--config", str(CONFIGS / "exp1_sav.yaml"), f"--trainer.default_root_dir={tmp_path}", *SMALL, *args]
+    base = cli_args("exp1_sav", tmp_path, *SMALL, *args)
     torch.manual_seed(0)
     before = cli_main(base[1:], run=False)  # the same net and data, untrained
     before.datamodule.setup("fit")

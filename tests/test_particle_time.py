@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from support import CONFIGS, QUIET
+from support import CONFIGS, QUIET, cli_args
 
 from gf_lightning.cli import cli_main
 from gf_lightning.components import TwoLayerNet
@@ -121,8 +121,8 @@ CLI_CASES = {
 
 def _cli_weights(args: list[str], tmp_path, run: bool = True) -> torch.Tensor:
     torch.manual_seed(0)
-    cli = cli_main(["fit", "--config", str(CONFIGS / "paper" / "ex1.yaml"), f"--trainer.default_root_dir={tmp_path}",
-                    *SMALL, *args][0 if run else 1:], run=run)
+    cli = cli_main(cli_args(CONFIGS / "paper" / "ex1.yaml", tmp_path, *SMALL, *args, subcommand="fit" if run else None),
+                   run=run)
     if run:
         assert cli.trainer.global_step == 2 * math.ceil(320 / 80)
     return torch.cat([p.detach().reshape(-1) for p in cli.model.net.parameters()])

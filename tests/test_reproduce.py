@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import callback_arg
-from support import CONFIGS, METHODS, ROOT
+from support import CONFIGS, METHODS, ROOT, cli_args
 
 from gf_lightning.cli import cli_main
 from gf_lightning.study.events import read_scalars
@@ -171,7 +171,7 @@ def test_every_method_started_from_the_same_weights_and_data(exp3, tmp_path):
     assert "All 6 methods started from the same initial weights and the same data" in (exp3 / "results.md").read_text()
 
     # independently: the seeded model and data the SGD config builds give exactly the recorded initial test loss
-    cli = cli_main(["--config", str(CONFIGS / "exp3_sgd.yaml"), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    cli = cli_main(cli_args("exp3_sgd", tmp_path, subcommand=None), run=False)
     cli.datamodule.setup("fit")
     data = cli.datamodule.tensors
     with torch.no_grad():
