@@ -50,7 +50,7 @@ class RaceSettings:
     every: float = 5.0  #: seconds between records
     adam_lr: float = 1e-3
     adam_share: float = 0.2  #: Adam → L-BFGS: the share of the budget spent in Adam
-    ieq_lr: float = 0.01  #: IEQ's fixed Δt
+    ieq_lr: float = 1e-4  #: IEQ's fixed Δt (docs/pinn.md: 1e-3 and above overshoot from the initial network)
     ieq_adaptive_lr: float = 0.01  #: the adaptive IEQ's starting Δt: docs/paper.md's Burgers setting
     row_fraction: float = 1.0  #: IEQ: the share of the rows solved each step
     threads: int = 1  #: torch threads per run
