@@ -308,18 +308,21 @@ def running(pid: int) -> bool:
     return stat is not None and stat[0] not in ("Z", "X")
 
 
-def fit_children(pid: int) -> list[int]:
-    """The running ``python -m gf_lightning fit`` processes whose parent is ``pid``."""
-    out = []
+def children(pid: int) -> dict[int, list[bytes]]:
+    """The running processes whose parent is ``pid``, with their command lines (``argv``)."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[1] == pid and running(int(entry.name)):
             try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                out[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"gf_lightning" in argv and b"fit" in argv:
-                out.append(int(entry.name))
-    return sorted(out)
+    return dict(sorted(out.items()))
+
+
+def fit_children(pid: int) -> list[int]:
+    """The running ``python -m gf_lightning fit`` processes whose parent is ``pid``."""
+    return [child for child, argv in children(pid).items() if b"gf_lightning" in argv and b"fit" in argv]
 
 
 def kill_all(pids) -> None:

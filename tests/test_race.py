@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+from helpers import as_foreground_job, children, kill_all, running, wait_until
 from support import ROOT, subprocess_env
 
 from gf_lightning.errors import GFConfigError
@@ -103,3 +106,28 @@ def test_race_report_of_an_empty_folder_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gf_lightning.study", "pinn-race", "--out", str(tmp_path),
                            "--report-only"], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "race.json" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_race_leaves_no_worker_behind(sig, tmp_path):
+    """A race on two worker processes, stopped by SIGTERM or Ctrl-C while its runs train: it exits ``128 + signal`` in
+    one line, and its workers end with it (before: the pool's ``with`` block waited for the running runs, up to their
+    budget, and a Ctrl-C printed a KeyboardInterrupt traceback from every worker)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    proc = subprocess.Popen([sys.executable, "-m", "gf_lightning.study", "pinn-race", "--out", str(tmp_path / "out"),
+                             "--config", str(config), "--jobs", "2", "--budget", "120", "--methods", "adam", "lbfgs",
+                             "--dtypes", "float64", "--seeds", "0"], cwd=ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground_job)
+    try:
+        spawned = lambda: [c for c, argv in children(proc.pid).items() if any(b"spawn_main" in a for a in argv)]  # noqa: E731
+        workers = wait_until(lambda: len(spawned()) == 2 and spawned(), 120, "the race's two workers")
+        time.sleep(3)  # (their imports done: the runs train)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        wait_until(lambda: not any(running(w) for w in workers), 30, f"the workers {workers} to end")
+    finally:
+        kill_all([proc.pid])
+        proc.wait()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 128 + sig and len(lines) == 1 and "interrupted" in lines[0], err
