@@ -50,3 +50,15 @@ def test_the_module_runs_as_a_program():
     proc = subprocess.run([sys.executable, "-m", "gf_lightning.study", "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "pinn-race" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize(("name", "bad"), [("reproduce", ["--jobs", "abc"]), ("sweep", ["--max-epochs", "abc"]),
+                                           ("compare", []), ("paper", ["--jobs", "abc"]),
+                                           ("burgers-figure", ["--nope"]), ("pinn-race", ["--budget", "abc"])])
+def test_a_bad_argument_is_one_line(name, bad, capsys):
+    """A wrong type, an unknown option or a missing argument: exit 2 and one line naming it (before: argparse's usage
+    dump of up to twenty lines above the error)."""
+    with pytest.raises(SystemExit) as exc:
+        main([name, *bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(f"python -m gf_lightning.study {name}: error:")

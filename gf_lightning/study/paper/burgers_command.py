@@ -12,11 +12,11 @@ writes ``<out>/burgers_curves.png``, ``<out>/burgers_solution.png`` (the run ``-
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ..methods import label
+from ..parser import CommandParser
 from .burgers import ORDER, curves_figure, load_run, solution_figure, summarize, table
 
 PROG = "python -m gf_lightning.study burgers-figure"
@@ -56,7 +56,7 @@ def cpu_times(path: Path) -> dict[tuple[str, float], float]:
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Draw the figures of the runs ``argv`` (default: the process's arguments) points at."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="results/burgers", help="the runs' folder (default: results/burgers)")
     p.add_argument("--out", help="where the figures and the table go (default: <root>/figures)")
     p.add_argument("--solution", metavar="LR/METHOD", help="the run whose solution is drawn (default: the lowest final "

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..interrupts import run_command
+from ..parser import CommandParser
 from .figures import FIGURES, measure
 
 PROG = "python -m gf_lightning.study paper"
@@ -21,7 +22,7 @@ PROG = "python -m gf_lightning.study paper"
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Measure the figures ``argv`` (default: the process's arguments) names."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--figures", nargs="+", default=["all"], choices=["all", *FIGURES], metavar="FIGURE",

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..interrupts import run_command
+from ..parser import CommandParser
 from .race import DTYPES, METHODS, RaceSettings, report, run_race
 
 PROG = "python -m gf_lightning.study pinn-race"
@@ -21,7 +22,7 @@ PROG = "python -m gf_lightning.study pinn-race"
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Race (or, with ``--report-only``, report) as ``argv`` (default: the process's arguments) asks."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+    parser = CommandParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     default = RaceSettings()
     parser.add_argument("--out", type=Path, required=True)

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from ..methods import NEW_METHODS, SEED_METHODS
+from ..parser import CommandParser
 from .records import Settings
 from .reproduction import config_path, reproduce
 from .workers import default_jobs, usable_cores
@@ -34,7 +35,7 @@ PROG = "python -m gf_lightning.study reproduce"
 
 
 def parse_args(argv: list[str] | None, prog: str = PROG, configs: Path = Path("configs")) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--experiment", choices=["1", "2", "3", "4", "all"], required=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..interrupts import run_command
 from ..methods import METHODS
+from ..parser import CommandParser
 from .execute import execute
 from .grid import DEFAULT_METHODS, GRID_FORM, LR_KEY, Plan, SweepError
 from .metrics import DEFAULT_TARGET
@@ -39,7 +40,7 @@ PROG = "python -m gf_lightning.study sweep"
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     targets = "; ".join(f"{m}: " + ", ".join(f"{t} {v:g}" for t, v in d.items()) for m, d in DEFAULT_TARGET.items())
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog=prog, description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("the grid")
     g.add_argument("--config", help="the config every point starts from (required unless --report-only)")
     g.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",

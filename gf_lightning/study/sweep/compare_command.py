@@ -13,10 +13,10 @@ For example, every method of exp1 at its own config under two initialisations:
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
+from ..parser import CommandParser
 from .compare import compare
 from .grid import SweepError
 
@@ -27,7 +27,7 @@ PROG = "python -m gf_lightning.study compare"
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Compare the sweeps ``argv`` (default: the process's arguments) names; ``prog``: the command as the page quotes
     it."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", help="the sweeps' folders (each with the results.json of a sweep)")
     p.add_argument("--out", required=True, help="where compare.md and compare.png go")
     p.add_argument("--title", default="", help="the page's title")
